@@ -1,0 +1,245 @@
+//! The subscriber dispatch engine every backend reuses: per-aggregate order, concurrency across
+//! aggregates, bounded buffering with backpressure, retries with backoff, dead-lettering, and
+//! acknowledgement only after the handler succeeded (at-least-once).
+//!
+//! Deliveries of one aggregate are queued and handled one at a time, in arrival order, by a task
+//! that lives only while that aggregate has work; unrelated aggregates never share a queue, so a
+//! slow aggregate delays only itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::{Backoff, Envelope, Error, HandlerError};
+
+/// One message received from a broker, acknowledged once handled or dead-lettered.
+pub trait Delivery: Send + Sync + 'static {
+    fn envelope(&self) -> &Envelope;
+
+    /// Tells the broker the message is done (NATS ACK, Kafka offset marked, memory cursor).
+    fn ack(self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Called before each retry wait so brokers with a redelivery timer (JetStream `ack_wait`)
+    /// do not redeliver a message that is still being retried.
+    fn keep_alive(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Application code that processes one event.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, envelope: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Envelope) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send,
+{
+    fn handle(&self, envelope: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self(envelope.clone())
+    }
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone)]
+pub struct DeadLetterReason {
+    /// Handler attempts made, including the last failed one.
+    pub attempts: u32,
+    pub error: HandlerError,
+}
+
+/// Where events go after their last failed attempt.
+pub trait DeadLetter: Send + Sync + 'static {
+    fn dead_letter(
+        &self,
+        envelope: &Envelope,
+        reason: &DeadLetterReason,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Subscriber settings.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Handlers running at once, across aggregates. Default 64.
+    pub max_concurrency: usize,
+    /// Deliveries received but not yet acknowledged; when reached, the engine stops pulling from
+    /// the broker. Default 1024.
+    pub max_buffered: usize,
+    /// Handler attempts per event before it is dead-lettered. Default 5.
+    pub max_attempts: u32,
+    /// Delay between attempts. Default [`Backoff::default`].
+    pub backoff: Backoff,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self { max_concurrency: 64, max_buffered: 1024, max_attempts: 5, backoff: Backoff::default() }
+    }
+}
+
+/// What a dispatch run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DispatchStats {
+    pub handled: u64,
+    pub retries: u64,
+    pub dead_lettered: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    handled: AtomicU64,
+    retries: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+/// Queues of aggregates that currently have a worker; an aggregate absent here is idle.
+type Queues<D> = Mutex<HashMap<String, VecDeque<(D, OwnedSemaphorePermit)>>>;
+
+struct Engine<D, H, L> {
+    handler: H,
+    dead_letter: L,
+    config: DispatchConfig,
+    concurrency: Semaphore,
+    queues: Queues<D>,
+    counters: Counters,
+}
+
+/// Pulls deliveries from `source` and handles them until the source ends or `shutdown`
+/// resolves. On shutdown, handlers already running finish; queued deliveries are left
+/// unacknowledged for the broker to redeliver.
+pub async fn dispatch<D, H, L>(
+    source: impl Stream<Item = D> + Send,
+    handler: H,
+    dead_letter: L,
+    config: DispatchConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> DispatchStats
+where
+    D: Delivery,
+    H: Handler,
+    L: DeadLetter,
+{
+    let buffer = Arc::new(Semaphore::new(config.max_buffered.max(1)));
+    let engine = Arc::new(Engine {
+        concurrency: Semaphore::new(config.max_concurrency.max(1)),
+        handler,
+        dead_letter,
+        config,
+        queues: Mutex::default(),
+        counters: Counters::default(),
+    });
+    let mut workers = JoinSet::new();
+    let mut source = std::pin::pin!(source);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = Arc::clone(&buffer).acquire_owned() => slot.expect("buffer semaphore is never closed"),
+        };
+        let delivery = tokio::select! {
+            _ = &mut shutdown => break,
+            next = source.next() => match next { Some(d) => d, None => break },
+        };
+        while workers.try_join_next().is_some() {}
+        if let Some(first) = engine.enqueue(delivery, slot) {
+            workers.spawn(Arc::clone(&engine).run_aggregate(first));
+        }
+    }
+    engine.queues.lock().expect("queues lock").values_mut().for_each(VecDeque::clear);
+    while workers.join_next().await.is_some() {}
+    engine.counters.snapshot()
+}
+
+impl<D: Delivery, H: Handler, L: DeadLetter> Engine<D, H, L> {
+    /// Queues behind a running worker, or returns the aggregate key when a worker must start.
+    fn enqueue(&self, delivery: D, slot: OwnedSemaphorePermit) -> Option<String> {
+        let mut queues = self.queues.lock().expect("queues lock");
+        let key = delivery.envelope().aggregate_id();
+        if let Some(queue) = queues.get_mut(key) {
+            queue.push_back((delivery, slot));
+            return None;
+        }
+        let key = key.to_owned();
+        queues.insert(key.clone(), VecDeque::from([(delivery, slot)]));
+        Some(key)
+    }
+
+    async fn run_aggregate(self: Arc<Self>, key: String) {
+        loop {
+            let next = {
+                let mut queues = self.queues.lock().expect("queues lock");
+                let queue = queues.get_mut(&key).expect("a running aggregate has a queue");
+                let next = queue.pop_front();
+                if next.is_none() {
+                    queues.remove(&key);
+                }
+                next
+            };
+            let Some((delivery, _slot)) = next else { return };
+            self.process(delivery).await;
+        }
+    }
+
+    async fn process(&self, delivery: D) {
+        let _running = self.concurrency.acquire().await.expect("concurrency semaphore is never closed");
+        let envelope = delivery.envelope();
+        let mut attempt = 1;
+        let failure = loop {
+            match self.handler.handle(envelope).await {
+                Ok(()) => break None,
+                Err(error) if error.is_retryable() && attempt < self.config.max_attempts => {
+                    let delay = self.config.backoff.delay(attempt);
+                    tracing::debug!(event_id = %envelope.event_id(), attempt, ?delay, %error, "handler failed; retrying");
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    delivery.keep_alive().await;
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(error) => break Some(DeadLetterReason { attempts: attempt, error }),
+            }
+        };
+        match failure {
+            None => self.counters.handled.fetch_add(1, Ordering::Relaxed),
+            Some(reason) => {
+                self.send_to_dead_letter(&delivery, &reason).await;
+                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        if let Err(error) = delivery.ack().await {
+            // The broker will redeliver; at-least-once holds.
+            tracing::warn!(%error, "acknowledgement failed; the broker will redeliver");
+        }
+    }
+
+    /// Retries until the dead-letter destination accepts the event: acknowledging without it
+    /// would lose the event.
+    async fn send_to_dead_letter(&self, delivery: &D, reason: &DeadLetterReason) {
+        let envelope = delivery.envelope();
+        let mut failures = 0;
+        while let Err(error) = self.dead_letter.dead_letter(envelope, reason).await {
+            failures += 1;
+            let delay = self.config.backoff.delay(failures).max(Duration::from_millis(10));
+            tracing::error!(event_id = %envelope.event_id(), %error, ?delay, "dead-letter publish failed; retrying");
+            delivery.keep_alive().await;
+            tokio::time::sleep(delay).await;
+        }
+        tracing::warn!(event_id = %envelope.event_id(), attempts = reason.attempts, error = %reason.error, "event dead-lettered");
+    }
+}
+
+impl Counters {
+    fn snapshot(&self) -> DispatchStats {
+        DispatchStats {
+            handled: self.handled.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}

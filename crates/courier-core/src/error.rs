@@ -1,0 +1,156 @@
+//! Errors shared by every backend: a kind that says whether retrying can help, and a message that
+//! names what went wrong.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// What class of failure an [`Error`] is; decides [`ErrorKind::is_retryable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The input (envelope, topic, option) is invalid; nothing was written.
+    InvalidInput,
+    /// The payload exceeds the configured or broker maximum.
+    PayloadTooLarge,
+    /// The destination does not exist (no stream for the subject, unknown topic).
+    NotFound,
+    /// The broker refused the event for a reason retrying will not fix.
+    Rejected,
+    /// Configuration is missing or inconsistent.
+    Config,
+    /// The publisher or subscriber was closed before the operation.
+    Closed,
+    /// A bounded queue stayed full for longer than allowed.
+    Backpressure,
+    /// No verdict arrived in time (ACK timeout, flush timeout).
+    Timeout,
+    /// The connection to the broker or database failed or was lost.
+    Connection,
+    /// The broker is temporarily unable to accept the event (leader election, not enough replicas).
+    Unavailable,
+    /// The transport lost track of an accepted event without a verdict; the event may or may not
+    /// have reached the broker, so it must be re-published (brokers de-duplicate by event id).
+    Lost,
+}
+
+impl ErrorKind {
+    /// Whether the same operation may succeed if tried again later.
+    pub const fn is_retryable(self) -> bool {
+        matches!(self, Self::Backpressure | Self::Timeout | Self::Connection | Self::Unavailable | Self::Lost)
+    }
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "invalid input",
+            Self::PayloadTooLarge => "payload too large",
+            Self::NotFound => "not found",
+            Self::Rejected => "rejected",
+            Self::Config => "configuration error",
+            Self::Closed => "closed",
+            Self::Backpressure => "backpressure",
+            Self::Timeout => "timeout",
+            Self::Connection => "connection error",
+            Self::Unavailable => "unavailable",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Courier error: a kind plus a human message, optionally wrapping the client library's error.
+///
+/// Cheap to clone so one broker failure can be reported for every event it affected.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: Arc<str>,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into().into(), source: None }
+    }
+
+    /// Wraps a client library error, keeping it as the [`std::error::Error::source`].
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self { kind, message: message.into().into(), source: Some(Arc::new(source)) }
+    }
+
+    pub const fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub const fn is_retryable(&self) -> bool {
+        self.kind.is_retryable()
+    }
+}
+
+impl From<ValidationError> for Error {
+    fn from(err: ValidationError) -> Self {
+        let kind = match err.field {
+            "payload" => ErrorKind::PayloadTooLarge,
+            _ => ErrorKind::InvalidInput,
+        };
+        Self::with_source(kind, err.to_string(), err)
+    }
+}
+
+/// Input refused at construction or enqueue, naming the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct ValidationError {
+    /// The envelope field or option that is invalid, e.g. `aggregate_id`.
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}
+
+/// A subscriber handler's failure. Retryable failures are retried with backoff; the others go to
+/// the dead-letter destination at once.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    message: String,
+    retryable: bool,
+}
+
+impl HandlerError {
+    /// A failure that may pass on a later attempt (a database hiccup, a timeout).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: true }
+    }
+
+    /// A failure no retry will fix (malformed payload); the event is dead-lettered at once.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: false }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}

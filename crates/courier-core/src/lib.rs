@@ -1,0 +1,45 @@
+//! Courier core: the event model, two-stage publishing with per-event ACKs, the subscriber
+//! dispatch engine shared by every backend, and the in-memory bus.
+//!
+//! ```
+//! use courier_core::{Bus, Envelope, MemoryBus, PublisherConfig, Topic};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), courier_core::Error> {
+//! let bus = MemoryBus::default();
+//! let publisher = bus.publisher(PublisherConfig::default());
+//! let topic = Topic::new("orders")?;
+//! let event = Envelope::builder("order", "order-42", "OrderPlaced")
+//!     .payload(r#"{"total":42}"#)
+//!     .build()?;
+//! let ack = publisher.publish(&topic, event).await?; // accepted
+//! let receipt = ack.await?; // the broker's verdict
+//! assert!(!receipt.duplicate);
+//! publisher.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod backoff;
+mod bus;
+pub mod dispatch;
+mod envelope;
+mod error;
+mod event_id;
+pub mod memory;
+mod offsets;
+mod publish;
+pub mod wire;
+
+pub use backoff::Backoff;
+pub use bus::{Bus, DeadLetterTopic, TopicConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER};
+pub use envelope::{
+    Envelope, EnvelopeBuilder, Topic, TraceContext, DEFAULT_MAX_PAYLOAD, MAX_AGGREGATE_ID_LEN, MAX_TOPIC_LEN,
+};
+pub use error::{Error, ErrorKind, HandlerError, ValidationError};
+pub use event_id::EventId;
+pub use memory::{MemoryBus, MemoryConfig};
+pub use offsets::OffsetTracker;
+pub use publish::{
+    Ack, Completion, Position, PublishResult, Publisher, PublisherConfig, Receipt, Results, Transport,
+};

@@ -1,0 +1,385 @@
+//! Two-stage publishing: an event is *accepted* once it holds a slot of the in-flight window and
+//! the transport has taken it; the broker's *verdict* arrives later as a [`PublishResult`].
+//!
+//! Every accepted event owns a [`Completion`]. Completing it (or dropping it, which reports
+//! [`ErrorKind::Lost`]) delivers exactly one result, either to the caller's [`Ack`] or to the
+//! publisher's [`Results`] stream. The window slot travels with the result and is released only
+//! when the result is consumed, so the results buffer never holds more than the window and a slow
+//! reader slows publishers down instead of losing results.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::{Envelope, Error, ErrorKind, EventId, Topic, DEFAULT_MAX_PAYLOAD};
+
+/// Where the broker stored an acknowledged event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Position {
+    /// In-memory bus: the sequence within the topic.
+    Memory { sequence: u64 },
+    /// NATS JetStream: stream name and stream sequence.
+    Stream { stream: String, sequence: u64 },
+    /// Kafka: partition and offset.
+    Partition { partition: i32, offset: i64 },
+}
+
+/// A successful broker verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub event_id: EventId,
+    pub position: Position,
+    /// The broker had already stored this event id and did not store it again.
+    pub duplicate: bool,
+}
+
+/// The verdict for one accepted event, as read from [`Results`].
+#[derive(Debug)]
+pub struct PublishResult {
+    pub event_id: EventId,
+    pub topic: Topic,
+    /// When the event was accepted; `accepted_at.elapsed()` on receipt is the ACK latency.
+    pub accepted_at: Instant,
+    pub outcome: Result<Receipt, Error>,
+    /// The window slot, released when the result is dropped by its reader.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The broker side of a publisher: hands accepted events to a broker client.
+///
+/// Implementations must eventually resolve every [`Completion`] they are given, from a small
+/// fixed number of tasks (not one per event). A completion that is dropped unresolved reports
+/// [`ErrorKind::Lost`], so a transport bug turns into a retryable error, never a missing result.
+pub trait Transport: Send + Sync + 'static {
+    /// Takes one accepted event. Returns once the client has queued it; awaiting here is the
+    /// backpressure point below the window (e.g. a full librdkafka queue).
+    fn send(
+        &self,
+        topic: &Topic,
+        envelope: Envelope,
+        completion: Completion,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Pushes queued events out now (close calls it before waiting for verdicts).
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// The largest payload the broker accepts; larger events are refused before acceptance.
+    fn max_payload(&self) -> usize {
+        DEFAULT_MAX_PAYLOAD
+    }
+}
+
+/// The obligation to report one accepted event's verdict. See [`Transport`].
+#[must_use = "dropping a Completion reports the event as lost"]
+pub struct Completion {
+    event_id: EventId,
+    topic: Topic,
+    accepted_at: Instant,
+    /// `None` once resolved.
+    sink: Option<(Sink, OwnedSemaphorePermit)>,
+    pending: Arc<Pending>,
+}
+
+enum Sink {
+    Ack(oneshot::Sender<(Result<Receipt, Error>, OwnedSemaphorePermit)>),
+    Stream(mpsc::UnboundedSender<PublishResult>),
+}
+
+impl Completion {
+    pub fn event_id(&self) -> EventId {
+        self.event_id
+    }
+
+    pub fn accepted_at(&self) -> Instant {
+        self.accepted_at
+    }
+
+    /// Delivers the verdict to whoever waits for it.
+    pub fn complete(mut self, outcome: Result<Receipt, Error>) {
+        self.resolve(outcome);
+    }
+
+    fn resolve(&mut self, outcome: Result<Receipt, Error>) {
+        let Some((sink, slot)) = self.sink.take() else { return };
+        match sink {
+            // A dropped Ack means nobody wants the verdict; the slot is freed with it.
+            Sink::Ack(tx) => drop(tx.send((outcome, slot))),
+            Sink::Stream(tx) => {
+                let result = PublishResult {
+                    event_id: self.event_id,
+                    topic: self.topic.clone(),
+                    accepted_at: self.accepted_at,
+                    outcome,
+                    _slot: slot,
+                };
+                if let Err(unread) = tx.send(result) {
+                    tracing::warn!(event_id = %unread.0.event_id, "publish result discarded: the Results stream was dropped");
+                }
+            }
+        }
+        self.pending.done();
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if self.sink.is_some() {
+            let err = Error::new(
+                ErrorKind::Lost,
+                format!("the transport dropped event {} without a broker verdict", self.event_id),
+            );
+            self.resolve(Err(err));
+        }
+    }
+}
+
+/// Counts accepted events without a verdict, so close can wait for zero.
+#[derive(Default)]
+struct Pending {
+    count: AtomicUsize,
+    zero: Notify,
+}
+
+impl Pending {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.zero.notify_waiters();
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    async fn wait_zero(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.get() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Publisher settings.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// Most events accepted but not yet consumed as results. Default 1024.
+    pub window: usize,
+    /// Largest payload accepted; the transport's limit applies if lower. Default 1 MiB.
+    pub max_payload: usize,
+    /// How long [`Publisher::close`] waits for outstanding verdicts. Default 30 s.
+    pub close_timeout: Duration,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self { window: 1024, max_payload: DEFAULT_MAX_PAYLOAD, close_timeout: Duration::from_secs(30) }
+    }
+}
+
+impl PublisherConfig {
+    pub fn window(mut self, window: usize) -> Self {
+        self.window = window;
+        self
+    }
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+}
+
+/// Publishes events through a [`Transport`] with a bounded in-flight window. Cheap to clone.
+pub struct Publisher<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for Publisher<T> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner) }
+    }
+}
+
+struct Inner<T> {
+    transport: T,
+    window: Arc<Semaphore>,
+    pending: Arc<Pending>,
+    closed: AtomicBool,
+    /// Taken on close so the results stream ends once the last verdict is read.
+    results_tx: Mutex<Option<mpsc::UnboundedSender<PublishResult>>>,
+    results_rx: Mutex<Option<mpsc::UnboundedReceiver<PublishResult>>>,
+    max_payload: usize,
+    close_timeout: Duration,
+}
+
+impl<T: Transport> Publisher<T> {
+    pub fn new(transport: T, config: PublisherConfig) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let max_payload = config.max_payload.min(transport.max_payload());
+        Self {
+            inner: Arc::new(Inner {
+                transport,
+                window: Arc::new(Semaphore::new(config.window.max(1))),
+                pending: Arc::default(),
+                closed: AtomicBool::new(false),
+                results_tx: Mutex::new(Some(tx)),
+                results_rx: Mutex::new(Some(rx)),
+                max_payload,
+                close_timeout: config.close_timeout,
+            }),
+        }
+    }
+
+    pub fn transport(&self) -> &T {
+        &self.inner.transport
+    }
+
+    /// Accepts `envelope` for `topic` and returns an [`Ack`] that resolves with the broker's
+    /// verdict. Waits while the window is full.
+    pub async fn publish(&self, topic: &Topic, envelope: Envelope) -> Result<Ack, Error> {
+        let (tx, rx) = oneshot::channel();
+        let event_id = envelope.event_id();
+        self.accept(topic, envelope, Sink::Ack(tx)).await?;
+        Ok(Ack { event_id, rx })
+    }
+
+    /// Accepts `envelope` for `topic`; its verdict goes to the [`Results`] stream, which must
+    /// be taken with [`results`](Self::results) first. Waits while the window is full.
+    pub async fn submit(&self, topic: &Topic, envelope: Envelope) -> Result<EventId, Error> {
+        let tx = self.inner.results_tx.lock().expect("results lock").clone();
+        let tx = tx.filter(|tx| !tx.is_closed()).ok_or_else(|| closed_error())?;
+        if self.inner.results_rx.lock().expect("results lock").is_some() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "submit needs a reader: take the stream with Publisher::results() first",
+            ));
+        }
+        let event_id = envelope.event_id();
+        self.accept(topic, envelope, Sink::Stream(tx)).await?;
+        Ok(event_id)
+    }
+
+    /// The stream of verdicts for events accepted with [`submit`](Self::submit); `None` after
+    /// the first call. It ends after [`close`](Self::close) once every verdict was read.
+    pub fn results(&self) -> Option<Results> {
+        self.inner.results_rx.lock().expect("results lock").take().map(|rx| Results { rx })
+    }
+
+    async fn accept(&self, topic: &Topic, envelope: Envelope, sink: Sink) -> Result<(), Error> {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(closed_error());
+        }
+        envelope.check_payload_size(inner.max_payload)?;
+        let slot = Arc::clone(&inner.window).acquire_owned().await.map_err(|_| closed_error())?;
+        inner.pending.add();
+        let completion = Completion {
+            event_id: envelope.event_id(),
+            topic: topic.clone(),
+            accepted_at: Instant::now(),
+            sink: Some((sink, slot)),
+            pending: Arc::clone(&inner.pending),
+        };
+        inner.transport.send(topic, envelope, completion).await;
+        Ok(())
+    }
+
+    /// Events accepted whose verdict has not arrived yet.
+    pub fn pending(&self) -> usize {
+        self.inner.pending.get()
+    }
+
+    /// Refuses new events, then waits until every accepted event has its verdict. Fails with
+    /// [`ErrorKind::Timeout`] naming the number still pending if that takes longer than the
+    /// configured close timeout. Idempotent.
+    pub async fn close(&self) -> Result<(), Error> {
+        let inner = &*self.inner;
+        inner.closed.store(true, Ordering::Release);
+        inner.results_tx.lock().expect("results lock").take();
+        inner.transport.flush().await;
+        let drained = tokio::time::timeout(inner.close_timeout, inner.pending.wait_zero()).await;
+        inner.window.close();
+        match drained {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "close timed out after {:?} with {} events still waiting for a broker verdict",
+                    inner.close_timeout,
+                    inner.pending.get()
+                ),
+            )),
+        }
+    }
+}
+
+fn closed_error() -> Error {
+    Error::new(ErrorKind::Closed, "the publisher is closed")
+}
+
+/// Resolves with the broker's verdict for one event.
+#[must_use = "an Ack holds a window slot until it is awaited or dropped"]
+pub struct Ack {
+    event_id: EventId,
+    rx: oneshot::Receiver<(Result<Receipt, Error>, OwnedSemaphorePermit)>,
+}
+
+impl Ack {
+    pub fn event_id(&self) -> EventId {
+        self.event_id
+    }
+}
+
+impl Future for Ack {
+    type Output = Result<Receipt, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|received| match received {
+            Ok((outcome, _slot)) => outcome,
+            // Unreachable in practice: a Completion always sends before it is dropped.
+            Err(_) => Err(Error::new(ErrorKind::Lost, "the verdict channel closed unexpectedly")),
+        })
+    }
+}
+
+/// Verdicts of all events accepted with [`Publisher::submit`], in completion order.
+pub struct Results {
+    rx: mpsc::UnboundedReceiver<PublishResult>,
+}
+
+impl Results {
+    /// The next verdict; `None` once the publisher is closed and every verdict was read.
+    pub async fn recv(&mut self) -> Option<PublishResult> {
+        self.rx.recv().await
+    }
+
+    /// Verdicts received but not yet read; never more than the window.
+    pub fn buffered(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+impl futures::Stream for Results {
+    type Item = PublishResult;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}

@@ -1,0 +1,351 @@
+//! Wire formats shared by the broker backends: CloudEvents binary mode (metadata in headers,
+//! payload as the body) and the reference system's JSON envelope. Consumers detect the mode from
+//! the headers, so both can flow through one topic during a migration.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Envelope, Error, ErrorKind, EventId, TraceContext};
+
+/// How envelopes are written to the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireMode {
+    /// CloudEvents binary content mode: `ce*` headers, the payload untouched as the body.
+    #[default]
+    CloudEvents,
+    /// The reference system's JSON envelope as the body, plus its `X-Event-*` headers.
+    Reference,
+}
+
+/// The header prefix of the CloudEvents protocol binding in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderStyle {
+    /// Kafka binding: `ce_id`, `ce_type`, …
+    Kafka,
+    /// NATS binding: `ce-id`, `ce-type`, …
+    Nats,
+}
+
+impl HeaderStyle {
+    fn prefix(self) -> &'static str {
+        match self {
+            Self::Kafka => "ce_",
+            Self::Nats => "ce-",
+        }
+    }
+}
+
+/// An envelope as broker headers and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireMessage {
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+/// Reference header carrying the event id.
+pub const REF_EVENT_ID: &str = "X-Event-ID";
+/// Reference header carrying the aggregate id.
+pub const REF_AGGREGATE_ID: &str = "X-Aggregate-ID";
+/// Reference header carrying the event type.
+pub const REF_EVENT_TYPE: &str = "X-Event-Type";
+/// Reference header carrying the event version.
+pub const REF_EVENT_VERSION: &str = "X-Event-Version";
+/// Courier's addition to the reference headers: the envelope field the reference lacks.
+pub const REF_AGGREGATE_TYPE: &str = "X-Aggregate-Type";
+/// Set when a decoded reference event id was not a UUID; holds the original string.
+pub const ORIGINAL_EVENT_ID_HEADER: &str = "courier-original-event-id";
+
+const CE_ATTRIBUTES: [&str; 12] = [
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "aggregatetype",
+    "eventversion",
+    "traceparent",
+    "tracestate",
+    "correlationid",
+    "tenant",
+];
+
+/// The reference system's JSON envelope (Go `[]byte` payload, so base64 in JSON).
+#[derive(Debug, Serialize, Deserialize)]
+struct ReferenceEnvelope {
+    event_id: String,
+    aggregate_id: String,
+    event_type: String,
+    event_version: i64,
+    #[serde(with = "base64_bytes")]
+    payload: Vec<u8>,
+    timestamp: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<String>,
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = Option::<String>::deserialize(d)?.unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Encodes `envelope` for a broker using `style`'s header names.
+pub fn encode(envelope: &Envelope, mode: WireMode, style: HeaderStyle) -> WireMessage {
+    let mut headers: Vec<(String, String)> =
+        envelope.headers().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let body = match mode {
+        WireMode::CloudEvents => {
+            let p = style.prefix();
+            let mut put = |name: &str, value: String| headers.push((format!("{p}{name}"), value));
+            put("specversion", "1.0".into());
+            put("id", envelope.event_id().to_string());
+            put("source", format!("/courier/{}", envelope.aggregate_type()));
+            put("type", envelope.event_type().into());
+            put("subject", envelope.aggregate_id().into());
+            put("time", envelope.timestamp().to_rfc3339_opts(SecondsFormat::AutoSi, true));
+            put("aggregatetype", envelope.aggregate_type().into());
+            put("eventversion", envelope.event_version().to_string());
+            if let Some(trace) = envelope.trace() {
+                put("traceparent", trace.traceparent().into());
+                if let Some(state) = trace.tracestate() {
+                    put("tracestate", state.into());
+                }
+            }
+            if let Some(id) = envelope.correlation_id() {
+                put("correlationid", id.into());
+            }
+            if let Some(tenant) = envelope.tenant() {
+                put("tenant", tenant.into());
+            }
+            envelope.payload().clone()
+        }
+        WireMode::Reference => {
+            headers.push((REF_EVENT_ID.into(), envelope.event_id().to_string()));
+            headers.push((REF_AGGREGATE_ID.into(), envelope.aggregate_id().into()));
+            headers.push((REF_EVENT_TYPE.into(), envelope.event_type().into()));
+            headers.push((REF_EVENT_VERSION.into(), envelope.event_version().to_string()));
+            headers.push((REF_AGGREGATE_TYPE.into(), envelope.aggregate_type().into()));
+            if let Some(trace) = envelope.trace() {
+                headers.push(("traceparent".into(), trace.traceparent().into()));
+            }
+            let reference = ReferenceEnvelope {
+                event_id: envelope.event_id().to_string(),
+                aggregate_id: envelope.aggregate_id().into(),
+                event_type: envelope.event_type().into(),
+                event_version: envelope.event_version(),
+                payload: envelope.payload().to_vec(),
+                timestamp: envelope.timestamp(),
+                trace_id: envelope.trace().map(|t| t.trace_id().to_owned()),
+                correlation_id: envelope.correlation_id().map(str::to_owned),
+            };
+            Bytes::from(serde_json::to_vec(&reference).expect("the reference envelope always serializes"))
+        }
+    };
+    WireMessage { headers, body }
+}
+
+/// Decodes a broker message in either mode: CloudEvents when a `ce_specversion`/`ce-specversion`
+/// header is present, the reference JSON envelope otherwise. Broker-internal headers
+/// (`Nats-*`) are dropped; other headers become envelope headers.
+pub fn decode(headers: &[(String, String)], body: Bytes) -> Result<Envelope, Error> {
+    let find =
+        |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let style = [HeaderStyle::Kafka, HeaderStyle::Nats]
+        .into_iter()
+        .find(|s| find(&format!("{}specversion", s.prefix())).is_some());
+    match style {
+        Some(style) => decode_cloudevents(headers, body, style.prefix()),
+        None => decode_reference(headers, &body),
+    }
+}
+
+fn decode_cloudevents(headers: &[(String, String)], body: Bytes, p: &str) -> Result<Envelope, Error> {
+    let attr = |name: &str| {
+        let key = format!("{p}{name}");
+        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(&key)).map(|(_, v)| v.as_str())
+    };
+    let required = |name: &str| attr(name).ok_or_else(|| malformed(format!("missing header {p}{name}")));
+    let event_id: EventId =
+        required("id")?.parse().map_err(|e| malformed(format!("header {p}id is not a UUID: {e}")))?;
+    let aggregate_type = attr("aggregatetype")
+        .map(str::to_owned)
+        .or_else(|| attr("source").map(|s| s.rsplit('/').next().unwrap_or(s).to_owned()))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let mut builder = Envelope::builder(aggregate_type, required("subject")?, required("type")?)
+        .event_id(event_id)
+        .payload(body);
+    if let Some(version) = attr("eventversion") {
+        builder = builder.event_version(parse_version(version)?);
+    }
+    if let Some(time) = attr("time") {
+        builder = builder.timestamp(parse_time(time)?);
+    }
+    if let Some(tp) = attr("traceparent") {
+        builder = builder.trace(TraceContext::new(tp, attr("tracestate").map(str::to_owned))?);
+    }
+    if let Some(id) = attr("correlationid") {
+        builder = builder.correlation_id(id);
+    }
+    if let Some(tenant) = attr("tenant") {
+        builder = builder.tenant(tenant);
+    }
+    let is_ours = |k: &str| {
+        k.len() > p.len()
+            && k[..p.len()].eq_ignore_ascii_case(p)
+            && CE_ATTRIBUTES.iter().any(|a| k[p.len()..].eq_ignore_ascii_case(a))
+    };
+    for (k, v) in headers.iter().filter(|(k, _)| !is_ours(k) && !is_broker_header(k)) {
+        builder = builder.header(k, v);
+    }
+    Ok(builder.build()?)
+}
+
+fn decode_reference(headers: &[(String, String)], body: &[u8]) -> Result<Envelope, Error> {
+    let reference: ReferenceEnvelope = serde_json::from_slice(body)
+        .map_err(|e| malformed(format!("body is neither CloudEvents nor a reference JSON envelope: {e}")))?;
+    let header =
+        |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let mut builder = Envelope::builder(
+        header(REF_AGGREGATE_TYPE).unwrap_or("unknown"),
+        reference.aggregate_id,
+        reference.event_type,
+    )
+    .event_version(reference.event_version)
+    .payload(reference.payload)
+    .timestamp(reference.timestamp);
+    builder = match reference.event_id.parse::<EventId>() {
+        Ok(id) => builder.event_id(id),
+        // The reference system made ids like "aggregate:type:version:nanos"; map them to a stable
+        // UUID so de-duplication still works, and keep the original.
+        Err(_) => builder
+            .event_id(EventId::from_uuid(Uuid::new_v5(&Uuid::NAMESPACE_OID, reference.event_id.as_bytes())))
+            .header(ORIGINAL_EVENT_ID_HEADER, reference.event_id.clone()),
+    };
+    if let Some(tp) = header("traceparent") {
+        builder = builder.trace(TraceContext::new(tp, None)?);
+    }
+    if let Some(id) = reference.correlation_id.filter(|id| !id.is_empty()) {
+        builder = builder.correlation_id(id);
+    }
+    let reference_headers = [
+        REF_EVENT_ID,
+        REF_AGGREGATE_ID,
+        REF_EVENT_TYPE,
+        REF_EVENT_VERSION,
+        REF_AGGREGATE_TYPE,
+        "traceparent",
+    ];
+    for (k, v) in headers {
+        if !reference_headers.iter().any(|r| k.eq_ignore_ascii_case(r)) && !is_broker_header(k) {
+            builder = builder.header(k, v);
+        }
+    }
+    Ok(builder.build()?)
+}
+
+fn is_broker_header(name: &str) -> bool {
+    name.len() >= 5 && name[..5].eq_ignore_ascii_case("nats-")
+}
+
+fn parse_version(text: &str) -> Result<i64, Error> {
+    text.parse().map_err(|_| malformed(format!("event version {text:?} is not an integer")))
+}
+
+fn parse_time(text: &str) -> Result<DateTime<Utc>, Error> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| malformed(format!("time {text:?} is not RFC 3339: {e}")))
+}
+
+fn malformed(message: String) -> Error {
+    Error::new(ErrorKind::InvalidInput, format!("malformed message: {message}"))
+}
+
+/// Base64 of `bytes` as the reference envelope writes payloads; for tests and interop checks.
+pub fn reference_payload(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope::builder("order", "order-7", "OrderPlaced")
+            .event_version(3)
+            .payload(r#"{"total":7}"#)
+            .trace(
+                TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None).unwrap(),
+            )
+            .correlation_id("corr-1")
+            .tenant("acme")
+            .header("x-custom", "yes")
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn cloudevents_round_trips_in_both_styles() {
+        for style in [HeaderStyle::Kafka, HeaderStyle::Nats] {
+            let e = sample();
+            let wire = encode(&e, WireMode::CloudEvents, style);
+            assert_eq!(wire.body, e.payload());
+            let mut headers = wire.headers.clone();
+            headers.push(("Nats-Msg-Id".into(), e.event_id().to_string()));
+            assert_eq!(decode(&headers, wire.body).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn reference_mode_writes_the_reference_envelope() {
+        let e = sample();
+        let wire = encode(&e, WireMode::Reference, HeaderStyle::Kafka);
+        let json: serde_json::Value = serde_json::from_slice(&wire.body).unwrap();
+        assert_eq!(json["event_id"], e.event_id().to_string());
+        assert_eq!(json["aggregate_id"], "order-7");
+        assert_eq!(json["event_type"], "OrderPlaced");
+        assert_eq!(json["event_version"], 3);
+        assert_eq!(json["payload"], reference_payload(br#"{"total":7}"#));
+        assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(json["correlation_id"], "corr-1");
+        assert!(wire.headers.contains(&(REF_EVENT_ID.into(), e.event_id().to_string())));
+        let back = decode(&wire.headers, wire.body).unwrap();
+        assert_eq!(
+            (back.event_id(), back.payload(), back.aggregate_type()),
+            (e.event_id(), e.payload(), "order")
+        );
+    }
+
+    #[test]
+    fn reference_ids_that_are_not_uuids_map_to_stable_ids() {
+        let body = br#"{"event_id":"order-1:Placed:1:1700000000","aggregate_id":"order-1","event_type":"Placed","event_version":1,"payload":"e30=","timestamp":"2024-01-01T00:00:00Z"}"#;
+        let a = decode(&[], Bytes::from_static(body)).unwrap();
+        let b = decode(&[], Bytes::from_static(body)).unwrap();
+        assert_eq!(a.event_id(), b.event_id());
+        assert_eq!(a.headers()[ORIGINAL_EVENT_ID_HEADER], "order-1:Placed:1:1700000000");
+        assert_eq!(a.payload().as_ref(), b"{}");
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let err = decode(&[], Bytes::from_static(b"not json")).unwrap_err();
+        assert!(err.message().contains("neither CloudEvents nor a reference JSON envelope"), "{err}");
+        let err = decode(&[("ce_specversion".into(), "1.0".into())], Bytes::new()).unwrap_err();
+        assert!(err.message().contains("missing header ce_id"), "{err}");
+    }
+}
