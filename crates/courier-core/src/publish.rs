@@ -3,9 +3,10 @@
 //!
 //! Every accepted event owns a [`Completion`]. Completing it (or dropping it, which reports
 //! [`ErrorKind::Lost`]) delivers exactly one result, either to the caller's [`Ack`] or to the
-//! publisher's [`Results`] stream. The window slot travels with the result and is released only
-//! when the result is consumed, so the results buffer never holds more than the window and a slow
-//! reader slows publishers down instead of losing results.
+//! publisher's [`Results`] stream. An [`Ack`] frees its window slot when the verdict arrives (the
+//! caller owns the Ack and its memory). A streamed result carries its slot until it is read, so
+//! the results buffer never holds more than the window and a slow reader slows publishers down
+//! instead of losing results.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -89,7 +90,7 @@ pub struct Completion {
 }
 
 enum Sink {
-    Ack(oneshot::Sender<(Result<Receipt, Error>, OwnedSemaphorePermit)>),
+    Ack(oneshot::Sender<Result<Receipt, Error>>),
     Stream(mpsc::UnboundedSender<PublishResult>),
 }
 
@@ -110,8 +111,11 @@ impl Completion {
     fn resolve(&mut self, outcome: Result<Receipt, Error>) {
         let Some((sink, slot)) = self.sink.take() else { return };
         match sink {
-            // A dropped Ack means nobody wants the verdict; the slot is freed with it.
-            Sink::Ack(tx) => drop(tx.send((outcome, slot))),
+            // A dropped Ack means nobody wants the verdict.
+            Sink::Ack(tx) => {
+                drop(slot);
+                let _ = tx.send(outcome);
+            }
             Sink::Stream(tx) => {
                 let result = PublishResult {
                     event_id: self.event_id,
@@ -335,10 +339,10 @@ fn closed_error() -> Error {
 }
 
 /// Resolves with the broker's verdict for one event.
-#[must_use = "an Ack holds a window slot until it is awaited or dropped"]
+#[must_use = "an Ack is the only way to learn the broker's verdict"]
 pub struct Ack {
     event_id: EventId,
-    rx: oneshot::Receiver<(Result<Receipt, Error>, OwnedSemaphorePermit)>,
+    rx: oneshot::Receiver<Result<Receipt, Error>>,
 }
 
 impl Ack {
@@ -352,7 +356,7 @@ impl Future for Ack {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.rx).poll(cx).map(|received| match received {
-            Ok((outcome, _slot)) => outcome,
+            Ok(outcome) => outcome,
             // Unreachable in practice: a Completion always sends before it is dropped.
             Err(_) => Err(Error::new(ErrorKind::Lost, "the verdict channel closed unexpectedly")),
         })
@@ -371,7 +375,7 @@ impl Results {
     }
 
     /// Verdicts received but not yet read; never more than the window.
-    pub fn buffered(&self) -> usize {
+    pub fn queued(&self) -> usize {
         self.rx.len()
     }
 }

@@ -1,0 +1,428 @@
+//! The conformance suite: behaviour every [`Bus`] must show, run by each backend's tests through
+//! [`conformance_tests!`]. Every test uses fresh, randomly named topics so tests run in parallel.
+//!
+//! ```ignore
+//! struct Memory;
+//! impl courier_conformance::Harness for Memory {
+//!     type Bus = courier_core::MemoryBus;
+//!     async fn bus(&self) -> Self::Bus { courier_core::MemoryBus::default() }
+//! }
+//! courier_conformance::conformance_tests!(Memory);
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use courier_core::dispatch::{self, DeadLetter, DeadLetterReason, Delivery, DispatchConfig};
+use courier_core::{
+    Backoff, Bus, DeadLetterTopic, Envelope, ErrorKind, EventId, HandlerError, PublisherConfig, Topic,
+    TopicConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER,
+};
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+/// Connects the suite to one backend.
+pub trait Harness: Send + Sync + 'static {
+    type Bus: Bus;
+
+    /// A connected bus; called once per test.
+    fn bus(&self) -> impl Future<Output = Self::Bus> + Send;
+
+    /// Events used by the heavy tests; the slow-reader test uses this many publishes.
+    fn scale(&self) -> usize {
+        200_000
+    }
+}
+
+/// Generates one `#[tokio::test]` per conformance check for `$harness` (an expression).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@tests $harness;
+            every_publish_yields_one_result,
+            slow_results_reader_loses_nothing,
+            subscriber_keeps_per_aggregate_order,
+            failing_handler_is_retried_then_dead_lettered,
+            close_flushes_every_accepted_event,
+            invalid_input_is_refused_naming_the_field,
+            republished_event_is_a_duplicate,
+            consumer_group_resumes_after_restart,
+        );
+    };
+    (@tests $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::$name(&$harness).await;
+            }
+        )*
+    };
+}
+
+/// A fresh, provisioned topic named after the test.
+pub async fn fresh_topic<B: Bus>(bus: &B, test: &str) -> Topic {
+    let topic = Topic::new(format!("conf-{test}-{}", uuid::Uuid::now_v7().simple())).expect("valid topic");
+    bus.provision(&TopicConfig::new(topic.clone())).await.expect("provision topic");
+    topic
+}
+
+/// `count` events spread round-robin over `aggregates` aggregates, each carrying its index within
+/// its aggregate as the payload so order can be checked.
+pub fn events(count: usize, aggregates: usize, payload_bytes: usize) -> Vec<Envelope> {
+    let filler = "x".repeat(payload_bytes.saturating_sub(20));
+    (0..count)
+        .map(|i| {
+            let aggregate = i % aggregates;
+            let seq = i / aggregates;
+            Envelope::builder("conformance", format!("agg-{aggregate}"), "Tested")
+                .payload(format!("{seq}:{filler}"))
+                .build()
+                .expect("valid envelope")
+        })
+        .collect()
+}
+
+fn seq_of(envelope: &Envelope) -> usize {
+    let text = std::str::from_utf8(envelope.payload()).expect("utf8 payload");
+    text.split(':').next().and_then(|s| s.parse().ok()).expect("sequence prefix")
+}
+
+/// Every accepted publish yields exactly one successful result carrying its event id.
+pub async fn every_publish_yields_one_result<H: Harness>(harness: &H) {
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "acks").await;
+    let publisher = bus.publisher(PublisherConfig::default().window(256));
+    let count = 5_000.min(harness.scale());
+    let mut acks = Vec::with_capacity(count);
+    for e in events(count, 50, 64) {
+        acks.push(publisher.publish(&topic, e).await.expect("accepted"));
+    }
+    let mut seen = HashSet::new();
+    for ack in acks {
+        let id = ack.event_id();
+        let receipt = ack.await.expect("acknowledged");
+        assert_eq!(receipt.event_id, id);
+        assert!(!receipt.duplicate);
+        assert!(seen.insert(id), "two results for {id}");
+    }
+    assert_eq!(seen.len(), count);
+    publisher.close().await.expect("close");
+}
+
+/// A reader of the results stream that pauses loses nothing, and the buffer never exceeds the
+/// window: publishers wait instead.
+pub async fn slow_results_reader_loses_nothing<H: Harness>(harness: &H) {
+    const WINDOW: usize = 1_000;
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "slow-reader").await;
+    let publisher = bus.publisher(PublisherConfig::default().window(WINDOW));
+    let mut results = publisher.results().expect("results stream");
+    let count = harness.scale();
+    let reader = tokio::spawn(async move {
+        let mut ids = HashSet::with_capacity(count);
+        let mut max_buffered = 0;
+        let mut failures = 0;
+        while let Some(result) = results.recv().await {
+            max_buffered = max_buffered.max(results.queued() + 1);
+            failures += usize::from(result.outcome.is_err());
+            assert!(ids.insert(result.event_id), "two results for {}", result.event_id);
+            if ids.len() % (count / 4).max(1) == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        (ids, max_buffered, failures)
+    });
+    let mut sent = HashSet::with_capacity(count);
+    for e in events(count, 1_000, 32) {
+        sent.insert(publisher.submit(&topic, e).await.expect("accepted"));
+    }
+    publisher.close().await.expect("close");
+    let (ids, max_buffered, failures) = reader.await.expect("reader");
+    assert_eq!(failures, 0, "publishes failed");
+    assert_eq!(ids, sent, "results missing");
+    assert!(max_buffered <= WINDOW, "results buffer held {max_buffered} > window {WINDOW}");
+}
+
+/// Order state of a consumer: per aggregate, the sequences seen in handling order.
+#[derive(Default)]
+struct Seen {
+    by_aggregate: HashMap<String, Vec<usize>>,
+    total: usize,
+}
+
+/// With thousands of aggregates and concurrent handlers, each aggregate's events are handled in
+/// publish order, and all events arrive.
+pub async fn subscriber_keeps_per_aggregate_order<H: Harness>(harness: &H) {
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "order").await;
+    let aggregates = 2_000;
+    let count = 20_000.min(harness.scale());
+    publish_all(&bus, &topic, events(count, aggregates, 32)).await;
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let in_handler = Arc::new(AtomicUsize::new(0));
+    let max_parallel = Arc::new(AtomicUsize::new(0));
+    let (done_tx, done_rx) = oneshot::channel();
+    let done_tx = Arc::new(Mutex::new(Some(done_tx)));
+    let handler = {
+        let (seen, in_handler, max_parallel) = (seen.clone(), in_handler.clone(), max_parallel.clone());
+        move |e: Envelope| {
+            let (seen, in_handler, max_parallel, done_tx) =
+                (seen.clone(), in_handler.clone(), max_parallel.clone(), done_tx.clone());
+            async move {
+                let now = in_handler.fetch_add(1, Ordering::SeqCst) + 1;
+                max_parallel.fetch_max(now, Ordering::SeqCst);
+                if rand::random::<u8>() < 8 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                tokio::task::yield_now().await;
+                in_handler.fetch_sub(1, Ordering::SeqCst);
+                let mut s = seen.lock().unwrap();
+                s.by_aggregate.entry(e.aggregate_id().to_owned()).or_default().push(seq_of(&e));
+                s.total += 1;
+                if s.total == count {
+                    done_tx.lock().unwrap().take().map(|tx| tx.send(()));
+                }
+                Ok(())
+            }
+        }
+    };
+    let stats = run_consumer(&bus, &topic, "order-group", handler, DispatchConfig::default(), done_rx).await;
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.total, count, "events missing");
+    assert_eq!(stats.handled as usize, count);
+    for (aggregate, seqs) in &seen.by_aggregate {
+        let expected: Vec<usize> = (0..seqs.len()).collect();
+        assert_eq!(seqs, &expected, "order violated for {aggregate}");
+    }
+    assert!(max_parallel.load(Ordering::SeqCst) > 1, "handlers never ran concurrently");
+}
+
+/// A handler that keeps failing is retried with growing delays, then the event goes to the
+/// dead-letter topic with the reason; other aggregates are unaffected.
+pub async fn failing_handler_is_retried_then_dead_lettered<H: Harness>(harness: &H) {
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "retry").await;
+    let dlq = fresh_topic(&bus, "retry-dlq").await;
+    let good = events(20, 4, 16);
+    let poison = Envelope::builder("conformance", "poison-1", "Poison").payload("0:boom").build().unwrap();
+    let poison_id = poison.event_id();
+    let mut all = vec![poison];
+    all.extend(good);
+    publish_all(&bus, &topic, all).await;
+
+    let attempts_at = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let handled = Arc::new(AtomicU32::new(0));
+    let (done_tx, done_rx) = oneshot::channel();
+    let done_tx = Arc::new(Mutex::new(Some(done_tx)));
+    let handler = {
+        let (attempts_at, handled) = (attempts_at.clone(), handled.clone());
+        move |e: Envelope| {
+            let (attempts_at, handled, done_tx) = (attempts_at.clone(), handled.clone(), done_tx.clone());
+            async move {
+                if e.event_id() == poison_id {
+                    attempts_at.lock().unwrap().push(Instant::now());
+                    return Err(HandlerError::retryable("database is on fire"));
+                }
+                if handled.fetch_add(1, Ordering::SeqCst) + 1 == 20 {
+                    done_tx.lock().unwrap().take().map(|tx| tx.send(()));
+                }
+                Ok(())
+            }
+        }
+    };
+    let config = DispatchConfig {
+        max_attempts: 4,
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.0,
+        },
+        ..DispatchConfig::default()
+    };
+    let dead_letter = DeadLetterTopic::new(bus.publisher(PublisherConfig::default()), dlq.clone());
+    let dead = Arc::new(Mutex::new(None));
+    let recorder = RecordingDeadLetter { inner: dead_letter, seen: dead.clone() };
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let source = bus.subscribe(&topic, "retry-group").await.expect("subscribe");
+    let consumer = tokio::spawn(dispatch::dispatch(source, handler, recorder, config, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(30), done_rx).await.expect("good events handled").unwrap();
+    // Wait for the poison event to exhaust its attempts.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dead.lock().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "poison event never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop_tx.send(());
+    let stats = consumer.await.unwrap();
+    assert_eq!(stats.dead_lettered, 1);
+    assert_eq!(stats.retries, 3);
+
+    let times = attempts_at.lock().unwrap().clone();
+    assert_eq!(times.len(), 4, "attempts made");
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    for (gap, min_ms) in gaps.iter().zip([20, 40, 80]) {
+        assert!(*gap >= Duration::from_millis(min_ms), "backoff too short: {gaps:?}");
+    }
+    assert_eq!(dead.lock().unwrap().as_ref().unwrap().attempts, 4);
+
+    // The dead-letter topic holds the event with its reason.
+    let mut dlq_stream = bus.subscribe(&dlq, "dlq-reader").await.expect("subscribe dlq");
+    let dead_event = tokio::time::timeout(Duration::from_secs(10), dlq_stream.next())
+        .await
+        .expect("dead-lettered event arrives")
+        .expect("stream open");
+    let envelope = dead_event.envelope();
+    assert_eq!(envelope.event_id(), poison_id);
+    assert_eq!(envelope.headers()[DEAD_LETTER_REASON_HEADER], "database is on fire");
+    assert_eq!(envelope.headers()[DEAD_LETTER_ATTEMPTS_HEADER], "4");
+}
+
+struct RecordingDeadLetter<L> {
+    inner: L,
+    seen: Arc<Mutex<Option<DeadLetterReason>>>,
+}
+
+impl<L: DeadLetter> DeadLetter for RecordingDeadLetter<L> {
+    async fn dead_letter(
+        &self,
+        envelope: &Envelope,
+        reason: &DeadLetterReason,
+    ) -> Result<(), courier_core::Error> {
+        self.inner.dead_letter(envelope, reason).await?;
+        *self.seen.lock().unwrap() = Some(reason.clone());
+        Ok(())
+    }
+}
+
+/// `close` returns only when every accepted event has its verdict.
+pub async fn close_flushes_every_accepted_event<H: Harness>(harness: &H) {
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "close").await;
+    let publisher = bus.publisher(PublisherConfig::default().window(4_096));
+    let mut acks = Vec::new();
+    for e in events(2_000, 20, 64) {
+        acks.push(publisher.publish(&topic, e).await.expect("accepted"));
+    }
+    publisher.close().await.expect("close flushes");
+    assert_eq!(publisher.pending(), 0);
+    for ack in acks {
+        // Every verdict is already there; the timeout only guards against a hang.
+        let outcome = tokio::time::timeout(Duration::from_millis(100), ack).await;
+        outcome.expect("verdict ready after close").expect("acknowledged");
+    }
+    let refused =
+        publisher.publish(&topic, events(1, 1, 8).remove(0)).await.err().expect("refused after close");
+    assert_eq!(refused.kind(), ErrorKind::Closed);
+}
+
+/// Invalid envelopes, topics and oversized payloads are refused with errors naming the field,
+/// and other events are unaffected.
+pub async fn invalid_input_is_refused_naming_the_field<H: Harness>(harness: &H) {
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "invalid").await;
+    let err = Envelope::builder("order", "has space", "Placed").build().unwrap_err();
+    assert_eq!(err.field, "aggregate_id");
+    assert_eq!(Topic::new("bad topic!").unwrap_err().field, "topic");
+
+    let publisher = bus.publisher(PublisherConfig::default().max_payload(1_024));
+    let big = Envelope::builder("order", "o-1", "Placed").payload(vec![b'x'; 2_048]).build().unwrap();
+    let err = publisher.publish(&topic, big).await.err().expect("oversized payload refused");
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+    assert!(!err.is_retryable());
+    assert!(err.message().contains("payload"), "{err}");
+    let ok = publisher.publish(&topic, events(1, 1, 8).remove(0)).await.expect("accepted").await;
+    ok.expect("a valid event after a refused one is acknowledged");
+    publisher.close().await.unwrap();
+}
+
+/// Re-publishing an event id is reported as a duplicate and stored once.
+pub async fn republished_event_is_a_duplicate<H: Harness>(harness: &H) {
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "dedup").await;
+    let publisher = bus.publisher(PublisherConfig::default());
+    let event = events(1, 1, 8).remove(0);
+    let first = publisher.publish(&topic, event.clone()).await.unwrap().await.unwrap();
+    let second = publisher.publish(&topic, event.clone()).await.unwrap().await.unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate, "re-publish not flagged duplicate");
+    assert_eq!(first.position, second.position, "a duplicate points at the stored event");
+    let marker = events(1, 1, 8).remove(0);
+    publisher.publish(&topic, marker.clone()).await.unwrap().await.unwrap();
+    publisher.close().await.unwrap();
+
+    let mut stream = bus.subscribe(&topic, "dedup-reader").await.unwrap();
+    let mut ids = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
+        ids.push(d.envelope().event_id());
+        d.ack().await.unwrap();
+        if ids.last() == Some(&marker.event_id()) {
+            break;
+        }
+    }
+    assert_eq!(ids, vec![event.event_id(), marker.event_id()], "stored once");
+}
+
+/// A consumer group that stops resumes after its last acknowledged event: nothing lost.
+pub async fn consumer_group_resumes_after_restart<H: Harness>(harness: &H) {
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "resume").await;
+    let sent = events(200, 10, 16);
+    let ids: Vec<EventId> = sent.iter().map(Envelope::event_id).collect();
+    publish_all(&bus, &topic, sent).await;
+
+    let mut received = HashSet::new();
+    {
+        let mut stream = bus.subscribe(&topic, "resume-group").await.unwrap();
+        for _ in 0..100 {
+            let d = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap();
+            received.insert(d.envelope().event_id());
+            d.ack().await.unwrap();
+        }
+    }
+    let mut stream = bus.subscribe(&topic, "resume-group").await.unwrap();
+    while received.len() < ids.len() {
+        let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} events after restart", received.len(), ids.len()))
+            .unwrap();
+        received.insert(d.envelope().event_id());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(received, ids.into_iter().collect());
+}
+
+async fn publish_all<B: Bus>(bus: &B, topic: &Topic, events: Vec<Envelope>) {
+    let publisher = bus.publisher(PublisherConfig::default());
+    let mut acks = Vec::with_capacity(events.len());
+    for e in events {
+        acks.push(publisher.publish(topic, e).await.expect("accepted"));
+    }
+    for ack in acks {
+        ack.await.expect("acknowledged");
+    }
+    publisher.close().await.expect("close");
+}
+
+async fn run_consumer<B: Bus>(
+    bus: &B,
+    topic: &Topic,
+    group: &str,
+    handler: impl courier_core::dispatch::Handler,
+    config: DispatchConfig,
+    done: oneshot::Receiver<()>,
+) -> courier_core::dispatch::DispatchStats {
+    let dlq = fresh_topic(bus, "unused-dlq").await;
+    let dead_letter = DeadLetterTopic::new(bus.publisher(PublisherConfig::default()), dlq);
+    let source = bus.subscribe(topic, group).await.expect("subscribe");
+    let finished = async {
+        let _ = tokio::time::timeout(Duration::from_secs(120), done).await;
+    };
+    dispatch::dispatch(source, handler, dead_letter, config, finished).await
+}
