@@ -268,7 +268,7 @@ impl<T: Transport> Publisher<T> {
     /// be taken with [`results`](Self::results) first. Waits while the window is full.
     pub async fn submit(&self, topic: &Topic, envelope: Envelope) -> Result<EventId, Error> {
         let tx = self.inner.results_tx.lock().expect("results lock").clone();
-        let tx = tx.filter(|tx| !tx.is_closed()).ok_or_else(|| closed_error())?;
+        let tx = tx.filter(|tx| !tx.is_closed()).ok_or_else(closed_error)?;
         if self.inner.results_rx.lock().expect("results lock").is_some() {
             return Err(Error::new(
                 ErrorKind::Config,

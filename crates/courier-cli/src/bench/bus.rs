@@ -1,0 +1,176 @@
+//! `courier bench bus`: publish N events through a Courier publisher and read every per-event
+//! verdict from the results stream; throughput is events over the time until the last verdict.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use courier_core::{Bus, Envelope, EventId, Position, PublisherConfig, Topic, TopicConfig};
+
+use crate::report::{peak_rss_bytes, Latency, Row};
+
+/// The load of one bus benchmark run.
+#[derive(Debug, Clone)]
+pub struct BusLoad {
+    pub events: usize,
+    pub payload: usize,
+    pub window: usize,
+    pub aggregates: usize,
+}
+
+impl BusLoad {
+    /// The events to publish, built before the clock starts: `i` belongs to aggregate
+    /// `i % aggregates`, all sharing one payload buffer.
+    pub fn envelopes(&self) -> anyhow::Result<Vec<Envelope>> {
+        let payload = Bytes::from(vec![b'x'; self.payload]);
+        (0..self.events)
+            .map(|i| {
+                Envelope::builder("bench", format!("agg-{}", i % self.aggregates.max(1)), "Benchmarked")
+                    .payload(payload.clone())
+                    .build()
+                    .context("building benchmark envelope")
+            })
+            .collect()
+    }
+}
+
+/// A fresh topic for one run, provisioned on `bus`.
+pub async fn fresh_topic<B: Bus>(bus: &B, prefix: &str) -> anyhow::Result<Topic> {
+    let topic = Topic::new(format!("{prefix}-{}", EventId::new().as_uuid().simple()))?;
+    bus.provision(&TopicConfig::new(topic.clone())).await.with_context(|| format!("provisioning {topic}"))?;
+    Ok(topic)
+}
+
+/// Per-event outcome bookkeeping shared by Courier and baseline runs.
+pub struct Tally {
+    positions: Vec<Option<(i64, u64)>>,
+    aggregates: usize,
+    pub ack: Latency,
+    pub failures: u64,
+    pub first_error: Option<String>,
+    pub duplicates: u64,
+}
+
+impl Tally {
+    pub fn new(load: &BusLoad) -> Self {
+        Self {
+            positions: vec![None; load.events],
+            aggregates: load.aggregates.max(1),
+            ack: Latency::default(),
+            failures: 0,
+            first_error: None,
+            duplicates: 0,
+        }
+    }
+
+    /// Records event `index`'s verdict; a second success for one event counts as a duplicate.
+    pub fn success(&mut self, index: usize, position: (i64, u64), broker_duplicate: bool, latency: Duration) {
+        self.ack.record(latency);
+        let again = self.positions[index].replace(position).is_some();
+        self.duplicates += u64::from(again || broker_duplicate);
+    }
+
+    pub fn failure(&mut self, error: impl ToString, latency: Duration) {
+        self.ack.record(latency);
+        self.failures += 1;
+        self.first_error.get_or_insert_with(|| error.to_string());
+    }
+
+    /// Events with no successful verdict.
+    pub fn lost(&self) -> u64 {
+        self.positions.iter().filter(|p| p.is_none()).count() as u64
+    }
+
+    /// Events stored before an earlier-published event of the same aggregate.
+    pub fn order_violations(&self) -> u64 {
+        let mut last: Vec<Option<(i64, u64)>> = vec![None; self.aggregates];
+        let mut violations = 0;
+        for (i, position) in self.positions.iter().enumerate() {
+            let Some(position) = position else { continue };
+            let slot = &mut last[i % self.aggregates];
+            if slot.is_some_and(|prev| prev.0 == position.0 && prev.1 >= position.1) {
+                violations += 1;
+            }
+            *slot = Some(*position);
+        }
+        violations
+    }
+
+    pub fn row(&self, backend: &str, mode: &str, load: &BusLoad, elapsed: Duration) -> Row {
+        Row {
+            backend: backend.into(),
+            mode: mode.into(),
+            events: load.events as u64,
+            payload_bytes: load.payload as u64,
+            throughput_eps: load.events as f64 / elapsed.as_secs_f64(),
+            ack_p50_ms: self.ack.quantile_ms(0.5),
+            ack_p99_ms: self.ack.quantile_ms(0.99),
+            lost: self.lost(),
+            duplicates: self.duplicates,
+            order_violations: self.order_violations(),
+            peak_rss_bytes: peak_rss_bytes(),
+            window: Some(load.window as u64),
+            ..Row::default()
+        }
+    }
+}
+
+/// Maps a broker position to (partition or 0, sequence) for order checks.
+pub fn position_key(position: &Position) -> (i64, u64) {
+    match position {
+        Position::Memory { sequence } | Position::Stream { sequence, .. } => (0, *sequence),
+        Position::Partition { partition, offset } => (i64::from(*partition), *offset as u64),
+        _ => (0, 0),
+    }
+}
+
+/// Runs the load through a Courier publisher on `bus`.
+pub async fn run_courier<B: Bus>(bus: &B, load: &BusLoad) -> anyhow::Result<Row> {
+    let topic = fresh_topic(bus, "bench").await?;
+    let envelopes = load.envelopes()?;
+    let index: HashMap<EventId, usize> =
+        envelopes.iter().enumerate().map(|(i, e)| (e.event_id(), i)).collect();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+
+    let publisher = bus.publisher(PublisherConfig::default().window(load.window));
+    let mut results = publisher.results().expect("a fresh publisher has its results stream");
+    let mut tally = Tally::new(load);
+    let start = Instant::now();
+    let reader = tokio::spawn(async move {
+        while let Some(result) = results.recv().await {
+            let latency = result.accepted_at.elapsed();
+            match result.outcome {
+                Ok(receipt) => tally.success(
+                    index[&result.event_id],
+                    position_key(&receipt.position),
+                    receipt.duplicate,
+                    latency,
+                ),
+                Err(error) => tally.failure(error, latency),
+            }
+        }
+        (tally, Instant::now())
+    });
+    let mut accept = Latency::default();
+    for envelope in envelopes {
+        let t = Instant::now();
+        publisher.submit(&topic, envelope).await?;
+        accept.record(t.elapsed());
+    }
+    publisher.close().await?;
+    drop(publisher);
+    let (tally, end) = reader.await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tasks_leaked = metrics.num_alive_tasks() as i64 - tasks_before as i64;
+
+    if let Some(error) = &tally.first_error {
+        eprintln!("{} publishes failed; first error: {error}", tally.failures);
+    }
+    let mut row = tally.row(bus.name(), "courier", load, end - start);
+    row.accept_p50_us = Some(accept.quantile_us(0.5));
+    row.accept_p99_us = Some(accept.quantile_us(0.99));
+    row.tasks_leaked = Some(tasks_leaked);
+    Ok(row)
+}

@@ -1,0 +1,104 @@
+//! Benchmark rows (DESIGN.md §6 JSON) and latency summaries.
+
+use std::path::Path;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// One measured run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Row {
+    pub backend: String,
+    /// `courier` or `baseline` for bus runs; `drain`, `steady` or `baseline` for outbox runs.
+    pub mode: String,
+    pub events: u64,
+    pub payload_bytes: u64,
+    pub throughput_eps: f64,
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub order_violations: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_p99_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks_leaked: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<u64>,
+}
+
+impl Row {
+    /// Whether the run lost, duplicated or reordered anything.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.duplicates == 0 && self.order_violations == 0
+    }
+
+    pub fn print(&self) {
+        println!(
+            "{:<8} {:<9} events={:<8} payload={}B  {:>10.0} ev/s  ack p50={:.2}ms p99={:.2}ms  lost={} dup={} order_violations={}{}",
+            self.backend,
+            self.mode,
+            self.events,
+            self.payload_bytes,
+            self.throughput_eps,
+            self.ack_p50_ms,
+            self.ack_p99_ms,
+            self.lost,
+            self.duplicates,
+            self.order_violations,
+            self.e2e_p50_ms
+                .zip(self.e2e_p99_ms)
+                .map(|(p50, p99)| format!("  e2e p50={p50:.2}ms p99={p99:.2}ms"))
+                .unwrap_or_default(),
+        );
+    }
+}
+
+/// Writes `{"rows":[...]}` to `path`.
+pub fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?;
+    std::fs::write(path, json + "\n").map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// A latency histogram with microsecond resolution up to one hour.
+pub struct Latency(Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"))
+    }
+}
+
+impl Latency {
+    pub fn record(&mut self, d: Duration) {
+        self.0.saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
+    }
+
+    pub fn quantile_us(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.value_at_quantile(q) as f64
+    }
+
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        self.quantile_us(q) / 1000.0
+    }
+}
+
+/// The process's peak resident set size (VmHWM), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

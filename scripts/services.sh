@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Starts (or checks) every service the test suite needs on a fresh machine of this kind, and
+# fails loudly naming the service when one cannot be brought up. Sourced by scripts/test.sh;
+# `bash scripts/services.sh` alone just ensures them.
+set -euo pipefail
+
+TANSU_PORT=${TANSU_PORT:-9092}
+LOG_DIR=${COURIER_LOG_DIR:-/tmp/courier-services}
+mkdir -p "$LOG_DIR"
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # name port seconds
+  for _ in $(seq 1 $(( $3 * 10 ))); do port_open "$2" && return 0; sleep 0.1; done
+  echo "FATAL: $1 did not come up on 127.0.0.1:$2 (logs in $LOG_DIR)" >&2
+  return 1
+}
+
+ensure_postgres() {
+  port_open 5432 && return 0
+  echo "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+  wait_port PostgreSQL 5432 30
+}
+
+ensure_mariadb() {
+  port_open 3306 && return 0
+  echo "starting MariaDB"
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+  wait_port MariaDB 3306 30
+}
+
+ensure_nats() {
+  port_open 4222 && return 0
+  echo "starting nats-server"
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  wait_port nats-server 4222 30
+}
+
+ensure_tansu() {
+  port_open "$TANSU_PORT" && return 0
+  if ! command -v tansu >/dev/null; then
+    echo "installing the Tansu Kafka-compatible broker (once; about 12 minutes)"
+    cargo install tansu --locked --features dynostore >"$LOG_DIR/tansu-install.log" 2>&1 || {
+      echo "FATAL: cargo install tansu failed; see $LOG_DIR/tansu-install.log" >&2; return 1; }
+  fi
+  echo "starting tansu on 127.0.0.1:$TANSU_PORT"
+  nohup tansu broker --listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$TANSU_PORT" \
+    --storage-engine memory://tansu/ >"$LOG_DIR/tansu.log" 2>&1 &
+  wait_port tansu "$TANSU_PORT" 60
+}
+
+ensure_python_clients() {
+  python3 -c "import kafka, nats" 2>/dev/null && return 0
+  echo "installing kafka-python and nats-py (independent clients for interop tests)"
+  python3 -m pip install --quiet kafka-python nats-py >"$LOG_DIR/pip.log" 2>&1 || {
+    echo "FATAL: pip install kafka-python nats-py failed; see $LOG_DIR/pip.log" >&2; return 1; }
+}
+
+ensure_all() {
+  ensure_postgres
+  ensure_mariadb
+  ensure_nats
+  ensure_tansu
+  ensure_python_clients
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  ensure_all
+fi
