@@ -387,3 +387,92 @@ impl futures::Stream for Results {
         self.rx.poll_recv(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holds completions until told to resolve or drop them, like a broker that is slow to ACK.
+    #[derive(Clone, Default)]
+    struct Stalling(Arc<Mutex<Vec<Completion>>>);
+
+    impl Transport for Stalling {
+        async fn send(&self, _: &Topic, _: Envelope, completion: Completion) {
+            self.0.lock().unwrap().push(completion);
+        }
+    }
+
+    fn event() -> Envelope {
+        Envelope::builder("t", "a-1", "E").build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn close_timeout_says_how_many_were_pending() {
+        let transport = Stalling::default();
+        let publisher = Publisher::new(
+            transport.clone(),
+            PublisherConfig::default().close_timeout(Duration::from_millis(50)),
+        );
+        let topic = Topic::new("t").unwrap();
+        let acks: Vec<Ack> =
+            futures::future::try_join_all((0..3).map(|_| publisher.publish(&topic, event()))).await.unwrap();
+        let err = publisher.close().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert!(err.message().contains("3 events still waiting"), "{err}");
+        // Verdicts arriving after the timeout still reach their Acks.
+        for c in transport.0.lock().unwrap().drain(..) {
+            let id = c.event_id();
+            c.complete(Ok(Receipt {
+                event_id: id,
+                position: Position::Memory { sequence: 1 },
+                duplicate: false,
+            }));
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_completion_reports_lost_not_nothing() {
+        let transport = Stalling::default();
+        let publisher = Publisher::new(transport.clone(), PublisherConfig::default());
+        let mut results = publisher.results().unwrap();
+        let id = publisher.submit(&Topic::new("t").unwrap(), event()).await.unwrap();
+        transport.0.lock().unwrap().clear();
+        let result = results.recv().await.unwrap();
+        assert_eq!(result.event_id, id);
+        let err = result.outcome.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Lost);
+        assert!(err.is_retryable());
+        publisher.close().await.unwrap();
+        assert!(results.recv().await.is_none(), "the stream ends after close");
+    }
+
+    #[tokio::test]
+    async fn submit_without_a_reader_is_refused() {
+        let publisher = Publisher::new(Stalling::default(), PublisherConfig::default());
+        let err = publisher.submit(&Topic::new("t").unwrap(), event()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+    }
+
+    #[tokio::test]
+    async fn the_window_bounds_accepted_events() {
+        let transport = Stalling::default();
+        let publisher = Publisher::new(transport.clone(), PublisherConfig::default().window(2));
+        let topic = Topic::new("t").unwrap();
+        let _a = publisher.publish(&topic, event()).await.unwrap();
+        let _b = publisher.publish(&topic, event()).await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(50), publisher.publish(&topic, event())).await;
+        assert!(third.is_err(), "a third publish must wait for a window slot");
+        let first = transport.0.lock().unwrap().remove(0);
+        let id = first.event_id();
+        first.complete(Ok(Receipt {
+            event_id: id,
+            position: Position::Memory { sequence: 1 },
+            duplicate: false,
+        }));
+        let third = tokio::time::timeout(Duration::from_secs(1), publisher.publish(&topic, event())).await;
+        assert!(third.is_ok(), "a verdict frees a slot");
+    }
+}
