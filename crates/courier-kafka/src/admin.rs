@@ -1,0 +1,96 @@
+//! Topic provisioning: created through the admin API from [`TopicConfig`], or validated through
+//! metadata when provisioning is off.
+
+use std::sync::Arc;
+
+use courier_core::{Error, ErrorKind, TopicConfig};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::Producer as _;
+
+use crate::error::{from_kafka, kind_of};
+use crate::Shared;
+
+pub(crate) async fn provision(shared: &Arc<Shared>, config: &TopicConfig) -> Result<(), Error> {
+    let name = config.topic.as_str();
+    let partitions = to_i32("partitions", config.partitions)?;
+    let replicas = to_i32("replicas", config.replicas)?;
+    if config.max_messages.is_some() {
+        tracing::warn!(topic = name, "Kafka has no message-count retention; max_messages is ignored");
+    }
+    // The mock cluster does not implement the CreateTopics request; it has its own call.
+    let mocked =
+        shared.producer.client().mock_cluster().map(|mock| mock.create_topic(name, partitions, replicas));
+    if let Some(created) = mocked {
+        return created.map_err(|e| from_kafka(format_args!("creating topic {name} on the mock cluster"), e));
+    }
+    if shared.config.provision_topics {
+        create(shared, config, partitions, replicas).await?;
+    }
+    validate(Arc::clone(shared), config.topic.as_str().to_owned(), partitions).await
+}
+
+fn to_i32(field: &str, value: u32) -> Result<i32, Error> {
+    i32::try_from(value).ok().filter(|&v| v > 0).ok_or_else(|| {
+        Error::new(ErrorKind::InvalidInput, format!("topic {field} must be in 1..=2^31-1, got {value}"))
+    })
+}
+
+async fn create(shared: &Shared, config: &TopicConfig, partitions: i32, replicas: i32) -> Result<(), Error> {
+    let name = config.topic.as_str();
+    let admin =
+        shared.admin.as_ref().expect("an admin client exists unless the bus runs on the mock cluster");
+    // Kafka's retention.bytes applies per partition; -1 keeps everything.
+    let retention_ms = config.max_age.map_or_else(|| "-1".to_owned(), |age| age.as_millis().to_string());
+    let retention_bytes = config.max_bytes.map_or_else(|| "-1".to_owned(), |bytes| bytes.to_string());
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas))
+        .set("retention.ms", &retention_ms)
+        .set("retention.bytes", &retention_bytes);
+    if let Some(compression) = &shared.config.compression {
+        topic = topic.set("compression.type", compression);
+    }
+    let timeout = Some(shared.config.admin_timeout);
+    let options = AdminOptions::new().operation_timeout(timeout).request_timeout(timeout);
+    let results = admin
+        .create_topics([&topic], &options)
+        .await
+        .map_err(|e| from_kafka(format_args!("creating topic {name}"), e))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::new(kind_of(code), format!("creating topic {topic} failed: {code}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks through metadata that the topic exists; a partition count other than the configured
+/// one is reported but accepted (keys still map each aggregate to one partition).
+async fn validate(shared: Arc<Shared>, name: String, partitions: i32) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || {
+        let admin = shared.admin.as_ref().expect("an admin client exists unless the bus runs on the mock cluster");
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(&name), shared.config.admin_timeout)
+            .map_err(|e| from_kafka(format_args!("reading metadata of topic {name}"), e))?;
+        let topic = metadata.topics().iter().find(|t| t.name() == name);
+        let found = topic.map_or(0, |t| t.partitions().len());
+        match topic.and_then(|t| t.error()) {
+            Some(err) => {
+                let code = RDKafkaErrorCode::from(err);
+                Err(Error::new(kind_of(code), format!("topic {name} is not usable: {code}")))
+            }
+            None if found == 0 => Err(Error::new(ErrorKind::NotFound, format!("topic {name} does not exist"))),
+            None => {
+                if found != partitions as usize {
+                    tracing::warn!(topic = %name, found, configured = partitions, "topic exists with another partition count");
+                }
+                Ok(())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Unavailable, format!("topic validation task failed: {e}")))?
+}

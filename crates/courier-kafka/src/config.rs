@@ -1,0 +1,251 @@
+//! Kafka bus settings.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use courier_core::wire::WireMode;
+use courier_core::{Error, ErrorKind};
+use rdkafka::ClientConfig;
+
+/// Settings of a [`KafkaBus`](crate::KafkaBus). Build with [`KafkaConfig::new`] and the methods
+/// below; every field documents its default.
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_kafka::KafkaConfig;
+///
+/// let config = KafkaConfig::from_url("kafka://127.0.0.1:9092")?
+///     .queue_full_timeout(Duration::from_secs(5))
+///     .compression("lz4")
+///     .set("client.id", "billing")
+///     .producer_set("linger.ms", "10");
+/// # Ok::<(), courier_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`. Default `127.0.0.1:9092`.
+    pub bootstrap_servers: String,
+    /// How envelopes are written. Default [`WireMode::CloudEvents`]; consumers detect either.
+    pub wire_mode: WireMode,
+    /// How long a publish waits for room when librdkafka's local queue is full
+    /// (`queue.buffering.max.messages`/`.kbytes`) before it fails with
+    /// [`ErrorKind::Backpressure`]. Default 10 s.
+    pub queue_full_timeout: Duration,
+    /// Create topics through the admin API on [`provision`](courier_core::Bus::provision); when
+    /// off, provisioning only checks that the topic exists. Default on.
+    pub provision_topics: bool,
+    /// `compression.type` set on topics created by provisioning (`producer`, `gzip`, `snappy`,
+    /// `lz4`, `zstd`, `uncompressed`). Default: not set, so the broker's default applies.
+    pub compression: Option<String>,
+    /// Timeout of admin and metadata requests. Default 30 s.
+    pub admin_timeout: Duration,
+    /// How long the producer remembers acknowledged event ids so that re-publishing one is
+    /// answered as a duplicate instead of being written again. Kafka has no broker-side
+    /// de-duplication by event id; this window covers re-publishes from the same bus only.
+    /// Default 2 min; zero turns it off.
+    pub dedup_window: Duration,
+    /// Most event ids remembered for de-duplication; the oldest are forgotten first.
+    /// Default 100,000.
+    pub dedup_capacity: usize,
+    /// How often a consumer commits the offsets it may commit. Commits also happen on
+    /// rebalance and when the subscription is dropped. Default 1 s.
+    pub commit_interval: Duration,
+    /// How long [`Transport::flush`](courier_core::Transport::flush) waits for librdkafka to
+    /// deliver what it holds. Default 30 s.
+    pub flush_timeout: Duration,
+    /// librdkafka settings for every client (producer, consumers, admin), applied over
+    /// Courier's defaults. Default: none.
+    pub settings: BTreeMap<String, String>,
+    /// librdkafka settings for the producer only, applied after `settings`. Default: none.
+    /// `enable.idempotence=true` and `acks=all` are always enforced.
+    pub producer_settings: BTreeMap<String, String>,
+    /// librdkafka settings for consumers only, applied after `settings`. Courier defaults
+    /// `auto.offset.reset=earliest` (a new group reads the topic from its start) and always
+    /// enforces `enable.auto.commit=false`. Default: none.
+    pub consumer_settings: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            wire_mode: WireMode::CloudEvents,
+            queue_full_timeout: Duration::from_secs(10),
+            provision_topics: true,
+            compression: None,
+            admin_timeout: Duration::from_secs(30),
+            dedup_window: Duration::from_secs(120),
+            dedup_capacity: 100_000,
+            commit_interval: Duration::from_secs(1),
+            flush_timeout: Duration::from_secs(30),
+            settings: BTreeMap::new(),
+            producer_settings: BTreeMap::new(),
+            consumer_settings: BTreeMap::new(),
+        }
+    }
+}
+
+/// The librdkafka setting that makes a client start its own in-process mock cluster.
+pub(crate) const MOCK_BROKERS_SETTING: &str = "test.mock.num.brokers";
+
+impl KafkaConfig {
+    /// Defaults with the given `bootstrap.servers` (`host:port[,host:port]`).
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self { bootstrap_servers: bootstrap_servers.into(), ..Self::default() }
+    }
+
+    /// Parses a bus URL `kafka://host:port[,host:port]`.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        let servers = url.strip_prefix("kafka://").filter(|s| !s.is_empty()).ok_or_else(|| {
+            Error::new(ErrorKind::Config, format!("bus URL {url:?} is not kafka://host:port[,host:port]"))
+        })?;
+        Ok(Self::new(servers.trim_end_matches('/')))
+    }
+
+    /// A bus on librdkafka's in-process mock cluster with `brokers` brokers, for tests and
+    /// demos without a Kafka broker. Topics are created through the mock cluster's API.
+    ///
+    /// Consumers use `session.timeout.ms=6000`: the mock's group coordinator, unlike a real
+    /// broker's, does not mark a group empty when its last member leaves, and waits almost a
+    /// session timeout before admitting the next member.
+    pub fn mock(brokers: u32) -> Self {
+        Self::new("")
+            .producer_set(MOCK_BROKERS_SETTING, brokers.to_string())
+            .consumer_set("session.timeout.ms", "6000")
+    }
+
+    pub fn wire_mode(mut self, mode: WireMode) -> Self {
+        self.wire_mode = mode;
+        self
+    }
+
+    pub fn queue_full_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_full_timeout = timeout;
+        self
+    }
+
+    pub fn provision_topics(mut self, on: bool) -> Self {
+        self.provision_topics = on;
+        self
+    }
+
+    pub fn compression(mut self, compression: impl Into<String>) -> Self {
+        self.compression = Some(compression.into());
+        self
+    }
+
+    pub fn admin_timeout(mut self, timeout: Duration) -> Self {
+        self.admin_timeout = timeout;
+        self
+    }
+
+    pub fn dedup_window(mut self, window: Duration) -> Self {
+        self.dedup_window = window;
+        self
+    }
+
+    pub fn dedup_capacity(mut self, capacity: usize) -> Self {
+        self.dedup_capacity = capacity;
+        self
+    }
+
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.flush_timeout = timeout;
+        self
+    }
+
+    /// Sets a librdkafka property on every client.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets a librdkafka property on the producer.
+    pub fn producer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_settings.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets a librdkafka property on consumers.
+    pub fn consumer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_settings.insert(key.into(), value.into());
+        self
+    }
+
+    /// The producer's librdkafka configuration.
+    pub(crate) fn producer_config(&self) -> ClientConfig {
+        let mut config = self.base_config(&self.bootstrap_servers);
+        config.extend(self.producer_settings.clone());
+        // The ACK guarantee rests on these two; see the crate documentation.
+        config.set("enable.idempotence", "true").set("acks", "all");
+        config
+    }
+
+    /// A consumer's librdkafka configuration; `bootstrap` is the mock cluster's address when
+    /// the producer started one.
+    pub(crate) fn consumer_config(&self, bootstrap: &str, group: &str) -> ClientConfig {
+        let mut config = self.base_config(bootstrap);
+        config.set("auto.offset.reset", "earliest").set("enable.partition.eof", "false");
+        config.extend(self.consumer_settings.clone());
+        config.set("group.id", group).set("enable.auto.commit", "false");
+        config
+    }
+
+    /// The admin client's librdkafka configuration; its metadata requests (topic validation)
+    /// must not create the topic they ask about.
+    pub(crate) fn admin_config(&self) -> ClientConfig {
+        let mut config = self.base_config(&self.bootstrap_servers);
+        config.set("allow.auto.create.topics", "false");
+        config
+    }
+
+    fn base_config(&self, bootstrap: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        config.extend(self.settings.clone());
+        config
+    }
+
+    /// The largest message librdkafka accepts (`message.max.bytes`, librdkafka's default
+    /// 1,000,000).
+    pub(crate) fn message_max_bytes(&self) -> usize {
+        self.producer_settings
+            .get("message.max.bytes")
+            .or_else(|| self.settings.get("message.max.bytes"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parsing() {
+        assert_eq!(KafkaConfig::from_url("kafka://a:1,b:2").unwrap().bootstrap_servers, "a:1,b:2");
+        assert_eq!(KafkaConfig::from_url("nats://a:1").unwrap_err().kind(), ErrorKind::Config);
+        assert_eq!(KafkaConfig::from_url("kafka://").unwrap_err().kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn guarantees_are_enforced_over_user_settings() {
+        let config = KafkaConfig::default()
+            .producer_set("enable.idempotence", "false")
+            .producer_set("acks", "1")
+            .consumer_set("enable.auto.commit", "true")
+            .consumer_set("auto.offset.reset", "latest");
+        let producer = config.producer_config();
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        assert_eq!(producer.get("acks"), Some("all"));
+        let consumer = config.consumer_config("x:1", "g");
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(consumer.get("group.id"), Some("g"));
+    }
+}

@@ -1,0 +1,316 @@
+//! Subscribing: a consumer-group member whose offsets are committed by hand, only over the
+//! contiguous prefix of acknowledged messages of each partition.
+//!
+//! Messages of a partition get local sequence numbers in arrival order; an [`OffsetTracker`]
+//! over those numbers finds the prefix that is done (Kafka offsets may have gaps, from
+//! compaction or transaction markers, so they are not tracked directly). A periodic task
+//! commits what advanced; a revoke commits the acknowledged prefix of the revoked partitions and
+//! forgets them, so later acknowledgements of their messages commit nothing; dropping the
+//! stream commits what is acknowledged and leaves the group.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_core::dispatch::Delivery;
+use courier_core::{wire, Envelope, Error, ErrorKind, OffsetTracker, Topic};
+use futures::stream::{self, BoxStream, StreamExt};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+use tokio::task::JoinHandle;
+
+use crate::error::from_kafka;
+use crate::Shared;
+
+type KafkaConsumer = StreamConsumer<GroupContext>;
+
+/// Pause after a consumer error before polling again, so a broker outage does not spin.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// A message received from a Kafka subscription.
+pub struct KafkaDelivery {
+    envelope: Envelope,
+    partition: i32,
+    offset: i64,
+    /// Identifies the assignment of the partition the message arrived under.
+    assignment: u64,
+    seq: u64,
+    offsets: Arc<Offsets>,
+}
+
+impl KafkaDelivery {
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+}
+
+impl Delivery for KafkaDelivery {
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Marks the message done. Its offset is committed (within the commit interval, or at
+    /// rebalance or unsubscribe) once every earlier message of its partition is done too; if its
+    /// partition was revoked meanwhile, nothing is committed and the new owner handles it again.
+    async fn ack(self) -> Result<(), Error> {
+        self.offsets.acked(self.partition, self.assignment, self.seq);
+        Ok(())
+    }
+}
+
+/// Commit state of the partitions currently assigned to one consumer.
+#[derive(Default)]
+struct Offsets {
+    state: Mutex<OffsetsState>,
+}
+
+#[derive(Default)]
+struct OffsetsState {
+    partitions: HashMap<i32, PartitionOffsets>,
+    next_assignment: u64,
+}
+
+struct PartitionOffsets {
+    assignment: u64,
+    /// Over local sequence numbers: sequence `n` is the n-th message received since assignment.
+    tracker: OffsetTracker,
+    next_seq: u64,
+    /// Kafka offsets of the sequences from `tracker.committed()` on, in order.
+    offsets: VecDeque<i64>,
+    /// The next offset to consume after everything done so far.
+    done_until: Option<i64>,
+    /// What the broker confirmed as committed.
+    committed: Option<i64>,
+}
+
+impl Offsets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OffsetsState> {
+        self.state.lock().expect("offsets lock")
+    }
+
+    /// Registers a received message; returns its assignment id and sequence number.
+    fn received(&self, partition: i32, offset: i64) -> (u64, u64) {
+        let mut state = self.lock();
+        let next_assignment = state.next_assignment;
+        let p = state.partitions.entry(partition).or_insert_with(|| PartitionOffsets {
+            assignment: next_assignment,
+            tracker: OffsetTracker::new(0),
+            next_seq: 0,
+            offsets: VecDeque::new(),
+            done_until: None,
+            committed: None,
+        });
+        let assigned = (p.assignment, p.next_seq);
+        p.next_seq += 1;
+        p.offsets.push_back(offset);
+        if assigned.0 == next_assignment {
+            state.next_assignment += 1;
+        }
+        assigned
+    }
+
+    fn acked(&self, partition: i32, assignment: u64, seq: u64) {
+        let mut state = self.lock();
+        // Revoked (and maybe re-assigned since): its work must not be committed.
+        let Some(p) = state.partitions.get_mut(&partition).filter(|p| p.assignment == assignment) else {
+            return;
+        };
+        let before = p.tracker.committed();
+        if let Some(after) = p.tracker.complete(seq) {
+            let last = p.offsets.drain(..(after - before) as usize).last().expect("a done offset");
+            p.done_until = Some(last + 1);
+        }
+    }
+
+    /// Offsets done but not yet confirmed committed, for `partitions` (all when `None`).
+    fn to_commit(&self, topic: &Topic, partitions: Option<&[i32]>) -> TopicPartitionList {
+        let state = self.lock();
+        let mut list = TopicPartitionList::new();
+        for (&partition, p) in &state.partitions {
+            if partitions.is_some_and(|only| !only.contains(&partition)) {
+                continue;
+            }
+            if let Some(next) = p.done_until.filter(|&next| Some(next) > p.committed) {
+                list.add_partition_offset(topic.as_str(), partition, Offset::Offset(next))
+                    .expect("a valid offset");
+            }
+        }
+        list
+    }
+
+    fn confirmed(&self, topic: &Topic, list: &TopicPartitionList) {
+        let mut state = self.lock();
+        for element in list.elements_for_topic(topic.as_str()) {
+            if let (Some(p), Offset::Offset(next)) =
+                (state.partitions.get_mut(&element.partition()), element.offset())
+            {
+                p.committed = p.committed.max(Some(next));
+            }
+        }
+    }
+
+    fn forget(&self, partitions: &[i32]) {
+        let mut state = self.lock();
+        for partition in partitions {
+            state.partitions.remove(partition);
+        }
+    }
+}
+
+/// librdkafka callbacks of one subscription.
+pub struct GroupContext {
+    topic: Topic,
+    offsets: Arc<Offsets>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(revoked) => {
+                let partitions: Vec<i32> =
+                    revoked.elements_for_topic(self.topic.as_str()).iter().map(|e| e.partition()).collect();
+                let done = self.offsets.to_commit(&self.topic, Some(&partitions));
+                if done.count() > 0 {
+                    if let Err(err) = consumer.commit(&done, CommitMode::Sync) {
+                        tracing::warn!(topic = %self.topic, error = %err, "commit on revoke failed; the new owner re-handles those messages");
+                    }
+                }
+                self.offsets.forget(&partitions);
+                tracing::debug!(topic = %self.topic, ?partitions, "partitions revoked");
+            }
+            Rebalance::Assign(assigned) => {
+                tracing::debug!(topic = %self.topic, partitions = assigned.count(), "partitions assigned");
+            }
+            Rebalance::Error(err) => tracing::warn!(topic = %self.topic, error = %err, "rebalance failed"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => self.offsets.confirmed(&self.topic, offsets),
+            Err(err) => {
+                tracing::warn!(topic = %self.topic, error = %err, "offset commit failed; retried at the next interval")
+            }
+        }
+    }
+}
+
+/// Owns the consumer of one subscription; dropping it commits and leaves the group.
+struct Subscription {
+    consumer: Arc<KafkaConsumer>,
+    committer: JoinHandle<()>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.committer.abort();
+        let context = self.consumer.context();
+        let done = context.offsets.to_commit(&context.topic, None);
+        if done.count() > 0 {
+            if let Err(err) = self.consumer.commit(&done, CommitMode::Sync) {
+                tracing::warn!(topic = %context.topic, error = %err, "final commit failed; those messages will be delivered again");
+            }
+        }
+        // Dropping the last reference closes the consumer, which leaves the group.
+    }
+}
+
+impl Subscription {
+    fn delivery(&self, message: &BorrowedMessage<'_>) -> Option<KafkaDelivery> {
+        let headers: Vec<(String, String)> = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let body = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+        let (partition, offset) = (message.partition(), message.offset());
+        let offsets = &self.consumer.context().offsets;
+        let (assignment, seq) = offsets.received(partition, offset);
+        match wire::decode(&headers, body) {
+            Ok(envelope) => Some(KafkaDelivery {
+                envelope,
+                partition,
+                offset,
+                assignment,
+                seq,
+                offsets: Arc::clone(offsets),
+            }),
+            Err(err) => {
+                // No handler can process it; skipping it loudly keeps the partition moving.
+                tracing::error!(topic = message.topic(), partition, offset, error = %err, "skipping a message that is not a Courier event");
+                offsets.acked(partition, assignment, seq);
+                None
+            }
+        }
+    }
+}
+
+pub(crate) fn subscribe(
+    shared: &Shared,
+    topic: &Topic,
+    group: &str,
+) -> Result<BoxStream<'static, KafkaDelivery>, Error> {
+    if group.is_empty() {
+        return Err(Error::new(ErrorKind::InvalidInput, "consumer group name must not be empty"));
+    }
+    let context = GroupContext { topic: topic.clone(), offsets: Arc::default() };
+    let consumer: KafkaConsumer = shared
+        .config
+        .consumer_config(&shared.bootstrap, group)
+        .create_with_context(context)
+        .map_err(|e| from_kafka(format_args!("creating a consumer in group {group}"), e))?;
+    consumer
+        .subscribe(&[topic.as_str()])
+        .map_err(|e| from_kafka(format_args!("subscribing group {group} to topic {topic}"), e))?;
+    let consumer = Arc::new(consumer);
+    let committer =
+        tokio::spawn(commit_periodically(Arc::downgrade(&consumer), shared.config.commit_interval));
+    let subscription = Subscription { consumer, committer };
+    Ok(stream::unfold(subscription, |subscription| async move {
+        loop {
+            let next = match subscription.consumer.recv().await {
+                Ok(message) => Ok(subscription.delivery(&message)),
+                Err(err) => Err(err),
+            };
+            match next {
+                Ok(Some(delivery)) => return Some((delivery, subscription)),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(topic = %subscription.consumer.context().topic, error = %err, "consumer error");
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
+            }
+        }
+    })
+    .boxed())
+}
+
+async fn commit_periodically(consumer: Weak<KafkaConsumer>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(consumer) = consumer.upgrade() else { return };
+        let context = consumer.context();
+        let done = context.offsets.to_commit(&context.topic, None);
+        if done.count() > 0 {
+            if let Err(err) = consumer.commit(&done, CommitMode::Async) {
+                tracing::warn!(topic = %context.topic, error = %err, "offset commit failed; retried at the next interval");
+            }
+        }
+    }
+}

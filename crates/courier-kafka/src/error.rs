@@ -1,0 +1,85 @@
+//! librdkafka error codes mapped to Courier's [`ErrorKind`], which decides retryability.
+
+use courier_core::{Error, ErrorKind};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+
+/// The Courier kind of a librdkafka or broker error code.
+///
+/// Codes not listed are treated as [`ErrorKind::Unavailable`] (retryable): for an event whose
+/// fate is unknown, a re-publish that may duplicate is safer than a verdict that drops it.
+pub(crate) fn kind_of(code: Code) -> ErrorKind {
+    match code {
+        Code::MessageSizeTooLarge | Code::InvalidMessageSize | Code::MessageBatchTooLarge => {
+            ErrorKind::PayloadTooLarge
+        }
+        Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition => ErrorKind::NotFound,
+        Code::InvalidTopic
+        | Code::InvalidRecord
+        | Code::InvalidMessage
+        | Code::InvalidRequiredAcks
+        | Code::InvalidTimestamp
+        | Code::PolicyViolation
+        | Code::UnsupportedForMessageFormat
+        | Code::UnsupportedCompressionType
+        | Code::InvalidArgument
+        | Code::BadMessage => ErrorKind::Rejected,
+        Code::TopicAuthorizationFailed
+        | Code::ClusterAuthorizationFailed
+        | Code::TransactionalIdAuthorizationFailed
+        | Code::SaslAuthenticationFailed
+        | Code::Authentication
+        | Code::InvalidConfig
+        | Code::UnsupportedVersion
+        | Code::UnsupportedFeature => ErrorKind::Config,
+        Code::MessageTimedOut | Code::RequestTimedOut | Code::OperationTimedOut | Code::TimedOutQueue => {
+            ErrorKind::Timeout
+        }
+        Code::BrokerTransportFailure
+        | Code::AllBrokersDown
+        | Code::NetworkException
+        | Code::Resolve
+        | Code::SSL
+        | Code::BrokerNotAvailable => ErrorKind::Connection,
+        Code::QueueFull => ErrorKind::Backpressure,
+        // Purged before a verdict (producer dropped): it may or may not have been written.
+        Code::PurgeQueue | Code::PurgeInflight => ErrorKind::Lost,
+        _ => ErrorKind::Unavailable,
+    }
+}
+
+/// Wraps a client error, naming what was being done.
+pub(crate) fn from_kafka(context: impl std::fmt::Display, err: KafkaError) -> Error {
+    let kind = match &err {
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Subscription(_) => {
+            ErrorKind::Config
+        }
+        KafkaError::Canceled => ErrorKind::Closed,
+        other => other.rdkafka_error_code().map_or(ErrorKind::Unavailable, kind_of),
+    };
+    Error::with_source(kind, format!("{context}: {err}"), err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_errors_map_to_kinds_with_the_right_retryability() {
+        let cases = [
+            (Code::MessageSizeTooLarge, ErrorKind::PayloadTooLarge, false),
+            (Code::UnknownTopicOrPartition, ErrorKind::NotFound, false),
+            (Code::MessageTimedOut, ErrorKind::Timeout, true),
+            (Code::AllBrokersDown, ErrorKind::Connection, true),
+            (Code::NotEnoughReplicas, ErrorKind::Unavailable, true),
+            (Code::QueueFull, ErrorKind::Backpressure, true),
+            (Code::TopicAuthorizationFailed, ErrorKind::Config, false),
+            (Code::InvalidRecord, ErrorKind::Rejected, false),
+            (Code::PurgeInflight, ErrorKind::Lost, true),
+        ];
+        for (code, kind, retryable) in cases {
+            assert_eq!(kind_of(code), kind, "{code:?}");
+            let err = from_kafka("producing", KafkaError::MessageProduction(code));
+            assert_eq!((err.kind(), err.is_retryable()), (kind, retryable), "{code:?}");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Courier's Kafka backend on rust-rdkafka (librdkafka).
+//!
+//! [`KafkaBus`] implements [`courier_core::Bus`]:
+//! - **Publish**: one idempotent producer per bus (`enable.idempotence=true`, `acks=all`,
+//!   always enforced), polled by one dedicated thread whose delivery-report callback turns each
+//!   report into the event's verdict: a [`Receipt`](courier_core::Receipt) with
+//!   [`Position::Partition`](courier_core::Position::Partition), or a typed error whose
+//!   [`is_retryable`](courier_core::Error::is_retryable) says whether re-publishing can help.
+//!   The record key is the `aggregate_id`, so an aggregate's events share one partition and keep
+//!   their order; metadata travels as CloudEvents `ce_*` headers (or, in
+//!   [`WireMode::Reference`](courier_core::wire::WireMode::Reference), as the reference JSON
+//!   envelope plus `X-Event-*` headers). A full librdkafka queue makes the publish wait up to
+//!   [`KafkaConfig::queue_full_timeout`], then fail with `Backpressure`: nothing is dropped.
+//! - **Topics**: created through the admin API from [`TopicConfig`](courier_core::TopicConfig)
+//!   (partitions, replication factor, `retention.ms` from `max_age`, `retention.bytes` from
+//!   `max_bytes` (per partition), `compression.type` from [`KafkaConfig::compression`]), or only
+//!   validated when [`KafkaConfig::provision_topics`] is off.
+//! - **Subscribe**: a consumer-group member; offsets are committed by hand and only over the
+//!   contiguous prefix of acknowledged messages of each partition, never past one that is not
+//!   done. Retries, dead-lettering and per-aggregate order come from the shared
+//!   [`dispatch`](courier_core::dispatch) engine. See [`KafkaDelivery`].
+//!
+//! # What an ACK guarantees on Kafka
+//! A successful verdict means the partition leader appended the event and every replica in
+//! the in-sync replica set (ISR) has it (`acks=all`). How many copies that is depends on the
+//! topic's `min.insync.replicas` (broker default 1): with replication factor 3 and
+//! `min.insync.replicas=2` an ACK survives the loss of one broker; with the default of 1 the ISR
+//! may have shrunk to the leader alone, and an ACK then survives only what the leader's disk
+//! survives. Brokers acknowledge once the write is in the page cache, not after fsync
+//! (`log.flush.interval.messages`); durability comes from replication. Idempotence makes
+//! librdkafka's internal retries write each record once and in order within a partition, for
+//! the life of the producer; an event re-published later is a new record, which is why the bus
+//! also remembers recently acknowledged event ids ([`KafkaConfig::dedup_window`]) and answers a
+//! re-publish from the same bus as a duplicate. Across processes, consumers must tolerate
+//! duplicates (at-least-once); the event id is the key to de-duplicate them.
+//!
+//! ```no_run
+//! use courier_core::{Bus, Envelope, PublisherConfig, Topic, TopicConfig};
+//! use courier_kafka::{KafkaBus, KafkaConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), courier_core::Error> {
+//! let bus = KafkaBus::connect(KafkaConfig::from_url("kafka://127.0.0.1:9092")?)?;
+//! let topic = Topic::new("orders")?;
+//! bus.provision(&TopicConfig::new(topic.clone())).await?;
+//! let publisher = bus.publisher(PublisherConfig::default());
+//! let event = Envelope::builder("order", "order-42", "OrderPlaced").payload("{}").build()?;
+//! let receipt = publisher.publish(&topic, event).await?.await?;
+//! println!("stored at {:?}", receipt.position);
+//! publisher.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod admin;
+mod config;
+mod consumer;
+mod error;
+mod producer;
+
+use std::sync::Arc;
+
+use courier_core::{Bus, Error, Publisher, PublisherConfig, Topic, TopicConfig};
+use futures::stream::BoxStream;
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::Producer as _;
+
+pub use config::KafkaConfig;
+pub use consumer::{GroupContext, KafkaDelivery};
+pub use producer::{DeliveryContext, KafkaTransport};
+
+use crate::error::from_kafka;
+use crate::producer::{Dedup, KafkaProducer};
+
+/// A Kafka bus. Cheap to clone; clones share the producer.
+#[derive(Clone)]
+pub struct KafkaBus {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    config: KafkaConfig,
+    producer: KafkaProducer,
+    dedup: Arc<Dedup>,
+    /// Where consumers connect: the configured servers, or the producer's mock cluster.
+    bootstrap: String,
+    /// `None` on the mock cluster, which has no CreateTopics request.
+    admin: Option<AdminClient<DefaultClientContext>>,
+}
+
+impl KafkaBus {
+    /// Creates the producer (and admin client). librdkafka connects in the background, so this
+    /// fails only on invalid configuration; broker trouble shows in verdicts and provisioning.
+    pub fn connect(config: KafkaConfig) -> Result<Self, Error> {
+        let dedup = Arc::new(Dedup::new(config.dedup_window, config.dedup_capacity));
+        let context = DeliveryContext::new(Arc::clone(&dedup));
+        let producer = KafkaProducer::from_config_and_context(&config.producer_config(), context)
+            .map_err(|e| from_kafka("creating the Kafka producer", e))?;
+        let mock_bootstrap = producer.client().mock_cluster().map(|mock| mock.bootstrap_servers());
+        let (bootstrap, admin) = match mock_bootstrap {
+            Some(bootstrap) => (bootstrap, None),
+            None => {
+                let admin = config
+                    .admin_config()
+                    .create()
+                    .map_err(|e| from_kafka("creating the Kafka admin client", e))?;
+                (config.bootstrap_servers.clone(), Some(admin))
+            }
+        };
+        Ok(Self { shared: Arc::new(Shared { config, producer, dedup, bootstrap, admin }) })
+    }
+
+    /// A bus on a fresh librdkafka mock cluster of `brokers` brokers (see [`KafkaConfig::mock`]).
+    pub fn mock(brokers: u32) -> Result<Self, Error> {
+        Self::connect(KafkaConfig::mock(brokers))
+    }
+
+    pub fn config(&self) -> &KafkaConfig {
+        &self.shared.config
+    }
+
+    /// The brokers consumers connect to (the mock cluster's listeners on a mock bus).
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.shared.bootstrap
+    }
+
+    /// The in-process mock cluster when the bus runs on one (librdkafka setting
+    /// `test.mock.num.brokers`), for fault injection: brokers down/up, request errors.
+    pub fn mock_cluster(&self) -> Option<MockCluster<'_, DeliveryContext>> {
+        self.shared.producer.client().mock_cluster()
+    }
+
+    /// Events handed to librdkafka and still waiting for their delivery report.
+    pub fn in_flight(&self) -> usize {
+        usize::try_from(self.shared.producer.in_flight_count()).unwrap_or(0)
+    }
+}
+
+impl Bus for KafkaBus {
+    type Transport = KafkaTransport;
+    type Delivery = KafkaDelivery;
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn publisher(&self, config: PublisherConfig) -> Publisher<KafkaTransport> {
+        Publisher::new(KafkaTransport { shared: Arc::clone(&self.shared) }, config)
+    }
+
+    async fn provision(&self, config: &TopicConfig) -> Result<(), Error> {
+        admin::provision(&self.shared, config).await
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &Topic,
+        group: &str,
+    ) -> Result<BoxStream<'static, KafkaDelivery>, Error> {
+        consumer::subscribe(&self.shared, topic, group)
+    }
+}

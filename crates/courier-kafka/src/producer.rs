@@ -1,0 +1,206 @@
+//! Publishing: one idempotent librdkafka producer per bus, polled by one dedicated thread whose
+//! delivery-report callback resolves each event's [`Completion`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use courier_core::wire::{self, HeaderStyle, WireMode};
+use courier_core::{Completion, Envelope, Error, ErrorKind, EventId, Position, Receipt, Topic, Transport};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+use crate::error::from_kafka;
+use crate::Shared;
+
+/// Room kept under `message.max.bytes` for headers and record framing.
+const RECORD_OVERHEAD: usize = 16 * 1024;
+/// Longest pause between retries of a send refused because librdkafka's queue is full.
+const MAX_QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
+
+pub(crate) type KafkaProducer = ThreadedProducer<DeliveryContext>;
+
+/// What travels through librdkafka with each message and comes back in its delivery report
+/// (opaque outside this crate).
+pub struct InFlight {
+    completion: Completion,
+    topic: Topic,
+}
+
+/// Turns delivery reports into verdicts; runs on the producer's polling thread.
+pub struct DeliveryContext {
+    dedup: Arc<Dedup>,
+}
+
+impl DeliveryContext {
+    pub(crate) fn new(dedup: Arc<Dedup>) -> Self {
+        Self { dedup }
+    }
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<InFlight>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
+        let InFlight { completion, topic } = *in_flight;
+        let event_id = completion.event_id();
+        let outcome = match result {
+            Ok(message) => {
+                let position =
+                    Position::Partition { partition: message.partition(), offset: message.offset() };
+                self.dedup.insert(&topic, event_id, &position);
+                Ok(Receipt { event_id, position, duplicate: false })
+            }
+            Err((err, _)) => Err(delivery_error(&topic, event_id, err)),
+        };
+        completion.complete(outcome);
+    }
+}
+
+fn delivery_error(topic: &Topic, event_id: EventId, err: &KafkaError) -> Error {
+    from_kafka(format_args!("publishing event {event_id} to topic {topic}"), err.clone())
+}
+
+/// Publishes into Kafka through the bus's shared producer. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaTransport {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Transport for KafkaTransport {
+    async fn send(&self, topic: &Topic, envelope: Envelope, completion: Completion) {
+        let shared = &*self.shared;
+        let event_id = envelope.event_id();
+        if let Some(position) = shared.dedup.get(topic, event_id) {
+            completion.complete(Ok(Receipt { event_id, position, duplicate: true }));
+            return;
+        }
+        let message = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka);
+        let mut headers = message
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new_with_capacity(message.headers.len()), |headers, (key, value)| {
+                headers.insert(Header { key, value: Some(value.as_bytes()) })
+            });
+        let mut in_flight = Box::new(InFlight { completion, topic: topic.clone() });
+        let deadline = Instant::now() + shared.config.queue_full_timeout;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let record = BaseRecord::with_opaque_to(topic.as_str(), in_flight)
+                .key(envelope.aggregate_id())
+                .payload(message.body.as_ref())
+                .headers(headers);
+            let (err, record) = match shared.producer.send(record) {
+                Ok(()) => return,
+                Err(refused) => refused,
+            };
+            let queue_full = err == KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
+            if !queue_full {
+                let InFlight { completion, topic } = *record.delivery_opaque;
+                completion.complete(Err(delivery_error(&topic, event_id, &err)));
+                return;
+            }
+            if Instant::now() >= deadline {
+                let InFlight { completion, .. } = *record.delivery_opaque;
+                completion.complete(Err(Error::new(
+                    ErrorKind::Backpressure,
+                    format!(
+                        "librdkafka's queue stayed full for {:?}; event {event_id} was not sent",
+                        shared.config.queue_full_timeout
+                    ),
+                )));
+                return;
+            }
+            in_flight = record.delivery_opaque;
+            headers = record.headers.expect("the record was built with headers");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_QUEUE_FULL_PAUSE);
+        }
+    }
+
+    /// Waits (up to the configured flush timeout) until librdkafka has a delivery report for
+    /// every message it holds, sending lingering batches at once.
+    async fn flush(&self) {
+        let shared = Arc::clone(&self.shared);
+        let flushed =
+            tokio::task::spawn_blocking(move || shared.producer.flush(shared.config.flush_timeout)).await;
+        if let Ok(Err(err)) = flushed {
+            tracing::warn!(error = %err, "producer flush did not finish; close reports what is still pending");
+        }
+    }
+
+    fn max_payload(&self) -> usize {
+        let room = self.shared.config.message_max_bytes().saturating_sub(RECORD_OVERHEAD);
+        match self.shared.config.wire_mode {
+            WireMode::CloudEvents => room,
+            // The reference envelope carries the payload as base64 inside JSON.
+            WireMode::Reference => room / 4 * 3,
+        }
+    }
+}
+
+/// Event ids acknowledged recently, per topic, so a re-publish is answered as a duplicate with
+/// the stored position instead of being written twice. Bounded by age and count.
+pub(crate) struct Dedup {
+    window: Duration,
+    capacity: usize,
+    state: Mutex<DedupState>,
+}
+
+#[derive(Default)]
+struct DedupState {
+    positions: HashMap<(Topic, EventId), Position>,
+    order: VecDeque<(Instant, Topic, EventId)>,
+}
+
+impl Dedup {
+    pub(crate) fn new(window: Duration, capacity: usize) -> Self {
+        Self { window, capacity, state: Mutex::default() }
+    }
+
+    fn enabled(&self) -> bool {
+        !self.window.is_zero() && self.capacity > 0
+    }
+
+    fn get(&self, topic: &Topic, event_id: EventId) -> Option<Position> {
+        if !self.enabled() {
+            return None;
+        }
+        let mut state = self.state.lock().expect("dedup lock");
+        state.expire(Instant::now(), self.window);
+        state.positions.get(&(topic.clone(), event_id)).cloned()
+    }
+
+    fn insert(&self, topic: &Topic, event_id: EventId, position: &Position) {
+        if !self.enabled() {
+            return;
+        }
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("dedup lock");
+        state.expire(now, self.window);
+        if state.positions.insert((topic.clone(), event_id), position.clone()).is_none() {
+            state.order.push_back((now, topic.clone(), event_id));
+        }
+        while state.order.len() > self.capacity {
+            state.pop_oldest();
+        }
+    }
+}
+
+impl DedupState {
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while self.order.front().is_some_and(|(at, ..)| now.duration_since(*at) >= window) {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, topic, event_id)) = self.order.pop_front() {
+            self.positions.remove(&(topic, event_id));
+        }
+    }
+}
