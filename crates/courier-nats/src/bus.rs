@@ -1,0 +1,124 @@
+//! [`NatsBus`]: the connection, and the [`Bus`] implementation tying publishing, provisioning and
+//! subscribing together.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, Context};
+use async_nats::{Client, ConnectOptions, Event};
+use courier_core::{Bus, DeadLetterTopic, Error, ErrorKind, Publisher, PublisherConfig, Topic, TopicConfig};
+use futures::stream::BoxStream;
+
+use crate::config::NatsConfig;
+use crate::publish::{NatsTransport, ServerLimit};
+use crate::streams;
+use crate::subscribe::{self, NatsDelivery};
+
+/// A NATS JetStream bus. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct NatsBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// For stream and consumer management and the subscriber's dead-lettering.
+    admin: Context,
+    config: Arc<NatsConfig>,
+    limit: Arc<ServerLimit>,
+}
+
+impl NatsBus {
+    /// Connects to `config.url` and checks that JetStream is enabled there. The client
+    /// reconnects forever after a lost connection; publishes made meanwhile wait in the client's
+    /// queue and their PubAcks time out after the ack timeout (retryable) if the server is back
+    /// too late.
+    pub async fn connect(config: NatsConfig) -> Result<Self, Error> {
+        let limit = Arc::new(ServerLimit::default());
+        let on_event = Arc::clone(&limit);
+        let client = ConnectOptions::new()
+            .name(&config.connection_name)
+            .event_callback(move |event| {
+                let limit = Arc::clone(&on_event);
+                async move {
+                    match event {
+                        Event::Connected => {
+                            limit.mark_stale();
+                            tracing::info!("connected to NATS");
+                        }
+                        Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                        Event::ServerError(err) => tracing::error!(%err, "NATS server error"),
+                        other => tracing::warn!(event = %other, "NATS connection event"),
+                    }
+                }
+            })
+            .connect(config.url.as_str())
+            .await
+            .map_err(|err| {
+                Error::with_source(
+                    ErrorKind::Connection,
+                    format!("connecting to NATS at {}", config.url),
+                    err,
+                )
+            })?;
+        let admin = jetstream::ContextBuilder::new().timeout(config.ack_timeout).build(client.clone());
+        if !client.server_info().jetstream {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("JetStream is not enabled on the NATS server at {} (start it with -js)", config.url),
+            ));
+        }
+        Ok(Self { inner: Arc::new(Inner { client, admin, config: Arc::new(config), limit }) })
+    }
+
+    pub fn config(&self) -> &NatsConfig {
+        &self.inner.config
+    }
+
+    /// The underlying client, e.g. to inspect server info or to run a bare-client comparison.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// A JetStream context on the bus's connection, for management beyond what Courier does.
+    pub fn jetstream(&self) -> &Context {
+        &self.inner.admin
+    }
+
+    /// The dead-letter destination for subscribers of `topic`: its dead-letter topic (see
+    /// [`NatsConfig::dead_letter_suffix`]), provisioned (or validated) here so dead-lettered
+    /// events always have a stream to land in.
+    pub async fn dead_letter(&self, topic: &Topic) -> Result<DeadLetterTopic<NatsTransport>, Error> {
+        let dlq = self.inner.config.dead_letter_topic(topic)?;
+        self.provision(&TopicConfig::new(dlq.clone())).await?;
+        Ok(DeadLetterTopic::new(self.publisher(PublisherConfig::default()), dlq))
+    }
+}
+
+impl Bus for NatsBus {
+    type Transport = NatsTransport;
+    type Delivery = NatsDelivery;
+
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn publisher(&self, config: PublisherConfig) -> Publisher<NatsTransport> {
+        let inner = &*self.inner;
+        let transport = NatsTransport::new(
+            inner.client.clone(),
+            inner.config.wire_mode,
+            Arc::clone(&inner.limit),
+            inner.config.ack_timeout,
+            config.window,
+        );
+        Publisher::new(transport, config)
+    }
+
+    async fn provision(&self, config: &TopicConfig) -> Result<(), Error> {
+        streams::provision(&self.inner.admin, &self.inner.config, config).await
+    }
+
+    async fn subscribe(&self, topic: &Topic, group: &str) -> Result<BoxStream<'static, NatsDelivery>, Error> {
+        subscribe::subscribe(&self.inner.admin, &self.inner.config, topic, group).await
+    }
+}

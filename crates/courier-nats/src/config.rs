@@ -1,0 +1,180 @@
+//! [`NatsConfig`]: connection, wire format, stream and consumer settings, with documented defaults.
+
+use std::time::Duration;
+
+use courier_core::wire::WireMode;
+use courier_core::{Error, ErrorKind, Topic};
+
+/// Where a provisioned stream keeps its messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// On disk; survives a server restart. The default.
+    #[default]
+    File,
+    /// In memory only; lost when the server stops.
+    Memory,
+}
+
+/// When a provisioned stream drops messages (besides its age/size/count limits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep messages until a limit is reached; consumers do not remove them. The default, and
+    /// the only policy that lets a new consumer group read history.
+    #[default]
+    Limits,
+    /// Remove a message once every consumer that existed when it arrived acknowledged it.
+    Interest,
+    /// Remove a message once one consumer acknowledged it; one consumer group per stream.
+    WorkQueue,
+}
+
+/// Settings of a [`NatsBus`](crate::NatsBus). Build with [`NatsConfig::new`] and the setters;
+/// each setter documents its default.
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_nats::{NatsConfig, Storage};
+///
+/// let config = NatsConfig::new("nats://127.0.0.1:4222")
+///     .ack_timeout(Duration::from_secs(10))
+///     .storage(Storage::Memory);
+/// assert!(config.provisioning());
+/// ```
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub(crate) url: String,
+    pub(crate) wire_mode: WireMode,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) provision: bool,
+    pub(crate) storage: Storage,
+    pub(crate) retention: Retention,
+    pub(crate) dead_letter_suffix: String,
+    pub(crate) ack_wait: Duration,
+    pub(crate) max_deliveries: Option<u32>,
+    pub(crate) max_ack_pending: i64,
+    pub(crate) pull_batch: usize,
+    pub(crate) connection_name: String,
+}
+
+impl NatsConfig {
+    /// Settings for the server(s) at `url` (`nats://host:port`, comma-separated for a cluster).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            wire_mode: WireMode::CloudEvents,
+            ack_timeout: Duration::from_secs(5),
+            provision: true,
+            storage: Storage::File,
+            retention: Retention::Limits,
+            dead_letter_suffix: ".dlq".into(),
+            ack_wait: Duration::from_secs(30),
+            max_deliveries: None,
+            max_ack_pending: 10_000,
+            pull_batch: 256,
+            connection_name: "courier".into(),
+        }
+    }
+
+    /// How envelopes are written. Default [`WireMode::CloudEvents`] (`ce-*` headers, payload as
+    /// the body); [`WireMode::Reference`] writes the reference system's JSON envelope.
+    /// Subscribers read both.
+    pub fn wire_mode(mut self, mode: WireMode) -> Self {
+        self.wire_mode = mode;
+        self
+    }
+
+    /// How long a publish waits for its PubAck before its result is a retryable
+    /// [`ErrorKind::Timeout`]; also the timeout of JetStream API calls. Default 5 s.
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// Whether [`Bus::provision`](courier_core::Bus::provision) creates or updates streams
+    /// (`true`, the default) or only checks that a stream holds the topic's subject (`false`,
+    /// for servers whose streams are managed elsewhere).
+    pub fn provision(mut self, provision: bool) -> Self {
+        self.provision = provision;
+        self
+    }
+
+    /// Storage of provisioned streams. Default [`Storage::File`].
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Retention policy of provisioned streams. Default [`Retention::Limits`].
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Appended to a topic's name to name its dead-letter topic. Default `.dlq`, so `orders`
+    /// dead-letters to `orders.dlq` (its own stream, `orders_dlq`).
+    pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dead_letter_suffix = suffix.into();
+        self
+    }
+
+    /// Consumer `ack_wait`: how long JetStream waits for an acknowledgement before redelivering.
+    /// Handlers that are being retried extend it with in-progress acks. Default 30 s.
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+
+    /// Deliveries of one message (JetStream's `delivered` count) after which the subscriber
+    /// dead-letters it instead of handing it out again, e.g. a message whose handler crashes the
+    /// process. Default `None`: no limit. (The dispatch engine's `max_attempts` governs ordinary
+    /// handler failures; this limit only catches messages that never get acknowledged at all.)
+    pub fn max_deliveries(mut self, max: Option<u32>) -> Self {
+        self.max_deliveries = max;
+        self
+    }
+
+    /// Consumer `max_ack_pending`: messages handed out but not acknowledged before JetStream
+    /// pauses delivery. Keep it above the dispatch engine's `max_buffered`. Default 10,000.
+    pub fn max_ack_pending(mut self, max: i64) -> Self {
+        self.max_ack_pending = max;
+        self
+    }
+
+    /// Messages requested per pull. Default 256.
+    pub fn pull_batch(mut self, batch: usize) -> Self {
+        self.pull_batch = batch.max(1);
+        self
+    }
+
+    /// Client name shown in the server's connection list. Default `courier`.
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn provisioning(&self) -> bool {
+        self.provision
+    }
+
+    /// The topic `topic`'s dead-lettered events go to.
+    pub fn dead_letter_topic(&self, topic: &Topic) -> Result<Topic, Error> {
+        Topic::new(format!("{topic}{}", self.dead_letter_suffix)).map_err(|err| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!("dead-letter suffix {:?} makes an invalid topic", self.dead_letter_suffix),
+                err,
+            )
+        })
+    }
+}
+
+/// The stream provisioned for `topic`: its name with `.` (not allowed in stream names) as `_`.
+/// Two topics that differ only there (`a.b`, `a_b`) would share a name; provisioning the second
+/// fails with a clear error instead of mixing them.
+pub fn stream_name(topic: &Topic) -> String {
+    topic.as_str().replace('.', "_")
+}

@@ -1,0 +1,66 @@
+//! Courier's NATS JetStream backend.
+//!
+//! * **Publishing**: every event is a JetStream publish whose `Nats-Msg-Id` header is the event
+//!   id, so the server drops re-publishes within the stream's duplicate window and answers them
+//!   with `duplicate: true` and the original sequence. Envelope metadata travels as CloudEvents
+//!   `ce-*` headers with the payload as the body, or, in [`WireMode::Reference`], as the
+//!   reference system's JSON envelope. One task per publisher awaits all PubAcks; each accepted
+//!   event gets exactly one result: [`Position::Stream`] with the duplicate flag, or an error
+//!   whose kind says whether to retry (no PubAck within the ack timeout: `Timeout`; no stream for
+//!   the subject: `NotFound`; larger than the server's `max_payload`: `PayloadTooLarge`; lost
+//!   connection: `Connection`). Oversized events are refused before they reach the server, which
+//!   would otherwise close the whole connection.
+//! * **Streams**: [`Bus::provision`] creates one stream per topic (subject = topic name, stream
+//!   name = topic with `.` as `_`) from [`TopicConfig`] and [`NatsConfig`] (storage, retention,
+//!   max age/bytes/messages, duplicate window, replicas; `partitions` has no JetStream meaning and
+//!   is ignored), or only checks that some stream holds the subject when provisioning is off.
+//! * **Subscribing**: a durable pull consumer per (topic, group) with explicit acks, sent only
+//!   after the handler succeeded; see [`subscribe`](crate::subscribe) for messages that cannot be
+//!   handed out. Dead-lettered events go to [`NatsBus::dead_letter`]'s topic by default.
+//!   Consumers are never deleted, so a restarted subscriber resumes after its last ACK.
+//! * **Reconnect**: the client reconnects forever. Publishes made while disconnected wait in the
+//!   client queue; every in-flight event still gets a verdict: its PubAck, or a retryable
+//!   `Timeout`/`Connection` error, after which a re-publish is safe thanks to de-duplication.
+//!
+//! # What a JetStream ACK guarantees
+//! A PubAck means the stream leader stored the message in its store and, with `replicas > 1`, a
+//! majority of replicas did too (JetStream uses RAFT). With file storage the server acknowledges
+//! **before fsync**: data is written to the OS and fsynced every `sync_interval` (server option,
+//! default 2 minutes), so a process crash loses nothing but a power loss or kernel crash of a
+//! single server can lose up to `sync_interval` of acknowledged events. Use replicas ≥ 3 (each
+//! replica would have to fail at once) or set `sync_interval: always` in the server configuration
+//! (nats-server ≥ 2.10) when that matters. Memory storage loses everything when the server stops.
+//! The duplicate window (default 2 minutes) bounds how late a re-publish is still de-duplicated.
+//!
+//! ```no_run
+//! use courier_core::{Bus, Envelope, PublisherConfig, Topic, TopicConfig};
+//! use courier_nats::{NatsBus, NatsConfig};
+//!
+//! # async fn run() -> Result<(), courier_core::Error> {
+//! let bus = NatsBus::connect(NatsConfig::new("nats://127.0.0.1:4222")).await?;
+//! let topic = Topic::new("orders")?;
+//! bus.provision(&TopicConfig::new(topic.clone())).await?;
+//! let publisher = bus.publisher(PublisherConfig::default());
+//! let event = Envelope::builder("order", "order-42", "OrderPlaced").payload("{}").build()?;
+//! let receipt = publisher.publish(&topic, event).await?.await?;
+//! println!("stored at {:?}", receipt.position);
+//! publisher.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`WireMode::Reference`]: courier_core::wire::WireMode::Reference
+//! [`Position::Stream`]: courier_core::Position::Stream
+//! [`Bus::provision`]: courier_core::Bus::provision
+//! [`TopicConfig`]: courier_core::TopicConfig
+
+mod bus;
+mod config;
+mod publish;
+mod streams;
+pub mod subscribe;
+
+pub use bus::NatsBus;
+pub use config::{stream_name, NatsConfig, Retention, Storage};
+pub use publish::NatsTransport;
+pub use subscribe::NatsDelivery;

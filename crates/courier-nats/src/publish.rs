@@ -1,0 +1,240 @@
+//! [`NatsTransport`]: JetStream publishes with `Nats-Msg-Id` = event id, and one ack-collector
+//! task per publisher that awaits every PubAck and resolves the event's completion.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, ErrorCode};
+use async_nats::{Client, HeaderMap};
+use courier_core::wire::{self, HeaderStyle, WireMode};
+use courier_core::{Completion, Envelope, Error, ErrorKind, Position, Receipt, Topic, Transport};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+/// The header JetStream de-duplicates by.
+pub(crate) const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+type PubAckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+
+/// An accepted event whose PubAck is awaited by the collector.
+struct Pending {
+    ack: PubAckFuture,
+    topic: Topic,
+    completion: Completion,
+}
+
+/// The server's `max_payload`, re-read after every (re)connect because a restarted or different
+/// server may announce another limit.
+#[derive(Default)]
+pub(crate) struct ServerLimit {
+    max_payload: AtomicUsize,
+    stale: AtomicBool,
+}
+
+impl ServerLimit {
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn get(&self, client: &Client) -> usize {
+        if self.stale.swap(false, Ordering::AcqRel) || self.max_payload.load(Ordering::Acquire) == 0 {
+            let max = client.server_info().max_payload;
+            self.max_payload.store(max, Ordering::Release);
+        }
+        self.max_payload.load(Ordering::Acquire)
+    }
+}
+
+/// Publishes accepted events to JetStream. Made by [`NatsBus::publisher`](crate::NatsBus);
+/// each publisher has its own JetStream context and ack collector.
+pub struct NatsTransport {
+    client: Client,
+    context: jetstream::Context,
+    wire_mode: WireMode,
+    limit: Arc<ServerLimit>,
+    ack_timeout: Duration,
+    pending: mpsc::UnboundedSender<Pending>,
+}
+
+impl NatsTransport {
+    pub(crate) fn new(
+        client: Client,
+        wire_mode: WireMode,
+        limit: Arc<ServerLimit>,
+        ack_timeout: Duration,
+        window: usize,
+    ) -> Self {
+        // The context's own in-flight limit is the window, so it never blocks below it.
+        let context = jetstream::ContextBuilder::new()
+            .timeout(ack_timeout)
+            .max_ack_inflight(window.max(1))
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        let (pending, rx) = mpsc::unbounded_channel();
+        tokio::spawn(collect_acks(rx, ack_timeout));
+        Self { client, context, wire_mode, limit, ack_timeout, pending }
+    }
+}
+
+/// Builds the message; `Err` when it cannot be sent at all (too large for the server).
+fn message(envelope: &Envelope, mode: WireMode, max_payload: usize) -> Result<PublishMessage, Error> {
+    let wire = wire::encode(envelope, mode, HeaderStyle::Nats);
+    let event_id = envelope.event_id().to_string();
+    // The server counts the serialized header block plus the body against `max_payload`, and
+    // closes the connection of a client that exceeds it, so oversized events stop here.
+    let header_bytes = b"NATS/1.0\r\n\r\n".len()
+        + wire.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
+        + MSG_ID_HEADER.len()
+        + event_id.len()
+        + 4;
+    let size = header_bytes + wire.body.len();
+    if size > max_payload {
+        return Err(Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "event {event_id}: payload with headers is {size} bytes, above the server's max_payload of {max_payload} bytes"
+            ),
+        ));
+    }
+    let mut headers = HeaderMap::new();
+    for (name, value) in wire.headers {
+        headers.append(name, value);
+    }
+    headers.insert(MSG_ID_HEADER, event_id);
+    Ok(PublishMessage::build().headers(headers).payload(wire.body))
+}
+
+impl Transport for NatsTransport {
+    async fn send(&self, topic: &Topic, envelope: Envelope, completion: Completion) {
+        let max_payload = self.limit.get(&self.client);
+        let message = match message(&envelope, self.wire_mode, max_payload) {
+            Ok(message) => message,
+            Err(err) => return completion.complete(Err(err)),
+        };
+        // Awaits the client's outgoing queue (backpressure while disconnected, bounded by the
+        // ack timeout).
+        match self.context.send_publish(topic.as_str().to_owned(), message).await {
+            Ok(ack) => {
+                let pending = Pending { ack: ack.into_future(), topic: topic.clone(), completion };
+                if let Err(unsent) = self.pending.send(pending) {
+                    // Unreachable while the transport lives: the collector ends only after this
+                    // sender is dropped. Report it rather than hide it.
+                    let Pending { completion, .. } = unsent.0;
+                    completion.complete(Err(Error::new(ErrorKind::Lost, "the ack collector stopped")));
+                }
+            }
+            Err(err) => {
+                let verdict = verdict(&completion, topic, Err(err), self.ack_timeout);
+                completion.complete(verdict);
+            }
+        }
+    }
+
+    async fn flush(&self) {
+        if let Err(err) = self.client.flush().await {
+            tracing::warn!(%err, "flushing the NATS connection failed; outstanding PubAcks will time out");
+        }
+    }
+
+    fn max_payload(&self) -> usize {
+        self.limit.get(&self.client)
+    }
+}
+
+/// Awaits all PubAcks of one publisher concurrently and resolves their completions. Ends when the
+/// transport is dropped and every PubAck has arrived or timed out.
+async fn collect_acks(mut rx: mpsc::UnboundedReceiver<Pending>, ack_timeout: Duration) {
+    let mut inflight = FuturesUnordered::new();
+    let mut open = true;
+    let resolve = |p: Pending| async move {
+        let Pending { ack, topic, completion } = p;
+        let result = ack.await;
+        let verdict = verdict(&completion, &topic, result, ack_timeout);
+        completion.complete(verdict);
+    };
+    loop {
+        tokio::select! {
+            next = rx.recv(), if open => match next {
+                Some(p) => {
+                    inflight.push(resolve(p));
+                    while let Ok(p) = rx.try_recv() {
+                        inflight.push(resolve(p));
+                    }
+                }
+                None => open = false,
+            },
+            Some(()) = inflight.next(), if !inflight.is_empty() => {}
+            else => break,
+        }
+    }
+}
+
+/// Maps a PubAck or publish failure to the event's verdict.
+fn verdict(
+    completion: &Completion,
+    topic: &Topic,
+    result: Result<PublishAck, PublishError>,
+    ack_timeout: Duration,
+) -> Result<Receipt, Error> {
+    let event_id = completion.event_id();
+    let ack = result.map_err(|err| publish_error(err, topic, ack_timeout))?;
+    Ok(Receipt {
+        event_id,
+        position: Position::Stream { stream: ack.stream, sequence: ack.sequence },
+        duplicate: ack.duplicate,
+    })
+}
+
+fn publish_error(err: PublishError, topic: &Topic, ack_timeout: Duration) -> Error {
+    let (kind, message) = match err.kind() {
+        PublishErrorKind::StreamNotFound => (
+            ErrorKind::NotFound,
+            format!(
+                "no JetStream stream holds subject {topic:?}: provision the topic or add the subject to a stream"
+            ),
+        ),
+        PublishErrorKind::TimedOut => (
+            ErrorKind::Timeout,
+            format!(
+                "no PubAck for subject {topic:?} within {ack_timeout:?}; the event may or may not be stored"
+            ),
+        ),
+        PublishErrorKind::BrokenPipe => {
+            (ErrorKind::Connection, format!("the NATS connection lost the PubAck for subject {topic:?}"))
+        }
+        PublishErrorKind::MaxAckPending => {
+            (ErrorKind::Backpressure, "too many PubAcks outstanding on this connection".to_owned())
+        }
+        _ => {
+            // A JetStream API error in the PubAck, or a client failure (connection closed).
+            let kind = std::error::Error::source(&err)
+                .and_then(|source| source.downcast_ref::<jetstream::Error>())
+                .map_or(ErrorKind::Connection, api_error_kind);
+            (kind, format!("publishing to subject {topic:?} failed: {err}"))
+        }
+    };
+    Error::with_source(kind, message, err)
+}
+
+/// Classifies a JetStream API error by whether retrying can help.
+pub(crate) fn api_error_kind(err: &jetstream::Error) -> ErrorKind {
+    match err.error_code() {
+        ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => ErrorKind::PayloadTooLarge,
+        ErrorCode::STREAM_NOT_FOUND => ErrorKind::NotFound,
+        ErrorCode::CLUSTER_NOT_AVAILABLE
+        | ErrorCode::CLUSTER_NOT_ACTIVE
+        | ErrorCode::CLUSTER_NOT_LEADER
+        | ErrorCode::CLUSTER_NOT_ASSIGNED
+        | ErrorCode::INSUFFICIENT_RESOURCES
+        | ErrorCode::STREAM_STORE_FAILED => ErrorKind::Unavailable,
+        _ if err.code() == 503 => ErrorKind::Unavailable,
+        _ => ErrorKind::Rejected,
+    }
+}

@@ -1,0 +1,368 @@
+//! Subscriptions: a durable pull consumer per (topic, group), read by one puller task per
+//! subscription that decodes messages into [`NatsDelivery`]s.
+//!
+//! Messages that cannot become a delivery are never skipped silently: an undecodable message, or
+//! one delivered more than [`NatsConfig::max_deliveries`] times, is published to the topic's
+//! dead-letter subject with its original headers and body plus the reason, and acknowledged only
+//! once that publish was acknowledged. If the dead-letter publish fails, the message is NAKed with
+//! a delay and tried again on redelivery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::jetstream::{self, AckKind, Context};
+use async_nats::HeaderMap;
+use courier_core::dispatch::Delivery;
+use courier_core::wire;
+use courier_core::{
+    Envelope, Error, ErrorKind, Topic, TopicConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER,
+};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::NatsConfig;
+use crate::publish::MSG_ID_HEADER;
+use crate::streams::{self, admin_error};
+
+/// Deliveries decoded ahead of the dispatch engine; kept small because each one is a message
+/// JetStream considers handed out.
+const HANDOFF: usize = 32;
+/// How long a message whose dead-lettering failed waits before JetStream redelivers it.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
+/// Lifetime of each pull request. JetStream (2.9) keeps delivering to a pull request until it
+/// expires, even after its subscriber left, so this bounds how long a closed subscription can
+/// still absorb messages. Idle consumers renew their request this often.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Idle heartbeat of a pull request, so a lost connection is noticed.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// A JetStream message handed to the dispatch engine. Dropping it unacknowledged NAKs it once its
+/// subscription stream is dropped, so the group's next subscriber gets it at once instead of
+/// after `ack_wait`.
+pub struct NatsDelivery {
+    envelope: Envelope,
+    acker: Option<Acker>,
+    stream_sequence: u64,
+    delivered: u64,
+    unacked: mpsc::UnboundedSender<Acker>,
+}
+
+impl NatsDelivery {
+    /// The message's sequence in its stream.
+    pub fn stream_sequence(&self) -> u64 {
+        self.stream_sequence
+    }
+
+    /// How often JetStream has delivered this message, this delivery included.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+}
+
+impl Delivery for NatsDelivery {
+    fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Sends `+ACK` without waiting for the server's confirmation: a lost ACK means a redelivery,
+    /// which at-least-once delivery allows, and waiting would cost a round trip per message.
+    async fn ack(mut self) -> Result<(), Error> {
+        let acker = self.acker.take().expect("a delivery is acknowledged once");
+        acker.ack().await.map_err(|err| {
+            Error::new(
+                ErrorKind::Connection,
+                format!("acknowledging stream sequence {}: {err}", self.stream_sequence),
+            )
+        })
+    }
+
+    /// Sends `+WPI` (work in progress), restarting the consumer's `ack_wait` timer.
+    async fn keep_alive(&self) {
+        if let Some(acker) = &self.acker {
+            if let Err(err) = acker.ack_with(AckKind::Progress).await {
+                tracing::warn!(%err, sequence = self.stream_sequence, "in-progress ack failed; the message may be redelivered");
+            }
+        }
+    }
+}
+
+impl Drop for NatsDelivery {
+    fn drop(&mut self) {
+        if let Some(acker) = self.acker.take() {
+            // The NAK task outlives every delivery of its subscription, so this only fails if the
+            // runtime is gone, in which case ack_wait redelivers the message.
+            let _ = self.unacked.send(acker);
+        }
+    }
+}
+
+/// Consumer names JetStream accepts (no `.`, `*`, `>`, whitespace or path separators).
+fn check_group(group: &str) -> Result<(), Error> {
+    let valid = !group.is_empty()
+        && group.len() <= 200
+        && group.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("invalid group: {group:?} must have 1 to 200 characters from A-Z a-z 0-9 - _"),
+        ))
+    }
+}
+
+/// Opens (creating on first use) the durable consumer `group` on `topic`'s stream and starts its
+/// puller. Durable consumers are never deleted by Courier: a later subscribe resumes.
+pub(crate) async fn subscribe(
+    js: &Context,
+    config: &Arc<NatsConfig>,
+    topic: &Topic,
+    group: &str,
+) -> Result<BoxStream<'static, NatsDelivery>, Error> {
+    check_group(group)?;
+    let stream = streams::stream_for(js, topic).await?;
+    let consumer_config = pull::Config {
+        durable_name: Some(group.to_owned()),
+        filter_subject: topic.to_string(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        deliver_policy: DeliverPolicy::All,
+        max_deliver: -1,
+        max_ack_pending: config.max_ack_pending,
+        description: Some("courier consumer group".into()),
+        ..pull::Config::default()
+    };
+    let consumer: PullConsumer =
+        stream.get_or_create_consumer(group, consumer_config).await.map_err(|err| {
+            let api = match err.kind() {
+                ConsumerErrorKind::JetStream(api) => Some(api),
+                _ => None,
+            };
+            admin_error(format!("opening consumer group {group:?} on subject {topic:?}"), api.as_ref(), err)
+        })?;
+    let filter = &consumer.cached_info().config.filter_subject;
+    if filter != topic.as_str() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "consumer {group:?} of stream {} already exists with filter {filter:?}, not {topic:?}; use another group name",
+                consumer.cached_info().stream_name
+            ),
+        ));
+    }
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(config.pull_batch)
+        .heartbeat(PULL_HEARTBEAT)
+        .expires(PULL_EXPIRES)
+        .messages()
+        .await
+        .map_err(|err| {
+            admin_error(format!("pulling from consumer group {group:?} on {topic:?}"), None, err)
+        })?;
+
+    let (unacked_tx, unacked_rx) = mpsc::unbounded_channel();
+    let (released_tx, released_rx) = oneshot::channel();
+    tokio::spawn(nak_unacked(unacked_rx, released_rx));
+    let (tx, rx) = mpsc::channel(HANDOFF);
+    let puller = Puller {
+        js: js.clone(),
+        config: Arc::clone(config),
+        topic: topic.clone(),
+        group: group.to_owned(),
+        unacked: unacked_tx,
+    };
+    tokio::spawn(puller.run(messages, tx, released_tx));
+    Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) }).boxed())
+}
+
+/// NAKs deliveries dropped without an acknowledgement, for immediate redelivery. One per
+/// subscription; ends when the puller and all its deliveries are gone.
+///
+/// NAKs wait until the puller released its pull subscription, and ask for redelivery only after
+/// [`PULL_EXPIRES`]: JetStream hands a NAKed message to the oldest waiting pull request, and if
+/// that were still the closed subscription's, the message would sit unacknowledged until
+/// `ack_wait`.
+async fn nak_unacked(mut rx: mpsc::UnboundedReceiver<Acker>, released: oneshot::Receiver<()>) {
+    let mut held = Vec::new();
+    let mut released = std::pin::pin!(released);
+    loop {
+        tokio::select! {
+            _ = &mut released => break,
+            next = rx.recv() => match next {
+                Some(acker) => held.push(acker),
+                None => break,
+            },
+        }
+    }
+    for acker in held {
+        nak(acker).await;
+    }
+    while let Some(acker) = rx.recv().await {
+        nak(acker).await;
+    }
+}
+
+async fn nak(acker: Acker) {
+    let after_our_requests_expired = PULL_EXPIRES + Duration::from_millis(500);
+    if let Err(err) = acker.ack_with(AckKind::Nak(Some(after_our_requests_expired))).await {
+        tracing::debug!(%err, "NAK of an unacknowledged delivery failed; ack_wait will redeliver it");
+    }
+}
+
+struct Puller {
+    js: Context,
+    config: Arc<NatsConfig>,
+    topic: Topic,
+    group: String,
+    unacked: mpsc::UnboundedSender<Acker>,
+}
+
+impl Puller {
+    async fn run(
+        self,
+        mut messages: pull::Stream,
+        tx: mpsc::Sender<NatsDelivery>,
+        released: oneshot::Sender<()>,
+    ) {
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => break,
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) if err.kind() == MessagesErrorKind::ConsumerDeleted => {
+                    tracing::error!(topic = %self.topic, group = %self.group, "consumer was deleted; subscription ends");
+                    break;
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(topic = %self.topic, group = %self.group, %err, "pull consumer error; retrying");
+                    continue;
+                }
+                None => break,
+            };
+            if let Some(delivery) = self.prepare(message).await {
+                // A refused delivery is dropped here, which NAKs it.
+                if tx.send(delivery).await.is_err() {
+                    break;
+                }
+            }
+        }
+        // Messages already received but never handed out go back at once.
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            let (_, acker) = message.split();
+            let _ = self.unacked.send(acker);
+        }
+        drop(messages);
+        let _ = released.send(());
+    }
+
+    /// Decodes `message`, or dead-letters it when it cannot or must not be handed out.
+    async fn prepare(&self, message: jetstream::Message) -> Option<NatsDelivery> {
+        let (stream_sequence, delivered) = match message.info() {
+            Ok(info) => (info.stream_sequence, u64::try_from(info.delivered).unwrap_or(0)),
+            Err(err) => {
+                tracing::error!(%err, topic = %self.topic, "message without JetStream metadata ignored");
+                return None;
+            }
+        };
+        let headers = header_pairs(message.headers.as_ref());
+        let envelope = match wire::decode(&headers, message.payload.clone()) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                self.dead_letter(message, format!("undecodable message: {}", err.message()), delivered).await;
+                return None;
+            }
+        };
+        if let Some(max) = self.config.max_deliveries.filter(|&max| delivered > u64::from(max)) {
+            let reason = format!("delivered {delivered} times (limit {max}) without being acknowledged");
+            self.dead_letter(message, reason, delivered).await;
+            return None;
+        }
+        let (_, acker) = message.split();
+        Some(NatsDelivery {
+            envelope,
+            acker: Some(acker),
+            stream_sequence,
+            delivered,
+            unacked: self.unacked.clone(),
+        })
+    }
+
+    async fn dead_letter(&self, message: jetstream::Message, reason: String, delivered: u64) {
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+        match self.publish_dead_letter(&message, &reason, delivered, sequence).await {
+            Ok(dlq) => {
+                tracing::error!(topic = %self.topic, %dlq, sequence, %reason, "message dead-lettered by the subscriber");
+                if let Err(err) = message.ack().await {
+                    tracing::warn!(%err, sequence, "ack after dead-lettering failed; it may be dead-lettered twice");
+                }
+            }
+            Err(err) => {
+                tracing::error!(topic = %self.topic, sequence, %reason, %err, "dead-lettering failed; the message will be redelivered");
+                if let Err(err) = message.ack_with(AckKind::Nak(Some(DEAD_LETTER_RETRY))).await {
+                    tracing::warn!(%err, sequence, "NAK failed; ack_wait will redelivers the message");
+                }
+            }
+        }
+    }
+
+    /// Publishes the raw message plus the reason to the dead-letter topic, provisioning its stream
+    /// on first use when provisioning is on. Returns the dead-letter topic.
+    async fn publish_dead_letter(
+        &self,
+        message: &jetstream::Message,
+        reason: &str,
+        delivered: u64,
+        sequence: u64,
+    ) -> Result<Topic, Error> {
+        let dlq = self.config.dead_letter_topic(&self.topic)?;
+        let mut headers = message.headers.clone().unwrap_or_default();
+        headers.insert(DEAD_LETTER_REASON_HEADER, reason.replace(['\r', '\n'], " "));
+        headers.insert(DEAD_LETTER_ATTEMPTS_HEADER, delivered.to_string());
+        if headers.get(MSG_ID_HEADER).is_none() {
+            headers.insert(MSG_ID_HEADER, format!("{}:{sequence}", self.topic));
+        }
+        let mut provisioned = false;
+        loop {
+            let ack =
+                self.js.publish_with_headers(dlq.to_string(), headers.clone(), message.payload.clone()).await;
+            let result = match ack {
+                Ok(ack) => ack.await,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(_) => return Ok(dlq),
+                Err(err)
+                    if err.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+                        && self.config.provision
+                        && !provisioned =>
+                {
+                    streams::provision(&self.js, &self.config, &TopicConfig::new(dlq.clone())).await?;
+                    provisioned = true;
+                }
+                Err(err) => {
+                    return Err(Error::with_source(
+                        ErrorKind::Unavailable,
+                        format!("publishing to dead-letter subject {dlq:?}: {err}"),
+                        err,
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    let Some(headers) = headers else { return Vec::new() };
+    headers
+        .iter()
+        .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.to_string())))
+        .collect()
+}
