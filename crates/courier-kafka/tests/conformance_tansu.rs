@@ -1,4 +1,12 @@
 //! The conformance suite against the Tansu broker over TCP (scripts/services.sh starts it).
+//!
+//! The producer sends one record per batch here: Tansu 0.6 (memory storage) answers a fetch
+//! only with batches whose *base* offset is at or after the requested offset
+//! (`tansu-storage` `dynostore.rs`, `fetch`: `offsets.split_off(&offset)`), so a consumer group
+//! resuming from a committed offset inside a multi-record batch never receives the rest of that
+//! batch. A real Kafka broker returns the batch containing the offset. With single-record
+//! batches every offset is a batch start, and `consumer_group_resumes_after_restart` checks
+//! resumption itself rather than that Tansu defect.
 
 mod common;
 
@@ -11,7 +19,8 @@ impl courier_conformance::Harness for Tansu {
 
     async fn bus(&self) -> KafkaBus {
         common::require_tansu();
-        KafkaBus::connect(KafkaConfig::new(common::TANSU)).expect("connect to Tansu")
+        let config = KafkaConfig::new(common::TANSU).producer_set("batch.num.messages", "1");
+        KafkaBus::connect(config).expect("connect to Tansu")
     }
 
     fn scale(&self) -> usize {

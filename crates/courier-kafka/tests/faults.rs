@@ -1,0 +1,197 @@
+//! Fault injection on librdkafka's mock cluster: whatever the brokers do, every accepted event
+//! gets exactly one verdict, failures are typed and retryable where a retry can help, and
+//! re-publishing the failed events gets every event stored.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use courier_conformance::events;
+use courier_core::dispatch::Delivery;
+use courier_core::{
+    Bus, Envelope, ErrorKind, EventId, Position, PublisherConfig, Receipt, Topic, TopicConfig, Transport,
+};
+use courier_kafka::{KafkaBus, KafkaConfig};
+use futures::StreamExt;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+const BROKERS: i32 = 3;
+
+/// A fresh topic with three partitions, replicated on `replicas` brokers.
+async fn topic_on(bus: &KafkaBus, test: &str, replicas: u32) -> Topic {
+    let topic = Topic::new(format!("fault-{test}-{}", uuid::Uuid::now_v7().simple())).unwrap();
+    let mut config = TopicConfig::new(topic.clone());
+    config.partitions = 3;
+    config.replicas = replicas;
+    bus.provision(&config).await.expect("provision");
+    topic
+}
+
+/// Publishes `events` pipelined and returns each event's verdict, checking there is exactly one.
+async fn publish(
+    bus: &KafkaBus,
+    topic: &Topic,
+    events: &[Envelope],
+) -> HashMap<EventId, Result<Receipt, courier_core::Error>> {
+    let publisher = bus.publisher(PublisherConfig::default().window(10_000));
+    let mut acks = Vec::with_capacity(events.len());
+    for e in events {
+        acks.push(publisher.publish(topic, e.clone()).await.expect("accepted"));
+    }
+    let mut verdicts = HashMap::new();
+    for ack in acks {
+        let id = ack.event_id();
+        assert!(verdicts.insert(id, ack.await).is_none(), "two verdicts for {id}");
+    }
+    publisher.close().await.expect("close drains every verdict");
+    assert_eq!(verdicts.len(), events.len());
+    verdicts
+}
+
+/// Reads `topic` from the start with a fresh group until `expected` ids were seen; returns how
+/// often each id was received.
+async fn consume(bus: &KafkaBus, topic: &Topic, expected: &HashSet<EventId>) -> HashMap<EventId, usize> {
+    let mut stream =
+        bus.subscribe(topic, &format!("reader-{}", uuid::Uuid::now_v7().simple())).await.unwrap();
+    let mut seen = HashMap::new();
+    while !expected.iter().all(|id| seen.contains_key(id)) {
+        let d = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {} events readable", seen.len(), expected.len()))
+            .expect("stream open");
+        *seen.entry(d.envelope().event_id()).or_insert(0) += 1;
+        d.ack().await.unwrap();
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_down_then_up_every_event_gets_one_verdict_and_none_is_lost() {
+    let bus = KafkaBus::connect(
+        KafkaConfig::mock(BROKERS as u32)
+            .producer_set("message.timeout.ms", "1500")
+            .producer_set("reconnect.backoff.max.ms", "200"),
+    )
+    .expect("mock cluster");
+    let topic = topic_on(&bus, "outage", BROKERS as u32).await;
+    let warm_up = events(100, 10, 64);
+    assert!(publish(&bus, &topic, &warm_up).await.values().all(Result::is_ok));
+
+    let batch = events(3_000, 50, 256);
+    let publishing = {
+        let (bus, topic, batch) = (bus.clone(), topic.clone(), batch.clone());
+        tokio::spawn(async move { publish(&bus, &topic, &batch).await })
+    };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    {
+        let mock = bus.mock_cluster().expect("mock cluster");
+        for broker in 1..=BROKERS {
+            mock.broker_down(broker).unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    {
+        let mock = bus.mock_cluster().expect("mock cluster");
+        for broker in 1..=BROKERS {
+            mock.broker_up(broker).unwrap();
+        }
+    }
+    let verdicts = publishing.await.unwrap();
+    let failed: Vec<Envelope> = batch.iter().filter(|e| verdicts[&e.event_id()].is_err()).cloned().collect();
+    assert!(!failed.is_empty(), "the outage outlasted message.timeout.ms, so some events must have failed");
+    for e in &failed {
+        let err = verdicts[&e.event_id()].as_ref().unwrap_err();
+        assert!(err.is_retryable(), "an outage is retryable: {err}");
+        assert!(err.message().contains(&e.event_id().to_string()), "the error names the event: {err}");
+    }
+
+    // Re-publish what failed, as the outbox relay does, until everything is stored.
+    let mut pending = failed;
+    for _round in 0..10 {
+        if pending.is_empty() {
+            break;
+        }
+        let retried = publish(&bus, &topic, &pending).await;
+        pending.retain(|e| match &retried[&e.event_id()] {
+            Ok(_) => false,
+            Err(err) => {
+                assert!(err.is_retryable(), "{err}");
+                true
+            }
+        });
+    }
+    assert!(pending.is_empty(), "{} events still failing after the brokers came back", pending.len());
+    let all: HashSet<EventId> = warm_up.iter().chain(&batch).map(Envelope::event_id).collect();
+    consume(&bus, &topic, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_produce_errors_are_retried_without_duplicates() {
+    let bus = KafkaBus::mock(BROKERS as u32).expect("mock cluster");
+    let topic = topic_on(&bus, "transient", BROKERS as u32).await;
+    bus.mock_cluster().expect("mock cluster").request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+        ],
+    );
+    let batch = events(2_000, 40, 128);
+    let verdicts = publish(&bus, &topic, &batch).await;
+    for (id, verdict) in &verdicts {
+        verdict.as_ref().unwrap_or_else(|err| panic!("{id}: librdkafka retries transient errors: {err}"));
+    }
+    let positions: HashSet<(i32, i64)> = verdicts
+        .values()
+        .map(|v| match v.as_ref().unwrap().position {
+            Position::Partition { partition, offset } => (partition, offset),
+            ref other => panic!("not a Kafka position: {other:?}"),
+        })
+        .collect();
+    assert_eq!(positions.len(), batch.len(), "two events reported at one position");
+    let ids: HashSet<EventId> = batch.iter().map(Envelope::event_id).collect();
+    let seen = consume(&bus, &topic, &ids).await;
+    let duplicated: Vec<_> = seen.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(
+        duplicated.is_empty(),
+        "idempotence must prevent duplicates from internal retries: {duplicated:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_produce_errors_are_typed_and_not_retryable() {
+    let bus = KafkaBus::mock(BROKERS as u32).expect("mock cluster");
+    let topic = topic_on(&bus, "permanent", BROKERS as u32).await;
+    bus.mock_cluster().expect("mock cluster").request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
+    );
+    let batch = events(200, 10, 64);
+    let verdicts = publish(&bus, &topic, &batch).await;
+    let refused: Vec<_> = verdicts.values().filter_map(|v| v.as_ref().err()).collect();
+    assert!(!refused.is_empty(), "the injected errors reached no event");
+    for err in refused {
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert!(!err.is_retryable());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused_as_payload_too_large() {
+    let bus = KafkaBus::connect(KafkaConfig::mock(1).producer_set("message.max.bytes", "20000"))
+        .expect("mock cluster");
+    let topic = topic_on(&bus, "size", 1).await;
+    let publisher = bus.publisher(PublisherConfig::default());
+    // Within the publisher's payload limit, but the headers push the record past librdkafka's.
+    let limit = publisher.transport().max_payload();
+    assert!(limit < 20_000);
+    let mut builder = Envelope::builder("order", "o-1", "Placed").payload(vec![b'x'; limit]);
+    for i in 0..200 {
+        builder = builder.header(format!("x-padding-{i}"), "y".repeat(100));
+    }
+    let err = publisher.publish(&topic, builder.build().unwrap()).await.unwrap().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge, "{err}");
+    assert!(!err.is_retryable());
+    publisher.close().await.unwrap();
+}
