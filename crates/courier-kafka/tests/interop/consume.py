@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Reads a topic with kafka-python (an independent Kafka client) and prints each record as one
+JSON line: {"partition", "offset", "key", "headers": [[name, value], ...], "value"}.
+
+Usage: consume.py BOOTSTRAP TOPIC COUNT
+Exits non-zero with a clear message when kafka-python is missing or COUNT records do not arrive.
+"""
+import json
+import sys
+import time
+
+try:
+    from kafka import KafkaConsumer, TopicPartition
+except ImportError:
+    sys.exit("kafka-python is not installed: run `python3 -m pip install kafka-python` "
+             "(scripts/services.sh ensure_python_clients does it)")
+
+
+def main():
+    bootstrap, topic, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    partitions = consumer.partitions_for_topic(topic) or {0}
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    consumer.seek_to_beginning(*assigned)
+    seen = 0
+    deadline = time.monotonic() + 30
+    while seen < count and time.monotonic() < deadline:
+        for record in consumer:
+            print(json.dumps({
+                "partition": record.partition,
+                "offset": record.offset,
+                "key": record.key.decode("utf-8") if record.key is not None else None,
+                "headers": [[k, v.decode("utf-8")] for k, v in record.headers],
+                "value": record.value.decode("utf-8"),
+            }), flush=True)
+            seen += 1
+            if seen == count:
+                break
+    consumer.close()
+    if seen < count:
+        sys.exit(f"only {seen} of {count} records arrived from topic {topic}")
+
+
+if __name__ == "__main__":
+    main()
