@@ -125,7 +125,7 @@ impl Offsets {
         };
         let before = p.tracker.committed();
         if let Some(after) = p.tracker.complete(seq) {
-            let last = p.offsets.drain(..(after - before) as usize).last().expect("a done offset");
+            let last = p.offsets.drain(..(after - before) as usize).next_back().expect("a done offset");
             p.done_until = Some(last + 1);
         }
     }
@@ -312,5 +312,58 @@ async fn commit_periodically(consumer: Weak<KafkaConsumer>, interval: Duration) 
                 tracing::warn!(topic = %context.topic, error = %err, "offset commit failed; retried at the next interval");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committable(offsets: &Offsets, topic: &Topic) -> Vec<(i32, i64)> {
+        let mut list: Vec<_> = offsets
+            .to_commit(topic, None)
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => (e.partition(), o),
+                other => panic!("unexpected offset {other:?}"),
+            })
+            .collect();
+        list.sort_unstable();
+        list
+    }
+
+    #[test]
+    fn commits_only_the_contiguous_prefix_across_offset_gaps() {
+        let topic = Topic::new("t").unwrap();
+        let offsets = Offsets::default();
+        // Offsets 10, 11, 15 (a gap, as after compaction) on partition 0.
+        let received: Vec<_> = [10, 11, 15].iter().map(|&o| offsets.received(0, o)).collect();
+        offsets.acked(0, received[1].0, received[1].1);
+        offsets.acked(0, received[2].0, received[2].1);
+        assert!(committable(&offsets, &topic).is_empty(), "offset 10 is not done");
+        offsets.acked(0, received[0].0, received[0].1);
+        assert_eq!(committable(&offsets, &topic), vec![(0, 16)]);
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset("t", 0, Offset::Offset(16)).unwrap();
+        offsets.confirmed(&topic, &list);
+        assert!(committable(&offsets, &topic).is_empty(), "already committed");
+    }
+
+    #[test]
+    fn acks_for_a_revoked_partition_commit_nothing_even_after_reassignment() {
+        let topic = Topic::new("t").unwrap();
+        let offsets = Offsets::default();
+        let (old, seq) = offsets.received(1, 40);
+        offsets.forget(&[1]);
+        offsets.acked(1, old, seq);
+        assert!(committable(&offsets, &topic).is_empty());
+        // Re-assigned: the stale ack from the old assignment still counts for nothing.
+        let (new, new_seq) = offsets.received(1, 40);
+        assert_ne!(old, new);
+        offsets.acked(1, old, seq);
+        assert!(committable(&offsets, &topic).is_empty());
+        offsets.acked(1, new, new_seq);
+        assert_eq!(committable(&offsets, &topic), vec![(1, 41)]);
     }
 }
