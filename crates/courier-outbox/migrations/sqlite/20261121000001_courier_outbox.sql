@@ -1,0 +1,46 @@
+-- Courier outbox (SQLite). Times are integers: *_us microseconds since the Unix epoch written by
+-- the application, lease times milliseconds from the database clock.
+CREATE TABLE courier_outbox (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id           TEXT NOT NULL UNIQUE,
+    topic              TEXT NOT NULL,
+    aggregate_type     TEXT NOT NULL,
+    aggregate_id       TEXT NOT NULL,
+    shard              INTEGER NOT NULL,
+    event_type         TEXT NOT NULL,
+    event_version      INTEGER NOT NULL,
+    payload            BLOB NOT NULL,
+    headers            TEXT NOT NULL,
+    traceparent        TEXT,
+    tracestate         TEXT,
+    correlation_id     TEXT,
+    tenant             TEXT,
+    occurred_at_us     INTEGER NOT NULL,
+    created_at_us      INTEGER NOT NULL,
+    status             TEXT NOT NULL DEFAULT 'pending',
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at_us INTEGER,
+    last_error         TEXT,
+    idempotency_key    TEXT UNIQUE,
+    published_at_us    INTEGER
+);
+
+-- The relay's claim scans pending rows in id (enqueue) order.
+CREATE INDEX courier_outbox_pending ON courier_outbox (id) WHERE status = 'pending';
+-- Rows that block their aggregate: dead, or pending with a retry scheduled.
+CREATE INDEX courier_outbox_blocked ON courier_outbox (id)
+    WHERE status = 'dead' OR (status = 'pending' AND attempts > 0);
+
+-- Partitions of the aggregate space (shard % partition count), each leased by one relay.
+CREATE TABLE courier_outbox_leases (
+    partition_no   INTEGER PRIMARY KEY,
+    owner          TEXT,
+    lease_until_ms INTEGER NOT NULL DEFAULT 0,
+    version        INTEGER NOT NULL DEFAULT 0
+);
+
+-- Live relay instances, so each can take its fair share of partitions.
+CREATE TABLE courier_outbox_relays (
+    member        TEXT PRIMARY KEY,
+    expires_at_ms INTEGER NOT NULL
+);

@@ -1,0 +1,51 @@
+//! The outbox's error type.
+
+use courier_core::ValidationError;
+
+/// Why an outbox operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboxError {
+    /// The envelope, topic or an option is invalid; nothing was written.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// An event with this idempotency key is already in the outbox. The caller's transaction
+    /// should be rolled back.
+    #[error("duplicate idempotency key {key:?}: an event with this key was already enqueued")]
+    DuplicateKey { key: String },
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("outbox migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Missing or inconsistent configuration (unknown URL scheme, partition count mismatch).
+    #[error("outbox configuration error: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Bus(#[from] courier_core::Error),
+    /// The relay task panicked or was aborted.
+    #[error("the relay stopped abnormally: {0}")]
+    Stopped(String),
+}
+
+impl OutboxError {
+    /// Whether retrying the same operation later may succeed (a lost connection, a broker
+    /// that is temporarily unavailable), as opposed to bad input or configuration.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(err) => matches!(
+                err,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+                    | sqlx::Error::Protocol(_)
+            ),
+            Self::Bus(err) => err.is_retryable(),
+            Self::Invalid(_)
+            | Self::DuplicateKey { .. }
+            | Self::Migrate(_)
+            | Self::Config(_)
+            | Self::Stopped(_) => false,
+        }
+    }
+}

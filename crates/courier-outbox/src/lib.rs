@@ -1,0 +1,29 @@
+//! Courier's transactional outbox: events are written to an outbox table in the same database
+//! transaction as the business change ([`Outbox::enqueue`]), and a [`Relay`] publishes them to a
+//! [`courier_core::Bus`], marking a row published only once the broker acknowledged it.
+//!
+//! Databases (one cargo feature each): PostgreSQL (`postgres`), MySQL 8 / MariaDB ≥ 10.6
+//! (`mysql`) and SQLite (`sqlite`). [`Store`] holds a pool to one of them and carries the
+//! migrations ([`Store::migrate`]) and the operator API: [`Store::stats`],
+//! [`Store::list_dead`], [`Store::requeue`], [`Store::discard_dead`],
+//! [`Store::purge_published`].
+//!
+//! Row lifecycle: `pending` → `published` (ACK received); a failed ACK or NACK counts as an
+//! attempt and schedules a retry with exponential backoff and jitter; after
+//! [`RelayConfig::max_attempts`], or at once for a non-retryable error, the row is `dead`.
+//! See [`relay`] for ordering and multi-relay guarantees.
+
+mod admin;
+mod enqueue;
+mod error;
+pub mod relay;
+mod row;
+mod sql;
+mod store;
+
+pub use admin::{DeadEvent, DeadFilter, OutboxStats};
+pub use enqueue::{Enqueue, Outbox, TopicMapper};
+pub use error::OutboxError;
+pub use relay::{AckedEvent, FailedEvent, Relay, RelayConfig, RelayHandle, RelayObserver, RelayStats};
+pub use sql::OutboxConnection;
+pub use store::Store;

@@ -1,0 +1,751 @@
+//! The relay's main task: claims rows, publishes them one in flight per aggregate, feeds ACKs
+//! back into batched marks, parks failed aggregates, and follows the lease keeper.
+//!
+//! Database work (claim, mark, blocked-aggregate scan) runs as at most one future of each kind
+//! polled by this task, so claims and marks overlap with publishing without extra tasks, and the
+//! state below needs no locks.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::{Error, EventId, PublishResult, Publisher, Transport};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::lease::{Keeper, KeeperCommand, LeaseEvent};
+use super::{AckedEvent, Counters, FailedEvent, RelayConfig, RelayObserver};
+use crate::row::{now_us, shard_of, ClaimedRow};
+use crate::sql::{BlockedRow, ClaimQuery, Failure, MAX_ERROR_LEN};
+use crate::{OutboxError, Store};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// How long to wait before retrying a database operation that failed.
+const DB_RETRY: Duration = Duration::from_millis(500);
+/// How often to re-check a retry whose failure record is not written yet.
+const UNPARK_RECHECK: Duration = Duration::from_millis(20);
+
+pub(crate) async fn run<T: Transport>(
+    store: Store,
+    publisher: Publisher<T>,
+    config: RelayConfig,
+    observer: Arc<dyn RelayObserver>,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), OutboxError> {
+    store.ensure_partitions(config.partitions).await?;
+    let mut results = publisher.results().expect("a fresh publisher has its results stream");
+    // Subtasks die with this task (JoinSet aborts on drop), also when the relay is aborted.
+    let mut tasks = JoinSet::new();
+    let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
+    let (keeper_tx, keeper_rx) = mpsc::unbounded_channel();
+    tasks.spawn(
+        Keeper {
+            store: store.clone(),
+            owner: config.instance_id.clone(),
+            partitions: config.partitions,
+            ttl: config.lease_ttl,
+            renew_interval: config.lease_renew_interval,
+            events: lease_tx,
+            commands: keeper_rx,
+        }
+        .run(),
+    );
+    let wake = Arc::new(Notify::new());
+    if config.listen {
+        spawn_listener(&mut tasks, &store, &wake);
+    }
+    if let Some(retention) = config.retention {
+        tasks.spawn(purge_loop(store.clone(), retention, config.purge_interval));
+    }
+
+    let mut engine = Engine::new(store, publisher.clone(), config, observer, counters, keeper_tx.clone());
+    let mut claim: Option<BoxFuture<(u64, Result<Vec<ClaimedRow>, sqlx::Error>)>> = None;
+    let mut write: Option<BoxFuture<(Vec<i64>, Vec<Failure>, Result<(), sqlx::Error>)>> = None;
+    let mut scan: Option<BoxFuture<(Vec<i64>, Result<Vec<BlockedRow>, sqlx::Error>)>> = None;
+    let mut stop_deadline: Option<Instant> = None;
+    loop {
+        engine.dispatch().await;
+        let now = Instant::now();
+        if claim.is_none() && engine.should_claim(now) {
+            claim = Some(engine.start_claim(now));
+        }
+        if write.is_none() && now >= engine.write_retry_at {
+            write = engine.start_write();
+        }
+        if scan.is_none() && now >= engine.scan_retry_at {
+            scan = engine.start_scan();
+        }
+        if let Some(deadline) = stop_deadline {
+            let drained = engine.in_flight.is_empty() && write.is_none() && engine.writes_empty();
+            if drained || now >= deadline {
+                if !drained {
+                    tracing::warn!(
+                        in_flight = engine.in_flight.len(),
+                        "relay shutdown timed out; unacknowledged rows stay pending for the next relay"
+                    );
+                }
+                break;
+            }
+        }
+        let timer = engine.next_timer(now, stop_deadline);
+        tokio::select! {
+            Some(result) = results.next() => engine.on_result(result),
+            (epoch, rows) = poll_slot(&mut claim) => {
+                claim = None;
+                engine.on_claimed(epoch, rows);
+            }
+            (published, failures, outcome) = poll_slot(&mut write) => {
+                write = None;
+                engine.on_written(published, failures, outcome, claim.is_some());
+            }
+            (partitions, outcome) = poll_slot(&mut scan) => {
+                scan = None;
+                engine.on_scanned(partitions, outcome);
+            }
+            Some(event) = lease_rx.recv() => engine.on_lease(event),
+            () = wake.notified() => engine.wake_pending = true,
+            () = tokio::time::sleep_until(timer) => engine.on_timer(),
+            _ = stop.changed(), if stop_deadline.is_none() => {
+                stop_deadline = Some(Instant::now() + engine.config.shutdown_timeout);
+                engine.stop();
+            }
+        }
+    }
+    let (done_tx, done_rx) = oneshot::channel();
+    if keeper_tx.send(KeeperCommand::Shutdown(done_tx)).is_ok() {
+        let _ = done_rx.await;
+    }
+    publisher.close().await?;
+    Ok(())
+}
+
+/// Polls an optional in-progress database operation; pends forever when there is none.
+async fn poll_slot<T>(slot: &mut Option<BoxFuture<T>>) -> T {
+    match slot {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn spawn_listener(tasks: &mut JoinSet<()>, store: &Store, wake: &Arc<Notify>) {
+    #[allow(irrefutable_let_patterns)]
+    let Store::Postgres(pool) = store
+    else {
+        return;
+    };
+    let (pool, wake) = (pool.clone(), Arc::clone(wake));
+    tasks.spawn(async move {
+        loop {
+            let Err(err) = listen(&pool, &wake).await;
+            tracing::warn!(error = %err, "outbox LISTEN failed; polling until it reconnects");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
+#[cfg(feature = "postgres")]
+async fn listen(pool: &sqlx::PgPool, wake: &Notify) -> Result<std::convert::Infallible, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(crate::sql::postgres::NOTIFY_CHANNEL).await?;
+    loop {
+        // Notify keeps one permit, so a burst of commits wakes the relay once.
+        listener.recv().await?;
+        wake.notify_one();
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+fn spawn_listener(_: &mut JoinSet<()>, _: &Store, _: &Arc<Notify>) {}
+
+async fn purge_loop(store: Store, retention: Duration, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match store.purge_published(retention).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "purged published outbox rows"),
+            Err(err) => tracing::warn!(error = %err, "purging published outbox rows failed"),
+        }
+    }
+}
+
+/// Why an aggregate is parked.
+#[derive(Debug, Clone, Copy)]
+struct Park {
+    /// The failed row the aggregate resumes from.
+    row_id: i64,
+    /// When the retry is due; `None` for a dead row (until requeued or discarded).
+    until: Option<Instant>,
+}
+
+struct Aggregate {
+    partition: i64,
+    /// Claimed rows not yet handed to the broker, in id order.
+    queue: VecDeque<ClaimedRow>,
+    /// One event of this aggregate awaits its ACK.
+    busy: bool,
+    park: Option<Park>,
+    in_ready: bool,
+}
+
+struct InFlight {
+    row_id: i64,
+    aggregate: Arc<str>,
+    attempts: i64,
+    created_at_us: i64,
+}
+
+struct Engine<T: Transport> {
+    store: Store,
+    publisher: Publisher<T>,
+    config: RelayConfig,
+    observer: Arc<dyn RelayObserver>,
+    counters: Arc<Counters>,
+    keeper: mpsc::UnboundedSender<KeeperCommand>,
+    partition_count: i64,
+    /// Partitions whose rows are claimed and published.
+    active: BTreeSet<i64>,
+    /// Partitions waiting for (or in) a blocked-aggregate scan before they become active.
+    to_scan: BTreeSet<i64>,
+    /// Partitions being handed over: nothing new is published, in-flight rows finish.
+    draining: BTreeSet<i64>,
+    aggregates: HashMap<Arc<str>, Aggregate>,
+    /// Aggregates with a publishable head row.
+    ready: VecDeque<Arc<str>>,
+    in_flight: HashMap<EventId, InFlight>,
+    /// Rows in memory: queued, in flight, or with an outcome not yet written. Row id → partition.
+    known: HashMap<i64, i64>,
+    queued: usize,
+    /// Retry deadlines of parked aggregates (stale entries are skipped).
+    timers: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+    /// Claims read rows after this id; rewound to re-read skipped rows.
+    cursor: i64,
+    /// Bumped on every rewind: a claim started before it is discarded, as it may hold rows of an
+    /// aggregate that must resume from an earlier row.
+    epoch: u64,
+    caught_up: bool,
+    wake_pending: bool,
+    last_claim: Instant,
+    next_sweep: Instant,
+    published: Vec<i64>,
+    failures: Vec<Failure>,
+    write_retry_at: Instant,
+    scan_retry_at: Instant,
+    /// Written rows to forget once the claim in progress (which may predate the write) is done.
+    forget_later: Vec<i64>,
+    stopping: bool,
+}
+
+impl<T: Transport> Engine<T> {
+    fn new(
+        store: Store,
+        publisher: Publisher<T>,
+        config: RelayConfig,
+        observer: Arc<dyn RelayObserver>,
+        counters: Arc<Counters>,
+        keeper: mpsc::UnboundedSender<KeeperCommand>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            store,
+            publisher,
+            partition_count: i64::from(config.partitions),
+            next_sweep: now + config.sweep_interval,
+            config,
+            observer,
+            counters,
+            keeper,
+            active: BTreeSet::new(),
+            to_scan: BTreeSet::new(),
+            draining: BTreeSet::new(),
+            aggregates: HashMap::new(),
+            ready: VecDeque::new(),
+            in_flight: HashMap::new(),
+            known: HashMap::new(),
+            queued: 0,
+            timers: BinaryHeap::new(),
+            cursor: 0,
+            epoch: 0,
+            caught_up: false,
+            wake_pending: false,
+            last_claim: now,
+            published: Vec::new(),
+            failures: Vec::new(),
+            write_retry_at: now,
+            scan_retry_at: now,
+            forget_later: Vec::new(),
+            stopping: false,
+        }
+    }
+
+    fn writes_empty(&self) -> bool {
+        self.published.is_empty() && self.failures.is_empty()
+    }
+
+    fn should_claim(&self, now: Instant) -> bool {
+        !self.stopping
+            && !self.active.is_empty()
+            && self.queued < self.config.batch_size
+            && (!self.caught_up || self.wake_pending || now >= self.last_claim + self.config.poll_interval)
+    }
+
+    fn start_claim(&mut self, now: Instant) -> BoxFuture<(u64, Result<Vec<ClaimedRow>, sqlx::Error>)> {
+        self.wake_pending = false;
+        self.last_claim = now;
+        let query = ClaimQuery {
+            after_id: self.cursor,
+            partitions: self.active.iter().copied().collect(),
+            partition_count: self.partition_count,
+            owner: self.config.instance_id.clone(),
+            limit: self.config.batch_size as i64,
+        };
+        let (store, epoch) = (self.store.clone(), self.epoch);
+        Box::pin(async move { (epoch, store.claim(&query).await) })
+    }
+
+    fn on_claimed(&mut self, epoch: u64, rows: Result<Vec<ClaimedRow>, sqlx::Error>) {
+        match rows {
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming outbox rows failed");
+                self.caught_up = true;
+            }
+            Ok(_) if epoch != self.epoch => self.caught_up = false,
+            Ok(rows) => {
+                self.caught_up = rows.len() < self.config.batch_size;
+                if let Some(last) = rows.last() {
+                    self.cursor = last.id;
+                }
+                for row in rows {
+                    self.accept(row);
+                }
+            }
+        }
+        // Only now: this claim may have read those rows before their mark committed.
+        for id in std::mem::take(&mut self.forget_later) {
+            self.known.remove(&id);
+        }
+        self.check_drained();
+    }
+
+    fn accept(&mut self, row: ClaimedRow) {
+        let partition = row.shard % self.partition_count;
+        if self.known.contains_key(&row.id) || !self.active.contains(&partition) {
+            return;
+        }
+        let key = Arc::clone(&row.aggregate_id);
+        let aggregate = self.aggregates.entry(Arc::clone(&key)).or_insert_with(|| Aggregate {
+            partition,
+            queue: VecDeque::new(),
+            busy: false,
+            park: None,
+            in_ready: false,
+        });
+        if aggregate.park.is_some() {
+            return;
+        }
+        self.known.insert(row.id, partition);
+        aggregate.queue.push_back(row);
+        self.queued += 1;
+        if !aggregate.busy && !aggregate.in_ready {
+            aggregate.in_ready = true;
+            self.ready.push_back(key);
+        }
+    }
+
+    /// Hands the head row of ready aggregates to the broker while the window has room.
+    async fn dispatch(&mut self) {
+        while !self.stopping && self.in_flight.len() < self.config.max_in_flight {
+            let Some(key) = self.ready.pop_front() else { return };
+            let Some(aggregate) = self.aggregates.get_mut(&key) else { continue };
+            aggregate.in_ready = false;
+            if aggregate.busy || aggregate.park.is_some() || !self.active.contains(&aggregate.partition) {
+                continue;
+            }
+            let Some(row) = aggregate.queue.pop_front() else {
+                self.remove_if_idle(&key);
+                continue;
+            };
+            self.queued -= 1;
+            let flight = InFlight {
+                row_id: row.id,
+                aggregate: key,
+                attempts: row.attempts,
+                created_at_us: row.created_at_us,
+            };
+            let submitted = match row.event {
+                Ok((topic, envelope)) => {
+                    let event_id = envelope.event_id();
+                    self.publisher.submit(&topic, envelope).await.map(|_| event_id)
+                }
+                Err(err) => Err(err),
+            };
+            match submitted {
+                Ok(event_id) => {
+                    if let Some(aggregate) = self.aggregates.get_mut(&flight.aggregate) {
+                        aggregate.busy = true;
+                    }
+                    self.in_flight.insert(event_id, flight);
+                    self.counters.in_flight.store(self.in_flight.len() as u64, Ordering::Relaxed);
+                }
+                // Refused before reaching the broker (payload over its limit, corrupt row).
+                Err(err) => self.fail(flight, &err),
+            }
+        }
+    }
+
+    fn on_result(&mut self, result: PublishResult) {
+        let Some(flight) = self.in_flight.remove(&result.event_id) else {
+            tracing::warn!(event_id = %result.event_id, "publish result for an event this relay does not track");
+            return;
+        };
+        self.counters.in_flight.store(self.in_flight.len() as u64, Ordering::Relaxed);
+        match &result.outcome {
+            Ok(receipt) => {
+                self.counters.published.fetch_add(1, Ordering::Relaxed);
+                if receipt.duplicate {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                let waited = u64::try_from(now_us() - flight.created_at_us).unwrap_or_default();
+                self.observer.acked(&AckedEvent {
+                    row_id: flight.row_id,
+                    event_id: result.event_id,
+                    topic: &result.topic,
+                    aggregate_id: &flight.aggregate,
+                    position: &receipt.position,
+                    duplicate: receipt.duplicate,
+                    enqueue_to_ack: Duration::from_micros(waited),
+                });
+                self.published.push(flight.row_id);
+                self.resume(&flight.aggregate);
+            }
+            Err(err) => self.fail(flight, err),
+        }
+    }
+
+    /// Counts a failed attempt: schedules a retry or marks the row dead, and parks the aggregate
+    /// so none of its later events overtakes this one.
+    fn fail(&mut self, flight: InFlight, err: &Error) {
+        let attempts = flight.attempts + 1;
+        let dead = !err.is_retryable() || attempts >= i64::from(self.config.max_attempts);
+        let delay = self.config.backoff.delay(u32::try_from(attempts).unwrap_or(u32::MAX));
+        let error: String = err.to_string().chars().take(MAX_ERROR_LEN).collect();
+        self.failures.push(Failure {
+            id: flight.row_id,
+            attempts,
+            dead,
+            next_attempt_at_us: (!dead)
+                .then(|| now_us() + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX)),
+            error,
+        });
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        if dead {
+            self.counters.dead.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(row_id = flight.row_id, aggregate_id = %flight.aggregate, error = %err, attempts, "outbox event is dead");
+        } else {
+            tracing::debug!(row_id = flight.row_id, aggregate_id = %flight.aggregate, error = %err, attempts, ?delay, "outbox publish failed; will retry");
+        }
+        self.observer.failed(&FailedEvent {
+            row_id: flight.row_id,
+            aggregate_id: &flight.aggregate,
+            error: err,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            dead,
+        });
+        if dead && !self.config.park_on_dead {
+            self.resume(&flight.aggregate);
+        } else {
+            let until = (!dead).then(|| Instant::now() + delay);
+            self.park(&flight.aggregate, Park { row_id: flight.row_id, until });
+        }
+    }
+
+    /// The aggregate's in-flight event is settled: publish its next row, or forget it.
+    fn resume(&mut self, key: &Arc<str>) {
+        let Some(aggregate) = self.aggregates.get_mut(key) else { return };
+        aggregate.busy = false;
+        if aggregate.park.is_none() && !aggregate.queue.is_empty() {
+            if !aggregate.in_ready {
+                aggregate.in_ready = true;
+                self.ready.push_back(Arc::clone(key));
+            }
+        } else {
+            self.remove_if_idle(key);
+        }
+    }
+
+    fn park(&mut self, key: &Arc<str>, park: Park) {
+        let partition = shard_of(key) % self.partition_count;
+        let aggregate = self.aggregates.entry(Arc::clone(key)).or_insert_with(|| Aggregate {
+            partition,
+            queue: VecDeque::new(),
+            busy: false,
+            park: None,
+            in_ready: false,
+        });
+        aggregate.busy = false;
+        for row in aggregate.queue.drain(..) {
+            self.known.remove(&row.id);
+            self.queued -= 1;
+        }
+        // Keep the earliest failed row and the later retry time.
+        let park = match aggregate.park {
+            Some(old) => Park {
+                row_id: old.row_id.min(park.row_id),
+                until: old.until.zip(park.until).map(|(a, b)| a.max(b)),
+            },
+            None => park,
+        };
+        aggregate.park = Some(park);
+        if let Some(until) = park.until {
+            self.timers.push(Reverse((until, Arc::clone(key))));
+        }
+    }
+
+    fn remove_if_idle(&mut self, key: &Arc<str>) {
+        if self.aggregates.get(key).is_some_and(|a| !a.busy && a.park.is_none() && a.queue.is_empty()) {
+            self.aggregates.remove(key);
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, key))) = self.timers.peek().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(aggregate) = self.aggregates.get_mut(&key) else { continue };
+            let Some(park) = aggregate.park.filter(|p| p.until == Some(at)) else { continue };
+            if self.known.contains_key(&park.row_id) {
+                // Its failure is not recorded yet; a claim now would skip the failed row.
+                let until = now + UNPARK_RECHECK;
+                aggregate.park = Some(Park { until: Some(until), ..park });
+                self.timers.push(Reverse((until, key)));
+                continue;
+            }
+            aggregate.park = None;
+            self.remove_if_idle(&key);
+            self.rewind(park.row_id - 1);
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.config.sweep_interval;
+            self.rewind(0);
+        }
+    }
+
+    /// Re-reads from `after_id`; rows already in memory are skipped by id.
+    fn rewind(&mut self, after_id: i64) {
+        self.cursor = self.cursor.min(after_id);
+        self.epoch += 1;
+        self.caught_up = false;
+    }
+
+    fn next_timer(&self, now: Instant, stop_deadline: Option<Instant>) -> Instant {
+        let mut next = self.next_sweep;
+        if let Some(Reverse((at, _))) = self.timers.peek() {
+            next = next.min(*at);
+        }
+        if self.caught_up && !self.stopping {
+            next = next.min(self.last_claim + self.config.poll_interval);
+        }
+        if !self.writes_empty() {
+            next = next.min(self.write_retry_at);
+        }
+        if !self.to_scan.is_empty() {
+            next = next.min(self.scan_retry_at);
+        }
+        if let Some(deadline) = stop_deadline {
+            next = next.min(deadline);
+        }
+        next.max(now)
+    }
+
+    fn start_write(&mut self) -> Option<BoxFuture<(Vec<i64>, Vec<Failure>, Result<(), sqlx::Error>)>> {
+        if self.writes_empty() {
+            return None;
+        }
+        let published = std::mem::take(&mut self.published);
+        let failures = std::mem::take(&mut self.failures);
+        let store = self.store.clone();
+        Some(Box::pin(async move {
+            let outcome = store.write(&published, &failures).await;
+            (published, failures, outcome)
+        }))
+    }
+
+    fn on_written(
+        &mut self,
+        published: Vec<i64>,
+        failures: Vec<Failure>,
+        outcome: Result<(), sqlx::Error>,
+        claim_running: bool,
+    ) {
+        if let Err(err) = outcome {
+            // The rows stay in memory (never re-claimed) until the write succeeds.
+            tracing::warn!(error = %err, rows = published.len() + failures.len(), "recording publish outcomes failed; retrying");
+            self.published.extend(published);
+            self.failures.extend(failures);
+            self.write_retry_at = Instant::now() + DB_RETRY;
+            return;
+        }
+        let written = published.into_iter().chain(failures.iter().map(|f| f.id));
+        if claim_running {
+            self.forget_later.extend(written);
+        } else {
+            for id in written {
+                self.known.remove(&id);
+            }
+            self.check_drained();
+        }
+    }
+
+    fn start_scan(&mut self) -> Option<BoxFuture<(Vec<i64>, Result<Vec<BlockedRow>, sqlx::Error>)>> {
+        if self.to_scan.is_empty() {
+            return None;
+        }
+        let partitions: Vec<i64> = std::mem::take(&mut self.to_scan).into_iter().collect();
+        let (store, count) = (self.store.clone(), self.partition_count);
+        Some(Box::pin(async move {
+            let outcome = store.blocked(&partitions, count).await;
+            (partitions, outcome)
+        }))
+    }
+
+    /// Parks the aggregates the database shows blocked in `partitions`, then works on them.
+    fn on_scanned(&mut self, partitions: Vec<i64>, outcome: Result<Vec<BlockedRow>, sqlx::Error>) {
+        let blocked = match outcome {
+            Ok(blocked) => blocked,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading blocked outbox aggregates failed; retrying");
+                self.to_scan.extend(partitions);
+                self.scan_retry_at = Instant::now() + DB_RETRY;
+                return;
+            }
+        };
+        let scanned: HashSet<i64> = partitions.iter().copied().collect();
+        // Dead parks come from the database alone: an operator may have lifted them.
+        let lifted: Vec<Arc<str>> = self
+            .aggregates
+            .iter()
+            .filter(|(_, a)| scanned.contains(&a.partition) && a.park.is_some_and(|p| p.until.is_none()))
+            .map(|(key, _)| Arc::clone(key))
+            .collect();
+        for key in lifted {
+            if let Some(aggregate) = self.aggregates.get_mut(&key) {
+                aggregate.park = None;
+            }
+            self.remove_if_idle(&key);
+        }
+        let (now, now_micros) = (Instant::now(), now_us());
+        let mut seen = HashSet::new();
+        for row in blocked {
+            if row.dead && !self.config.park_on_dead {
+                continue;
+            }
+            // Only the earliest blocking row of an aggregate matters.
+            if !seen.insert(row.aggregate_id.clone()) {
+                continue;
+            }
+            let until = if row.dead {
+                None
+            } else {
+                let wait_us = row.next_attempt_at_us.unwrap_or_default() - now_micros;
+                if wait_us <= 0 {
+                    continue;
+                }
+                Some(now + Duration::from_micros(wait_us as u64))
+            };
+            let key: Arc<str> = row.aggregate_id.into();
+            if self.aggregates.get(&key).is_some_and(|a| a.busy) {
+                // Its in-flight event settles the aggregate's state in memory.
+                continue;
+            }
+            self.park(&key, Park { row_id: row.id, until });
+        }
+        self.active.extend(partitions.iter().filter(|p| !self.draining.contains(p)));
+        self.counters.partitions.store(self.active.len() as u64, Ordering::Relaxed);
+        self.rewind(0);
+    }
+
+    fn on_lease(&mut self, event: LeaseEvent) {
+        match event {
+            LeaseEvent::Acquired(partitions) => {
+                for p in partitions {
+                    self.draining.remove(&p);
+                    self.to_scan.insert(p);
+                }
+            }
+            LeaseEvent::Changed(partitions) => {
+                self.to_scan.extend(partitions.into_iter().filter(|p| self.active.contains(p)));
+            }
+            LeaseEvent::Lost(partitions) => {
+                tracing::warn!(?partitions, "outbox partition leases lost; stopping work on them");
+                for p in &partitions {
+                    self.draining.remove(p);
+                    self.to_scan.remove(p);
+                }
+                self.drop_partitions(&partitions);
+            }
+            LeaseEvent::Release(partitions) => {
+                self.draining.extend(&partitions);
+                self.drop_partitions(&partitions);
+                self.check_drained();
+            }
+        }
+    }
+
+    /// Stops working on `partitions`: queued rows and parks are dropped (they are still pending
+    /// in the database for the next owner); in-flight events finish and are marked.
+    fn drop_partitions(&mut self, partitions: &[i64]) {
+        for p in partitions {
+            self.active.remove(p);
+        }
+        self.counters.partitions.store(self.active.len() as u64, Ordering::Relaxed);
+        let gone: Vec<Arc<str>> = self
+            .aggregates
+            .iter()
+            .filter(|(_, a)| partitions.contains(&a.partition))
+            .map(|(key, _)| Arc::clone(key))
+            .collect();
+        for key in gone {
+            let Some(aggregate) = self.aggregates.get_mut(&key) else { continue };
+            for row in aggregate.queue.drain(..) {
+                self.known.remove(&row.id);
+                self.queued -= 1;
+            }
+            aggregate.park = None;
+            self.remove_if_idle(&key);
+        }
+    }
+
+    /// Tells the keeper which draining partitions have nothing left in memory.
+    fn check_drained(&mut self) {
+        if self.draining.is_empty() {
+            return;
+        }
+        let busy: HashSet<i64> = self.known.values().copied().collect();
+        let done: Vec<i64> = self.draining.iter().filter(|p| !busy.contains(p)).copied().collect();
+        if !done.is_empty() {
+            for p in &done {
+                self.draining.remove(p);
+            }
+            let _ = self.keeper.send(KeeperCommand::Released(done));
+        }
+    }
+
+    /// Graceful shutdown: nothing new is published; queued rows stay pending in the database.
+    fn stop(&mut self) {
+        self.stopping = true;
+        let all: Vec<i64> = self.active.iter().chain(&self.draining).copied().collect();
+        self.drop_partitions(&all);
+        self.ready.clear();
+    }
+}

@@ -1,0 +1,269 @@
+//! The relay: publishes pending outbox rows to a [`Bus`] and marks a row published only when
+//! the broker acknowledged it.
+//!
+//! # Ordering
+//! Events of one aggregate (same `aggregate_id`) reach the broker in enqueue (`id`) order. The
+//! relay pipelines publishes *across* aggregates but keeps **at most one event per aggregate in
+//! flight**: event N+1 is handed to the broker only after N was acknowledged. Pipelining within
+//! an aggregate cannot keep order on every broker: if N fails while N+1 is acknowledged, the
+//! retry of N lands after N+1. When an event fails, its aggregate is *parked*: its queued events
+//! are dropped from memory and the relay resumes from the failed event once its backoff has
+//! passed. A dead event keeps its aggregate parked (by default) until an operator requeues or
+//! discards it, so consumers never see an aggregate's history with a hole in it.
+//!
+//! # Several relays
+//! Aggregates are hashed into a fixed number of partitions (`shard % partitions`); each
+//! partition is leased to one relay at a time (`courier_outbox_leases`, taken with
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL). Relays announce themselves in
+//! `courier_outbox_relays` and each takes a fair share; one that holds too many drains a
+//! partition (waits for its in-flight ACKs and marks) before releasing it. A crashed relay's
+//! leases expire after `lease_ttl` and the others take its partitions over, re-publishing what it
+//! had published but not yet marked (brokers drop these by event id). The claim query re-checks
+//! the lease in the database, and a relay that cannot renew stops publishing before its lease
+//! can expire.
+
+mod engine;
+mod lease;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::{Backoff, Bus, Error, EventId, Position, PublisherConfig, Topic};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::{OutboxError, Store};
+
+/// Relay settings; every field documents its default.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// Names this relay in lease rows and logs; unique per running relay.
+    /// Default `relay-<pid>-<random>`.
+    pub instance_id: String,
+    /// Rows read per claim query. Default 1000.
+    pub batch_size: usize,
+    /// Events handed to the broker and not yet acknowledged (the publisher window). Default 1024.
+    pub max_in_flight: usize,
+    /// Publish attempts before a row is dead. Default 10.
+    pub max_attempts: u32,
+    /// Delay before re-publishing a failed event. Default [`Backoff::default`].
+    pub backoff: Backoff,
+    /// Whether a dead event keeps later events of its aggregate waiting until it is requeued or
+    /// discarded (`true`), or they are published without it. Default `true`.
+    pub park_on_dead: bool,
+    /// Partitions of the aggregate space, the unit of work shared between relays. Fixed per
+    /// database at the first start; every relay must use the same value. Default 16.
+    pub partitions: u32,
+    /// How long a partition lease lasts without renewal: the takeover delay after a crash.
+    /// Default 10 s.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed and rebalanced. Default 2 s.
+    pub lease_renew_interval: Duration,
+    /// How often to look for new rows when no wake-up arrives. Default 200 ms.
+    pub poll_interval: Duration,
+    /// How often to re-read from the oldest pending row, catching rows whose transaction
+    /// committed after rows with higher ids had been read. Default 2 s.
+    pub sweep_interval: Duration,
+    /// Use PostgreSQL LISTEN/NOTIFY to wake up within milliseconds of a commit. Default `true`.
+    pub listen: bool,
+    /// Delete published rows this long after publication; `None` keeps them. Default 24 h.
+    pub retention: Option<Duration>,
+    /// How often the retention purge runs. Default 60 s.
+    pub purge_interval: Duration,
+    /// How long a graceful shutdown waits for in-flight ACKs and marks. Default 30 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            instance_id: format!("relay-{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            batch_size: 1000,
+            max_in_flight: 1024,
+            max_attempts: 10,
+            backoff: Backoff::default(),
+            park_on_dead: true,
+            partitions: 16,
+            lease_ttl: Duration::from_secs(10),
+            lease_renew_interval: Duration::from_secs(2),
+            poll_interval: Duration::from_millis(200),
+            sweep_interval: Duration::from_secs(2),
+            listen: true,
+            retention: Some(Duration::from_secs(24 * 3600)),
+            purge_interval: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Receives relay events, e.g. to feed metrics (commit→ACK latency histogram, outcome counters).
+/// Called on the relay's task: keep it quick and non-blocking.
+pub trait RelayObserver: Send + Sync + 'static {
+    fn acked(&self, _event: &AckedEvent<'_>) {}
+    fn failed(&self, _event: &FailedEvent<'_>) {}
+}
+
+/// The observer that ignores everything.
+impl RelayObserver for () {}
+
+/// An event the broker acknowledged.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct AckedEvent<'a> {
+    pub row_id: i64,
+    pub event_id: EventId,
+    pub topic: &'a Topic,
+    pub aggregate_id: &'a str,
+    pub position: &'a Position,
+    /// The broker already had this event (a re-publish after a takeover or lost ACK).
+    pub duplicate: bool,
+    /// From the enqueue (the insert, just before its commit) to the broker's ACK.
+    pub enqueue_to_ack: Duration,
+}
+
+/// A failed publish attempt.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct FailedEvent<'a> {
+    pub row_id: i64,
+    pub aggregate_id: &'a str,
+    pub error: &'a Error,
+    /// Attempts made so far, including this one.
+    pub attempts: u32,
+    /// The row is dead: non-retryable error or out of attempts.
+    pub dead: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    published: AtomicU64,
+    duplicates: AtomicU64,
+    failed: AtomicU64,
+    dead: AtomicU64,
+    in_flight: AtomicU64,
+    partitions: AtomicU64,
+}
+
+/// A snapshot of a relay's counters since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Events acknowledged by the broker (including duplicates).
+    pub published: u64,
+    /// Acknowledged events the broker reported as duplicates.
+    pub duplicates: u64,
+    /// Failed publish attempts (NACKs, ACK errors and timeouts).
+    pub failed: u64,
+    /// Rows that went dead.
+    pub dead: u64,
+    /// Events handed to the broker awaiting their ACK right now.
+    pub in_flight: u64,
+    /// Partitions this relay currently works on.
+    pub partitions: u64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> RelayStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RelayStats {
+            published: get(&self.published),
+            duplicates: get(&self.duplicates),
+            failed: get(&self.failed),
+            dead: get(&self.dead),
+            in_flight: get(&self.in_flight),
+            partitions: get(&self.partitions),
+        }
+    }
+}
+
+/// Publishes an outbox [`Store`] to a [`Bus`]. See the [module docs](self) for the guarantees.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), courier_outbox::OutboxError> {
+/// use courier_core::MemoryBus;
+/// use courier_outbox::{Relay, RelayConfig, Store};
+///
+/// let store = Store::connect("sqlite://outbox.db").await?;
+/// store.migrate().await?;
+/// let relay = Relay::new(store, MemoryBus::default(), RelayConfig::default()).start();
+/// // ... later, e.g. on SIGTERM:
+/// relay.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Relay<B> {
+    store: Store,
+    bus: B,
+    config: RelayConfig,
+    observer: Arc<dyn RelayObserver>,
+}
+
+impl<B: Bus> Relay<B> {
+    pub fn new(store: Store, bus: B, config: RelayConfig) -> Self {
+        Self { store, bus, config, observer: Arc::new(()) }
+    }
+
+    pub fn observer(mut self, observer: impl RelayObserver) -> Self {
+        self.observer = Arc::new(observer);
+        self
+    }
+
+    /// Starts the relay on the current Tokio runtime.
+    pub fn start(self) -> RelayHandle {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let instance_id = self.config.instance_id.clone();
+        let publisher = self.bus.publisher(
+            PublisherConfig::default()
+                .window(self.config.max_in_flight.max(1))
+                .close_timeout(self.config.shutdown_timeout),
+        );
+        let task = tokio::spawn(engine::run(
+            self.store,
+            publisher,
+            self.config,
+            self.observer,
+            Arc::clone(&counters),
+            stop_rx,
+        ));
+        RelayHandle { stop: stop_tx, task, counters, instance_id }
+    }
+}
+
+/// A running relay.
+pub struct RelayHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), OutboxError>>,
+    counters: Arc<Counters>,
+    instance_id: String,
+}
+
+impl RelayHandle {
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    pub fn stats(&self) -> RelayStats {
+        self.counters.snapshot()
+    }
+
+    /// Whether the relay stopped (after shutdown, or on a fatal error that
+    /// [`shutdown`](Self::shutdown) returns).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops claiming, waits for every in-flight ACK and its mark (up to the shutdown timeout),
+    /// then releases this relay's leases so others take over at once.
+    pub async fn shutdown(self) -> Result<(), OutboxError> {
+        let _ = self.stop.send(true);
+        self.task.await.map_err(|e| OutboxError::Stopped(e.to_string()))?
+    }
+
+    /// Kills the relay like a crash would: nothing is drained or released, so its partitions
+    /// are taken over only when their leases expire. For failure tests and emergencies.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}

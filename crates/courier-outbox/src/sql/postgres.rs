@@ -1,0 +1,73 @@
+//! PostgreSQL: `= ANY($n)` id lists, `FOR UPDATE SKIP LOCKED` lease claims, LISTEN/NOTIFY.
+
+use sqlx::postgres::{PgDatabaseError, PgPool, PgRow};
+use sqlx::Postgres as Db;
+
+type DbPool = PgPool;
+type DbConnection = sqlx::PgConnection;
+type DbRow = PgRow;
+
+/// The database clock in milliseconds (`clock_timestamp`, not the transaction start).
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// The channel the insert trigger notifies; see the migration.
+pub(crate) const NOTIFY_CHANNEL: &str = "courier_outbox";
+
+/// Inserts rows unless their key exists: `{INSERT_IGNORE} ... {ON_CONFLICT_IGNORE}`.
+const INSERT_IGNORE: &str = "INSERT";
+const ON_CONFLICT_IGNORE: &str = " ON CONFLICT DO NOTHING";
+
+crate::sql::common_ops!();
+
+fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
+    qb.push(" = ANY(").push_bind(ids.to_vec()).push(")");
+}
+
+/// PostgreSQL reports the key in the detail: `Key (idempotency_key)=(order-42) already exists.`
+fn duplicate_value(err: &dyn sqlx::error::DatabaseError) -> Option<String> {
+    let detail = err.try_downcast_ref::<PgDatabaseError>()?.detail()?;
+    let start = detail.find(")=(")? + 3;
+    let end = detail.rfind(") already exists")?;
+    detail.get(start..end).map(str::to_owned)
+}
+
+pub(crate) async fn migrate(pool: &DbPool) -> Result<(), OutboxError> {
+    let mut migrator = sqlx::migrate!("migrations/postgres");
+    // The application's own sqlx migrations may share `_sqlx_migrations`.
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+fn upsert_member_sql() -> String {
+    format!(
+        "INSERT INTO courier_outbox_relays (member, expires_at_ms) VALUES ($1, {NOW_MS} + $2) \
+         ON CONFLICT (member) DO UPDATE SET expires_at_ms = excluded.expires_at_ms"
+    )
+}
+
+/// Leases up to `want` free or expired partitions; SKIP LOCKED lets relays that acquire at the
+/// same moment take different partitions instead of queueing behind each other.
+pub(crate) async fn acquire(pool: &DbPool, owner: &str, want: i64, ttl_ms: i64) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "UPDATE courier_outbox_leases SET owner = $1, lease_until_ms = {NOW_MS} + $2 \
+         WHERE partition_no IN (SELECT partition_no FROM courier_outbox_leases \
+           WHERE owner IS NULL OR lease_until_ms < {NOW_MS} ORDER BY partition_no LIMIT $3 \
+           FOR UPDATE SKIP LOCKED)"
+    );
+    sqlx::query(&sql).bind(owner).bind(ttl_ms).bind(want).execute(pool).await?;
+    Ok(())
+}
+
+/// Deletes up to `chunk` published rows older than `before_us`; returns how many.
+pub(crate) async fn purge_published(pool: &DbPool, before_us: i64, chunk: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM courier_outbox WHERE id IN (SELECT id FROM courier_outbox \
+         WHERE status = 'published' AND published_at_us < $1 ORDER BY id LIMIT $2)",
+    )
+    .bind(before_us)
+    .bind(chunk)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,325 @@
+//! Enqueue, admin and relay scenarios on PostgreSQL, MariaDB and SQLite with the memory bus.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{consume, enqueue_many, enqueue_tx, event, eventually, fast_config, topic, Kind, TestDb};
+use courier_core::{Envelope, ErrorKind, MemoryBus, MemoryConfig};
+use courier_outbox::{
+    AckedEvent, DeadFilter, Enqueue, Outbox, OutboxError, Relay, RelayHandle, RelayObserver, Store,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+per_database!(
+    rollback_publishes_nothing_commit_publishes,
+    duplicate_idempotency_key_is_refused,
+    invalid_events_are_refused_before_writing,
+    failed_acks_are_retried_then_dead_then_requeued,
+    poison_event_parks_only_its_aggregate,
+    two_relays_share_the_work_in_order,
+    four_relays_share_the_work_in_order,
+    killed_relay_is_taken_over_without_loss,
+    restart_after_abort_finishes_the_work,
+    shutdown_drains_and_releases_leases,
+    stats_and_retention_purge,
+);
+
+async fn pending(store: &Store) -> u64 {
+    store.stats().await.unwrap().pending
+}
+
+async fn rollback_publishes_nothing_commit_publishes(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let rolled_back = event("order-1", 0);
+    let committed = event("order-1", 1);
+    enqueue_tx(&store, &topic, std::slice::from_ref(&rolled_back), false).await.unwrap();
+    enqueue_tx(&store, &topic, std::slice::from_ref(&committed), true).await.unwrap();
+    let relay = Relay::new(store.clone(), bus.clone(), fast_config()).start();
+    eventually(WAIT, "the committed event to be published", || async {
+        store.stats().await.unwrap().published == 1
+    })
+    .await;
+    // Let the relay poll and sweep a few more times: the rolled-back event must never appear.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    relay.shutdown().await.unwrap();
+    let ids: Vec<_> = bus.events(&topic).iter().map(|e| e.event_id()).collect();
+    assert_eq!(ids, vec![committed.event_id()]);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.published, stats.dead), (0, 1, 0));
+}
+
+async fn duplicate_idempotency_key_is_refused(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let outbox = Outbox::default();
+    let (first, second) = (event("order-7", 0), event("order-7", 1));
+    with_tx!(&store, true, |tx| outbox
+        .enqueue(&mut *tx, Enqueue::new(&first).idempotency_key("order-7:placed"))
+        .await
+        .unwrap());
+    let err = with_tx!(&store, false, |tx| outbox
+        .enqueue(&mut *tx, Enqueue::new(&second).idempotency_key("order-7:placed"))
+        .await
+        .unwrap_err());
+    assert!(matches!(&err, OutboxError::DuplicateKey { key } if key == "order-7:placed"), "{err:?}");
+    assert!(err.to_string().contains("order-7:placed"), "{err}");
+    // The same key twice in one batch is refused before anything is written.
+    let (a, b) = (event("order-8", 0), event("order-8", 1));
+    let err = with_tx!(&store, true, |tx| outbox
+        .enqueue_batch(
+            &mut *tx,
+            [Enqueue::new(&a).idempotency_key("k"), Enqueue::new(&b).idempotency_key("k")]
+        )
+        .await
+        .unwrap_err());
+    assert!(matches!(&err, OutboxError::DuplicateKey { key } if key == "k"), "{err:?}");
+    // A batch hitting an existing key names it too (PostgreSQL and MySQL report the value).
+    let (c, d) = (event("order-9", 0), event("order-9", 1));
+    let err = with_tx!(&store, false, |tx| outbox
+        .enqueue_batch(
+            &mut *tx,
+            [Enqueue::new(&c).idempotency_key("fresh"), Enqueue::new(&d).idempotency_key("order-7:placed")]
+        )
+        .await
+        .unwrap_err());
+    assert!(err.to_string().contains("order-7:placed"), "{err}");
+    assert_eq!(pending(&store).await, 1);
+}
+
+async fn invalid_events_are_refused_before_writing(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let big = Envelope::builder("order", "o-1", "Placed").payload(vec![0u8; 2048]).build().unwrap();
+    let outbox = Outbox::default().max_payload(1024);
+    let err = with_tx!(&store, true, |tx| outbox.enqueue(&mut *tx, &big).await.unwrap_err());
+    assert!(matches!(&err, OutboxError::Invalid(v) if v.field == "payload"), "{err:?}");
+    // The default topic is the aggregate type, validated for every backend.
+    let bad_topic = Envelope::builder("order items", "o-1", "Placed").build().unwrap();
+    let err = with_tx!(&store, true, |tx| Outbox::default().enqueue(&mut *tx, &bad_topic).await.unwrap_err());
+    assert!(matches!(&err, OutboxError::Invalid(v) if v.field == "topic"), "{err:?}");
+    assert_eq!(store.stats().await.unwrap(), Default::default());
+}
+
+async fn failed_acks_are_retried_then_dead_then_requeued(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let mut config = fast_config();
+    config.max_attempts = 3;
+    // Two failed ACKs, then success: published on the third attempt.
+    bus.inject_faults(ErrorKind::Unavailable, 2);
+    let retried = event("order-1", 0);
+    enqueue_tx(&store, &topic, std::slice::from_ref(&retried), true).await.unwrap();
+    let relay = Relay::new(store.clone(), bus.clone(), config.clone()).start();
+    eventually(WAIT, "the retried event to be published", || async {
+        store.stats().await.unwrap().published == 1
+    })
+    .await;
+    assert_eq!(relay.stats().failed, 2);
+    assert_eq!(bus.events(&topic).len(), 1);
+
+    // Three failed ACKs with max_attempts = 3: dead, never marked published, never on the bus.
+    bus.inject_faults(ErrorKind::Timeout, 3);
+    let doomed = event("order-2", 0);
+    enqueue_tx(&store, &topic, std::slice::from_ref(&doomed), true).await.unwrap();
+    eventually(WAIT, "the event to go dead", || async { store.stats().await.unwrap().dead == 1 }).await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.published, stats.dead), (0, 1, 1));
+    assert_eq!(relay.stats().dead, 1);
+    assert_eq!(bus.events(&topic).len(), 1);
+    let dead = store.list_dead(&DeadFilter::all(), 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id, doomed.event_id().to_string());
+    assert_eq!(dead[0].attempts, 3);
+    assert!(dead[0].last_error.as_deref().unwrap_or_default().contains("injected"), "{dead:?}");
+
+    // Requeue brings it back and it is published.
+    assert_eq!(store.requeue(&DeadFilter::ids([dead[0].id])).await.unwrap(), 1);
+    eventually(WAIT, "the requeued event to be published", || async {
+        store.stats().await.unwrap().published == 2
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let ids: Vec<_> = bus.events(&topic).iter().map(|e| e.event_id()).collect();
+    assert_eq!(ids, vec![retried.event_id(), doomed.event_id()]);
+}
+
+async fn poison_event_parks_only_its_aggregate(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let bus = MemoryBus::new(MemoryConfig { max_payload: 1024, ..MemoryConfig::default() });
+    let topic = topic();
+    let poison =
+        Envelope::builder("order", "poisoned", "OrderChanged").payload(vec![b'x'; 4096]).build().unwrap();
+    let mut events = vec![event("poisoned", 0), poison.clone(), event("poisoned", 2)];
+    for seq in 0..5 {
+        for a in 0..20 {
+            events.push(event(&format!("healthy-{a}"), seq));
+        }
+    }
+    enqueue_tx(&store, &topic, &events, true).await.unwrap();
+    let relay = Relay::new(store.clone(), bus.clone(), fast_config()).start();
+    let consumed = consume(&bus, &topic, 101, WAIT).await;
+    assert_eq!(consumed.distinct(), 101, "every healthy event and the poisoned aggregate's first");
+    assert_eq!(consumed.order_violations, 0);
+    eventually(WAIT, "the poison event to go dead", || async { store.stats().await.unwrap().dead == 1 })
+        .await;
+    // The event after the poison waits: its aggregate is parked.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.published, stats.dead), (1, 101, 1));
+    let dead = store.list_dead(&DeadFilter::all().aggregate_id("poisoned"), 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 1, "a payload over the broker limit is not retried");
+    assert!(dead[0].last_error.as_deref().unwrap_or_default().contains("payload"), "{dead:?}");
+    // Discarding the poison lets the aggregate continue.
+    assert_eq!(store.discard_dead(&DeadFilter::ids([dead[0].id])).await.unwrap(), 1);
+    eventually(WAIT, "the parked event to be published", || async { pending(&store).await == 0 }).await;
+    relay.shutdown().await.unwrap();
+    let last = bus.events(&topic).last().cloned().unwrap();
+    assert_eq!((last.aggregate_id(), last.payload().as_ref()), ("poisoned", b"2".as_ref()));
+}
+
+/// Counts ACKs the broker flagged as duplicates, across relays.
+#[derive(Clone, Default)]
+struct DuplicateCounter(Arc<AtomicU64>);
+
+impl RelayObserver for DuplicateCounter {
+    fn acked(&self, event: &AckedEvent<'_>) {
+        if event.duplicate {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// 50,000 events on PostgreSQL; 20,000 on MariaDB and SQLite to keep the suite quick (both are
+/// slower per commit on this machine); always over 500 aggregates.
+fn volume(kind: Kind) -> (usize, u64) {
+    match kind {
+        Kind::Postgres => (500, 100),
+        Kind::MySql | Kind::Sqlite => (500, 40),
+    }
+}
+
+async fn concurrent_relays(kind: Kind, relays: usize) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let (aggregates, per_aggregate) = volume(kind);
+    let total = aggregates * per_aggregate as usize;
+    // Half the events wait before the relays start, half are written while they run.
+    enqueue_many(&store, &topic, aggregates, per_aggregate / 2, 4).await;
+    let duplicates = DuplicateCounter::default();
+    let handles: Vec<RelayHandle> = (0..relays)
+        .map(|_| Relay::new(store.clone(), bus.clone(), fast_config()).observer(duplicates.clone()).start())
+        .collect();
+    let writer = {
+        let (store, topic) = (store.clone(), topic.clone());
+        tokio::spawn(async move {
+            // Sequences continue after the first half; reuse the generator with an offset.
+            let half = per_aggregate / 2;
+            let mut events = Vec::new();
+            for seq in half..per_aggregate {
+                for a in 0..aggregates {
+                    events.push(event(&format!("agg-{a}"), seq));
+                }
+            }
+            for chunk in events.chunks(100) {
+                enqueue_tx(&store, &topic, chunk, true).await.unwrap();
+            }
+        })
+    };
+    let consumed = consume(&bus, &topic, total, Duration::from_secs(300)).await;
+    writer.await.unwrap();
+    assert_eq!(consumed.distinct(), total, "every event published");
+    assert_eq!(consumed.order_violations, 0, "per-aggregate order at the consumer");
+    eventually(WAIT, "every row marked published", || async { pending(&store).await == 0 }).await;
+    let stats: Vec<_> = handles.iter().map(RelayHandle::stats).collect();
+    for handle in handles {
+        handle.shutdown().await.unwrap();
+    }
+    assert_eq!(duplicates.0.load(Ordering::Relaxed), 0, "no event published twice without a takeover");
+    assert_eq!(stats.iter().map(|s| s.published).sum::<u64>(), total as u64, "{stats:?}");
+    assert!(stats.iter().all(|s| s.published > 0), "every relay took a share: {stats:?}");
+    assert_eq!(store.stats().await.unwrap().published, total as u64);
+}
+
+async fn two_relays_share_the_work_in_order(kind: Kind) {
+    concurrent_relays(kind, 2).await;
+}
+
+async fn four_relays_share_the_work_in_order(kind: Kind) {
+    concurrent_relays(kind, 4).await;
+}
+
+async fn killed_relay_is_taken_over_without_loss(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let total = 200 * 50;
+    enqueue_many(&store, &topic, 200, 50, 4).await;
+    let victim = Relay::new(store.clone(), bus.clone(), fast_config()).start();
+    eventually(WAIT, "the victim to publish", || async { victim.stats().published > 500 }).await;
+    let survivor = Relay::new(store.clone(), bus.clone(), fast_config()).start();
+    eventually(WAIT, "the victim to publish more", || async { victim.stats().published > 2000 }).await;
+    // Killed mid-batch: in-flight events and unmarked ACKs are abandoned with it.
+    victim.abort();
+    let consumed = consume(&bus, &topic, total, Duration::from_secs(120)).await;
+    assert_eq!(consumed.distinct(), total, "nothing lost");
+    assert_eq!(consumed.order_violations, 0);
+    eventually(WAIT, "every row marked published", || async { pending(&store).await == 0 }).await;
+    assert!(survivor.stats().partitions > 0);
+    survivor.shutdown().await.unwrap();
+}
+
+async fn restart_after_abort_finishes_the_work(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let total = 100 * 50;
+    enqueue_many(&store, &topic, 100, 50, 2).await;
+    let first = Relay::new(store.clone(), bus.clone(), fast_config()).start();
+    eventually(WAIT, "the first relay to publish", || async { first.stats().published > 1000 }).await;
+    first.abort();
+    // The restarted relay has a new identity: it waits for the old leases to expire.
+    let second = Relay::new(store.clone(), bus.clone(), fast_config()).start();
+    let consumed = consume(&bus, &topic, total, Duration::from_secs(120)).await;
+    assert_eq!(consumed.distinct(), total, "nothing lost");
+    assert_eq!(consumed.order_violations, 0);
+    eventually(WAIT, "every row marked published", || async { pending(&store).await == 0 }).await;
+    second.shutdown().await.unwrap();
+}
+
+async fn shutdown_drains_and_releases_leases(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    enqueue_many(&store, &topic, 50, 20, 1).await;
+    let mut config = fast_config();
+    config.lease_ttl = Duration::from_secs(3600);
+    let relay = Relay::new(store.clone(), bus.clone(), config.clone()).start();
+    eventually(WAIT, "the relay to publish", || async { relay.stats().published > 0 }).await;
+    relay.shutdown().await.unwrap();
+    // Every acknowledged event was marked: the published count matches the bus.
+    let published = store.stats().await.unwrap().published;
+    assert_eq!(published as usize, bus.events(&topic).len());
+    // Leases were released: a new relay takes over at once despite the one-hour TTL.
+    let next = Relay::new(store.clone(), bus.clone(), config).start();
+    let consumed = consume(&bus, &topic, 1000, Duration::from_secs(60)).await;
+    assert_eq!(consumed.distinct(), 1000);
+    assert_eq!(consumed.order_violations, 0);
+    next.shutdown().await.unwrap();
+}
+
+async fn stats_and_retention_purge(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    enqueue_many(&store, &topic, 10, 10, 1).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.pending, 100);
+    assert!(stats.oldest_pending_age.is_some_and(|age| age >= Duration::from_millis(20)), "{stats:?}");
+    let relay = Relay::new(store.clone(), bus, fast_config()).start();
+    eventually(WAIT, "everything published", || async { pending(&store).await == 0 }).await;
+    relay.shutdown().await.unwrap();
+    assert_eq!(store.purge_published(Duration::from_secs(3600)).await.unwrap(), 0, "kept within retention");
+    assert_eq!(store.purge_published(Duration::ZERO).await.unwrap(), 100);
+    assert_eq!(store.stats().await.unwrap(), Default::default());
+}
