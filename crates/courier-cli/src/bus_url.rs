@@ -53,6 +53,11 @@ macro_rules! with_bus {
                 let $bus = courier_core::MemoryBus::default();
                 $body
             }
+            $crate::bus_url::BusUrl::Nats(url) => {
+                let config = courier_nats::NatsConfig::new(url.as_str());
+                let $bus = courier_nats::NatsBus::connect(config).await?;
+                $body
+            }
             other => anyhow::bail!("the {other} backend is not built into this binary yet"),
         }
     };

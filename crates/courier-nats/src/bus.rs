@@ -47,6 +47,7 @@ impl NatsBus {
                         }
                         Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
                         Event::ServerError(err) => tracing::error!(%err, "NATS server error"),
+                        Event::Closed => tracing::debug!("NATS connection closed"),
                         other => tracing::warn!(event = %other, "NATS connection event"),
                     }
                 }

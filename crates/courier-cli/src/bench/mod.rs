@@ -1,14 +1,15 @@
 //! `courier bench`: measured runs reported as rows (DESIGN.md §6), never timed assertions.
 
 pub mod bus;
+mod nats_baseline;
 
 use crate::bus_url::BusUrl;
 use crate::report::Row;
 
 /// The same load through the bare client library of `url`'s broker, for ratios in one run.
 pub async fn run_baseline(url: &BusUrl, load: &bus::BusLoad) -> anyhow::Result<Row> {
-    let _ = load;
     match url {
+        BusUrl::Nats(nats) => nats_baseline::run(nats, load).await,
         BusUrl::Memory => {
             anyhow::bail!("--baseline compares against a broker's bare client; the memory bus has none")
         }
