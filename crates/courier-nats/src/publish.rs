@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::{self, HeaderValue, IntoHeaderName};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
@@ -103,11 +104,13 @@ fn message(envelope: &Envelope, mode: WireMode, max_payload: usize) -> Result<Pu
             ),
         ));
     }
-    let mut headers = HeaderMap::new();
-    for (name, value) in wire.headers {
-        headers.append(name, value);
-    }
-    headers.insert(MSG_ID_HEADER, event_id);
+    // Collected in one go so the map is sized once.
+    let headers: HeaderMap = wire
+        .headers
+        .into_iter()
+        .map(|(name, value)| (name.into_header_name(), HeaderValue::from(value)))
+        .chain(std::iter::once((header::NATS_MESSAGE_ID, HeaderValue::from(event_id))))
+        .collect();
     Ok(PublishMessage::build().headers(headers).payload(wire.body))
 }
 
