@@ -48,17 +48,24 @@ impl fmt::Display for BusUrl {
 /// free of dynamic dispatch.
 macro_rules! with_bus {
     ($url:expr, |$bus:ident| $body:expr) => {
+        $crate::bus_url::with_bus!($url, courier_core::wire::WireMode::default(), |$bus| $body)
+    };
+    ($url:expr, $wire:expr, |$bus:ident| $body:expr) => {
         match $url {
             $crate::bus_url::BusUrl::Memory => {
                 let $bus = courier_core::MemoryBus::default();
                 $body
             }
             $crate::bus_url::BusUrl::Nats(url) => {
-                let config = courier_nats::NatsConfig::new(url.as_str());
+                let config = courier_nats::NatsConfig::new(url.as_str()).wire_mode($wire);
                 let $bus = courier_nats::NatsBus::connect(config).await?;
                 $body
             }
-            other => anyhow::bail!("the {other} backend is not built into this binary yet"),
+            $crate::bus_url::BusUrl::Kafka(servers) => {
+                let config = courier_kafka::KafkaConfig::new(servers.as_str()).wire_mode($wire);
+                let $bus = courier_kafka::KafkaBus::connect(config)?;
+                $body
+            }
         }
     };
 }

@@ -1,5 +1,6 @@
-//! `courier demo`: a simulated business publishes order events over many aggregates; a consumer
-//! group checks that every event arrives, once, in per-aggregate order.
+//! `courier demo`: a simulated business writes orders and their events in one transaction each;
+//! the outbox relay publishes the events; a consumer group checks that every event arrives, once,
+//! in per-aggregate order. Embedded default: SQLite in a temporary directory and the memory bus.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -8,16 +9,24 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use courier_core::dispatch::{self, DispatchConfig};
 use courier_core::{Bus, DeadLetterTopic, Envelope, EventId, HandlerError, PublisherConfig};
+use courier_outbox::{AckedEvent, Outbox, Relay, RelayConfig, RelayObserver, Store, TopicMapper};
 use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::QueryBuilder;
 use tokio::sync::Notify;
 
 use crate::bench::bus::fresh_topic;
 use crate::report::Latency;
 
+/// Concurrent business writers; each owns a disjoint set of orders, so per-order event order is
+/// the order of its writer's commits.
+const WRITERS: usize = 4;
+
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub events: usize,
     pub aggregates: usize,
+    /// Database URL; `None` uses SQLite in a temporary directory.
+    pub db: Option<String>,
     /// How long to wait for the last event at the consumer.
     pub timeout: Duration,
 }
@@ -31,7 +40,7 @@ struct Observed {
     order_violations: u64,
 }
 
-/// The consumer-side check shared by every demo flavour.
+/// The consumer-side check.
 #[derive(Clone)]
 struct Verifier {
     observed: Arc<Mutex<Observed>>,
@@ -42,9 +51,8 @@ struct Verifier {
 
 impl Verifier {
     fn observe(&self, envelope: &Envelope) -> Result<(), HandlerError> {
-        let seq: u64 = std::str::from_utf8(envelope.payload())
+        let seq: u64 = serde_json::from_slice::<serde_json::Value>(envelope.payload())
             .ok()
-            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
             .and_then(|v| v["seq"].as_u64())
             .ok_or_else(|| HandlerError::permanent("payload lacks a numeric seq"))?;
         let mut o = self.observed.lock().expect("observed lock");
@@ -64,25 +72,31 @@ impl Verifier {
     }
 }
 
-/// The simulated business: order `i % aggregates` emits its `i / aggregates`-th event.
-fn order_event(i: usize, aggregates: usize) -> anyhow::Result<Envelope> {
-    let order = i % aggregates;
-    let seq = i / aggregates;
-    Envelope::builder(
-        "order",
-        format!("order-{order}"),
-        if seq == 0 { "OrderPlaced" } else { "OrderUpdated" },
-    )
-    .payload(serde_json::json!({ "order": order, "seq": seq, "amount_cents": 1000 + seq }).to_string())
-    .build()
-    .context("building demo event")
+/// Records commit→ACK latencies reported by the relay.
+#[derive(Clone, Default)]
+struct LatencyObserver(Arc<Mutex<Latency>>);
+
+impl RelayObserver for LatencyObserver {
+    fn acked(&self, event: &AckedEvent<'_>) {
+        self.0.lock().expect("latency lock").record(event.enqueue_to_ack);
+    }
 }
 
 pub async fn run<B: Bus>(bus: B, options: DemoOptions) -> anyhow::Result<bool> {
+    let scratch = tempfile::tempdir().context("creating a temporary directory for the demo database")?;
+    let db_url = options
+        .db
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", scratch.path().join("courier-demo.db").display()));
+    let store = Store::connect(&db_url).await.with_context(|| format!("connecting to {db_url}"))?;
+    store.migrate().await?;
+    create_business_tables(&store).await?;
+
     let topic = fresh_topic(&bus, "demo-orders").await?;
     let dlq = fresh_topic(&bus, "demo-orders-dlq").await?;
+    let outbox = Outbox::new(TopicMapper::new().map("order", topic.clone()));
     let progress = ProgressBar::new(options.events as u64).with_style(
-        ProgressStyle::with_template("{spinner} consumed {pos}/{len} [{bar:40}] {per_sec} eta {eta}")
+        ProgressStyle::with_template("{spinner} delivered {pos}/{len} [{bar:40}] {per_sec} eta {eta}")
             .expect("valid template"),
     );
     let verifier = Verifier {
@@ -91,6 +105,7 @@ pub async fn run<B: Bus>(bus: B, options: DemoOptions) -> anyhow::Result<bool> {
         complete: Arc::new(Notify::new()),
         expected: options.events,
     };
+
     let source = bus.subscribe(&topic, "demo-consumer").await?;
     let handler = {
         let verifier = verifier.clone();
@@ -112,70 +127,138 @@ pub async fn run<B: Bus>(bus: B, options: DemoOptions) -> anyhow::Result<bool> {
         },
     ));
 
+    let latency = LatencyObserver::default();
+    let mut config = RelayConfig::default();
+    config.poll_interval = Duration::from_millis(20);
+    let relay = Relay::new(store.clone(), bus.clone(), config).observer(latency.clone()).start();
+
     let start = Instant::now();
-    let (ack, failures) = publish_all(&bus, &topic, &options).await?;
-    let publish_elapsed = start.elapsed();
+    let run_id = EventId::new().to_string();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (store, outbox, run_id, options) =
+                (store.clone(), outbox.clone(), run_id.clone(), options.clone());
+            tokio::spawn(async move { write_orders(&store, &outbox, &run_id, w, &options).await })
+        })
+        .collect();
+    for writer in writers {
+        writer.await??;
+    }
+    let committed = start.elapsed();
     let stats = consumer.await?;
     let elapsed = start.elapsed();
+    relay.shutdown().await?;
     progress.finish_and_clear();
+    let outbox_stats = store.stats().await?;
 
     let o = verifier.observed.lock().expect("observed lock");
     let lost = options.events - o.seen.len();
+    let latency = latency.0.lock().expect("latency lock");
     println!(
-        "courier demo: {} events over {} aggregates on the {} bus",
+        "courier demo: {} events over {} orders, {} outbox -> {} bus",
         options.events,
         options.aggregates,
+        store.backend(),
         bus.name()
     );
     println!(
-        "  published:        {} in {:.2}s ({:.0} events/s)",
+        "  committed:        {} business transactions in {:.2}s",
         options.events,
-        publish_elapsed.as_secs_f64(),
-        options.events as f64 / publish_elapsed.as_secs_f64()
+        committed.as_secs_f64()
     );
     println!(
-        "  end to end:       {:.2}s ({:.0} events/s)",
-        elapsed.as_secs_f64(),
-        options.events as f64 / elapsed.as_secs_f64()
-    );
-    println!("  ack latency:      p50 {:.3} ms, p99 {:.3} ms", ack.quantile_ms(0.5), ack.quantile_ms(0.99));
-    println!("  publish failures: {failures}");
-    println!(
-        "  consumed:         {} (handler runs {}, dead-lettered {})",
+        "  delivered:        {} in {:.2}s ({:.0} events/s end to end)",
         o.seen.len(),
-        stats.handled,
-        stats.dead_lettered
+        elapsed.as_secs_f64(),
+        o.seen.len() as f64 / elapsed.as_secs_f64()
     );
+    println!(
+        "  commit->ack:      p50 {:.2} ms, p99 {:.2} ms",
+        latency.quantile_ms(0.5),
+        latency.quantile_ms(0.99)
+    );
+    println!(
+        "  outbox:           {} published, {} pending, {} dead",
+        outbox_stats.published, outbox_stats.pending, outbox_stats.dead
+    );
+    println!("  consumer:         handled {}, dead-lettered {}", stats.handled, stats.dead_lettered);
     println!("  duplicates seen:  {}", o.duplicates);
     println!("  order violations: {}", o.order_violations);
     println!("  lost:             {lost}");
-    let ok = lost == 0 && o.order_violations == 0 && failures == 0;
+    let ok = lost == 0 && o.order_violations == 0;
     println!("  verdict:          {}", if ok { "OK" } else { "FAILED" });
     Ok(ok)
 }
 
-/// Publishes the demo events, returning ACK latencies and the number of failed publishes.
-async fn publish_all<B: Bus>(
-    bus: &B,
-    topic: &courier_core::Topic,
-    options: &DemoOptions,
-) -> anyhow::Result<(Latency, u64)> {
-    let publisher = bus.publisher(PublisherConfig::default());
-    let mut results = publisher.results().expect("fresh publisher");
-    let reader = tokio::spawn(async move {
-        let (mut ack, mut failures) = (Latency::default(), 0u64);
-        while let Some(r) = results.recv().await {
-            ack.record(r.accepted_at.elapsed());
-            if let Err(error) = r.outcome {
-                failures += 1;
-                tracing::error!(event_id = %r.event_id, %error, "publish failed");
-            }
-        }
-        (ack, failures)
-    });
-    for i in 0..options.events {
-        publisher.submit(topic, order_event(i, options.aggregates)?).await?;
+/// The business's own table, next to the outbox.
+async fn create_business_tables(store: &Store) -> anyhow::Result<()> {
+    const DDL: &str = "CREATE TABLE IF NOT EXISTS demo_orders (run_id VARCHAR(64) NOT NULL, \
+        order_id BIGINT NOT NULL, state VARCHAR(32) NOT NULL, amount_cents BIGINT NOT NULL, \
+        PRIMARY KEY (run_id, order_id))";
+    match store {
+        Store::Postgres(pool) => drop(sqlx::query(DDL).execute(pool).await?),
+        Store::MySql(pool) => drop(sqlx::query(DDL).execute(pool).await?),
+        Store::Sqlite(pool) => drop(sqlx::query(DDL).execute(pool).await?),
+        _ => anyhow::bail!("the demo does not support the {} database", store.backend()),
     }
-    publisher.close().await?;
-    Ok(reader.await?)
+    Ok(())
+}
+
+/// Writer `w`'s share of the business: orders `o` with `o % WRITERS == w`, each change one
+/// transaction holding the order row and its event.
+async fn write_orders(
+    store: &Store,
+    outbox: &Outbox,
+    run_id: &str,
+    w: usize,
+    options: &DemoOptions,
+) -> anyhow::Result<()> {
+    // Event i belongs to order i % aggregates; this writer owns the orders congruent to w.
+    for i in (0..options.events).filter(|i| (i % options.aggregates) % WRITERS == w) {
+        let order = (i % options.aggregates) as i64;
+        let seq = (i / options.aggregates) as u64;
+        let event = Envelope::builder(
+            "order",
+            format!("order-{order}"),
+            if seq == 0 { "OrderPlaced" } else { "OrderAmended" },
+        )
+        .payload(serde_json::json!({ "order": order, "seq": seq, "amount_cents": 1000 + seq }).to_string())
+        .build()?;
+        macro_rules! business_tx {
+            ($pool:expr, $db:ty) => {{
+                let mut tx = $pool.begin().await?;
+                let mut q = if seq == 0 {
+                    let mut q = QueryBuilder::<$db>::new(
+                        "INSERT INTO demo_orders (run_id, order_id, state, amount_cents) VALUES (",
+                    );
+                    q.push_bind(run_id)
+                        .push(", ")
+                        .push_bind(order)
+                        .push(", 'placed', ")
+                        .push_bind(1000 + seq as i64)
+                        .push(")");
+                    q
+                } else {
+                    let mut q =
+                        QueryBuilder::<$db>::new("UPDATE demo_orders SET state = 'amended', amount_cents = ");
+                    q.push_bind(1000 + seq as i64)
+                        .push(" WHERE run_id = ")
+                        .push_bind(run_id)
+                        .push(" AND order_id = ")
+                        .push_bind(order);
+                    q
+                };
+                q.build().execute(&mut *tx).await?;
+                outbox.enqueue(&mut *tx, &event).await?;
+                tx.commit().await?;
+            }};
+        }
+        match store {
+            Store::Postgres(pool) => business_tx!(pool, sqlx::Postgres),
+            Store::MySql(pool) => business_tx!(pool, sqlx::MySql),
+            Store::Sqlite(pool) => business_tx!(pool, sqlx::Sqlite),
+            _ => anyhow::bail!("the demo does not support the {} database", store.backend()),
+        }
+    }
+    Ok(())
 }

@@ -1,14 +1,19 @@
 //! The `courier` command line: demo, benchmarks, relay service and outbox administration.
 
+mod admin;
 mod bench;
 mod bus_url;
+mod config;
 mod demo;
+mod http;
 mod report;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::bench::bus::BusLoad;
@@ -35,6 +40,10 @@ enum Command {
         /// Aggregates (orders) the events are spread over.
         #[arg(long, default_value_t = 200)]
         aggregates: usize,
+        /// Outbox database URL (sqlite://…, postgres://…, mysql://…); default: SQLite in a
+        /// temporary directory.
+        #[arg(long)]
+        db: Option<String>,
         /// Bus URL: memory, nats://host:port or kafka://host:port.
         #[arg(long, default_value = "memory")]
         bus: BusUrl,
@@ -45,6 +54,58 @@ enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run the outbox relay as a service (metrics, health, graceful drain on SIGTERM).
+    Relay {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// Bus URL (overrides bus.url).
+        #[arg(long)]
+        bus: Option<BusUrl>,
+        /// Address of /metrics, /healthz and /readyz (overrides http.listen).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Create or upgrade the outbox tables.
+    Migrate {
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Inspect and operate the outbox.
+    Outbox {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[command(subcommand)]
+        command: admin::OutboxCommand,
+    },
+}
+
+/// Where the configuration comes from: defaults, then --config, then COURIER_* variables, then
+/// these flags.
+#[derive(clap::Args)]
+struct ServiceArgs {
+    /// TOML configuration file (every key is documented in reference.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Database URL (overrides database.url).
+    #[arg(long, global = true)]
+    db: Option<String>,
+}
+
+impl ServiceArgs {
+    fn load(&self) -> anyhow::Result<config::Config> {
+        let mut config = config::Config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(db) = &self.db {
+            config.database.url = db.clone();
+        }
+        Ok(config)
+    }
+}
+
+async fn connect_store(config: &config::Config) -> anyhow::Result<courier_outbox::Store> {
+    let url = &config.database.url;
+    let store = courier_outbox::Store::connect(url).await.with_context(|| format!("connecting to {url}"))?;
+    store.migrate().await.with_context(|| format!("migrating the outbox tables in {url}"))?;
+    Ok(store)
 }
 
 #[derive(Subcommand)]
@@ -93,13 +154,20 @@ impl Backend {
     }
 }
 
+/// Logs to stderr; `RUST_LOG` overrides `level`.
+fn init_logging(format: config::LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Human => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(Cli::parse())) {
         Ok(true) => ExitCode::SUCCESS,
@@ -112,11 +180,44 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let service = match &cli.command {
+        Command::Relay { service, .. } | Command::Migrate { service } | Command::Outbox { service, .. } => {
+            Some(service.load()?)
+        }
+        _ => None,
+    };
+    match &service {
+        Some(config) => init_logging(config.log.format, &config.log.level),
+        None => init_logging(config::LogFormat::Human, "warn"),
+    }
     match cli.command {
-        Command::Demo { events, aggregates, bus, timeout_secs } => {
+        Command::Relay { bus, listen, .. } => {
+            let mut config = service.expect("loaded above");
+            if let Some(bus) = bus {
+                config.bus.url = bus;
+            }
+            if let Some(listen) = listen {
+                config.http.listen = listen;
+            }
+            let store = connect_store(&config).await?;
+            let (url, wire) = (config.bus.url.clone(), config.bus.wire);
+            with_bus!(url, wire, |bus| serve::run(config, store, bus).await)
+        }
+        Command::Migrate { .. } => {
+            let config = service.expect("loaded above");
+            connect_store(&config).await?;
+            println!("outbox tables are up to date in {}", config.database.url);
+            Ok(true)
+        }
+        Command::Outbox { command, .. } => {
+            let config = service.expect("loaded above");
+            let store = connect_store(&config).await?;
+            admin::run(command, &config, &store).await
+        }
+        Command::Demo { events, aggregates, db, bus, timeout_secs } => {
             anyhow::ensure!(events > 0 && aggregates > 0, "--events and --aggregates must be at least 1");
             let options =
-                demo::DemoOptions { events, aggregates, timeout: Duration::from_secs(timeout_secs) };
+                demo::DemoOptions { events, aggregates, db, timeout: Duration::from_secs(timeout_secs) };
             with_bus!(bus, |bus| demo::run(bus, options).await)
         }
         Command::Bench(BenchCommand::Bus {

@@ -23,6 +23,11 @@ pub trait Bus: Clone + Send + Sync + 'static {
     /// is set not to provision.
     fn provision(&self, config: &TopicConfig) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Whether the broker is reachable right now, for readiness probes. `Err` names the problem.
+    fn health(&self) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+
     /// Receives `topic` as member of consumer `group`, resuming where the group stopped.
     /// Dropping the stream leaves the group's position in place.
     fn subscribe(

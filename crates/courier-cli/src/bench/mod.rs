@@ -1,6 +1,7 @@
 //! `courier bench`: measured runs reported as rows (DESIGN.md §6), never timed assertions.
 
 pub mod bus;
+mod kafka_baseline;
 mod nats_baseline;
 
 use crate::bus_url::BusUrl;
@@ -13,6 +14,6 @@ pub async fn run_baseline(url: &BusUrl, load: &bus::BusLoad) -> anyhow::Result<R
         BusUrl::Memory => {
             anyhow::bail!("--baseline compares against a broker's bare client; the memory bus has none")
         }
-        other => anyhow::bail!("no baseline for {other} in this binary yet"),
+        BusUrl::Kafka(servers) => kafka_baseline::run(servers, load).await,
     }
 }

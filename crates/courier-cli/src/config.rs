@@ -1,0 +1,268 @@
+//! The relay's configuration: a TOML file whose every key can be overridden by a `COURIER_…`
+//! environment variable. Unknown keys and bad values are refused naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use courier_core::wire::WireMode;
+use serde::Deserialize;
+
+use crate::bus_url::BusUrl;
+
+/// Every key with its default, documented; also the base that a config file is layered onto.
+pub const REFERENCE: &str = include_str!("../config/reference.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: Database,
+    pub bus: BusSection,
+    pub relay: Relay,
+    pub topics: Topics,
+    pub http: Http,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSection {
+    #[serde(deserialize_with = "parse_from_str")]
+    pub url: BusUrl,
+    pub wire: WireMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    pub batch_size: usize,
+    pub max_in_flight: usize,
+    pub partitions: u32,
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topics {
+    pub provision: Vec<String>,
+    pub prefix: String,
+    pub map: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+fn parse_from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+impl Config {
+    /// The reference defaults, overlaid with `file` (if any), then with `COURIER_…` variables
+    /// from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut merged: toml::Table = REFERENCE.parse().expect("reference.toml is valid TOML");
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            let overlay: toml::Table =
+                text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+            merge(&mut merged, overlay, "")?;
+        }
+        apply_env(&mut merged, env)?;
+        let origin = file.map_or_else(|| "the defaults".to_owned(), |p| p.display().to_string());
+        serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            anyhow::anyhow!("invalid configuration in {origin}: key `{}`: {}", e.path(), e.inner().message())
+        })
+    }
+}
+
+/// Overlays `overlay` onto `base`, refusing keys the reference does not have (except under
+/// free-form tables such as `topics.map`).
+fn merge(base: &mut toml::Table, overlay: toml::Table, prefix: &str) -> anyhow::Result<()> {
+    for (key, value) in overlay {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(value)) if path != "topics.map" => {
+                merge(inner, value, &path)?
+            }
+            (Some(slot), value) => *slot = value,
+            (None, _) => anyhow::bail!(
+                "unknown configuration key `{path}` (every key is listed with its default in reference.toml)"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Applies `COURIER_<SECTION>_<KEY>` variables; values parse as TOML scalars (numbers, booleans)
+/// and fall back to plain strings.
+fn apply_env(
+    config: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("COURIER_") else { continue };
+        let rest = rest.to_ascii_lowercase();
+        let target = config.iter_mut().find_map(|(section, table)| {
+            let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
+            let table = table.as_table_mut()?;
+            table.contains_key(key).then(|| (table, key.to_owned()))
+        });
+        let Some((table, key)) = target else {
+            anyhow::bail!("unknown environment override {name}: no such key (see reference.toml)");
+        };
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !v.is_table())
+            .unwrap_or(toml::Value::String(raw));
+        table.insert(key, value);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("courier.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn reference_parses_with_documented_defaults() {
+        let c = Config::load(None, []).unwrap();
+        assert_eq!(c.bus.url, BusUrl::Memory);
+        assert_eq!(c.http.listen, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(c.relay.lease, Duration::from_secs(10));
+        assert_eq!(c.bus.wire, WireMode::CloudEvents);
+        assert_eq!(c.log.format, LogFormat::Human);
+    }
+
+    #[test]
+    fn file_and_env_override_the_defaults() {
+        let c = load_str(
+            "[relay]\nbatch_size = 50\n[topics.map]\norder = \"orders.v1\"\n",
+            &[
+                ("COURIER_DATABASE_URL", "postgres://x@h/db"),
+                ("COURIER_RELAY_MAX_ATTEMPTS", "3"),
+                ("PATH", "/bin"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.relay.batch_size, 50);
+        assert_eq!(c.relay.max_attempts, 3);
+        assert_eq!(c.database.url, "postgres://x@h/db");
+        assert_eq!(c.topics.map["order"], "orders.v1");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = load_str("[relay]\nbatch_sise = 5\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown configuration key `relay.batch_sise`"), "{err}");
+        let err = load_str("[relay]\nlease = \"soon\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("lease"), "{err}");
+        let err = load_str("[bus]\nurl = \"redis://x\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("unsupported bus URL"), "{err}");
+        let err = load_str("", &[("COURIER_RELAY_BOGUS", "1")]).unwrap_err().to_string();
+        assert!(err.contains("COURIER_RELAY_BOGUS"), "{err}");
+        let err = load_str("[http]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("listen"), "{err}");
+    }
+}
+
+impl Config {
+    /// The relay settings this configuration describes.
+    pub fn relay_config(&self) -> courier_outbox::RelayConfig {
+        let r = &self.relay;
+        let mut config = courier_outbox::RelayConfig::default();
+        config.batch_size = r.batch_size;
+        config.max_in_flight = r.max_in_flight;
+        config.partitions = r.partitions;
+        config.max_attempts = r.max_attempts;
+        config.backoff = courier_core::Backoff {
+            initial: r.backoff_initial,
+            max: r.backoff_max,
+            ..courier_core::Backoff::default()
+        };
+        config.lease_ttl = r.lease;
+        config.lease_renew_interval = r.lease / 5;
+        config.poll_interval = r.poll_interval;
+        config.retention = Some(r.retention);
+        config.shutdown_timeout = r.drain_timeout;
+        config
+    }
+
+    /// Maps aggregate types to topics for `courier outbox enqueue`.
+    pub fn topic_mapper(&self) -> anyhow::Result<courier_outbox::TopicMapper> {
+        let mut mapper = courier_outbox::TopicMapper::new().prefix(self.topics.prefix.clone());
+        for (aggregate_type, topic) in &self.topics.map {
+            let topic = courier_core::Topic::new(topic.as_str()).with_context(|| {
+                format!("invalid topic in configuration key `topics.map.{aggregate_type}`")
+            })?;
+            mapper = mapper.map(aggregate_type.clone(), topic);
+        }
+        Ok(mapper)
+    }
+
+    /// The topics to provision at relay start.
+    pub fn provisioned_topics(&self) -> anyhow::Result<Vec<courier_core::Topic>> {
+        self.topics
+            .provision
+            .iter()
+            .map(|t| {
+                courier_core::Topic::new(t.as_str())
+                    .with_context(|| format!("invalid topic {t:?} in configuration key `topics.provision`"))
+            })
+            .collect()
+    }
+}
