@@ -60,7 +60,7 @@ mod producer;
 
 use std::sync::Arc;
 
-use courier_core::{Bus, Error, Publisher, PublisherConfig, Topic, TopicConfig};
+use courier_core::{Bus, Error, ErrorKind, Publisher, PublisherConfig, Topic, TopicConfig};
 use futures::stream::BoxStream;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
@@ -145,6 +145,19 @@ impl Bus for KafkaBus {
 
     fn name(&self) -> &'static str {
         "kafka"
+    }
+
+    /// Asks a broker for cluster metadata: answers only when one is reachable.
+    async fn health(&self) -> Result<(), Error> {
+        let shared = Arc::clone(&self.shared);
+        let probe = tokio::task::spawn_blocking(move || {
+            shared.producer.client().fetch_metadata(None, std::time::Duration::from_secs(2)).map(drop)
+        });
+        match probe.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::with_source(ErrorKind::Connection, "no Kafka broker answered a metadata request", e)),
+            Err(e) => Err(Error::new(ErrorKind::Lost, format!("the metadata probe failed: {e}"))),
+        }
     }
 
     fn publisher(&self, config: PublisherConfig) -> Publisher<KafkaTransport> {

@@ -103,6 +103,16 @@ impl Bus for NatsBus {
         "nats"
     }
 
+    async fn health(&self) -> Result<(), Error> {
+        match self.inner.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(Error::new(
+                ErrorKind::Connection,
+                format!("not connected to NATS at {} (connection {state:?})", self.inner.config.url),
+            )),
+        }
+    }
+
     fn publisher(&self, config: PublisherConfig) -> Publisher<NatsTransport> {
         let inner = &*self.inner;
         let transport = NatsTransport::new(

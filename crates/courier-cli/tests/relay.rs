@@ -1,0 +1,330 @@
+//! `courier relay` as a real process against PostgreSQL and NATS: metrics, readiness, config
+//! errors and graceful shutdown. Each test gets its own database; the broker-outage test runs
+//! its own nats-server so the shared one is never disturbed.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+const SHARED_NATS: &str = "nats://127.0.0.1:4222";
+
+fn courier() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_courier"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A PostgreSQL database of its own, dropped at the end.
+struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn new() -> Self {
+        let name = unique("courier_relay");
+        let admin = sqlx::PgPool::connect(&format!("{PG}/postgres"))
+            .await
+            .expect("PostgreSQL must run on 127.0.0.1:5432 (scripts/services.sh starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+        Self { url: format!("{PG}/{name}"), name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-qc"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .output();
+    }
+}
+
+/// A nats-server of this test's own, restartable on the same port and store.
+struct PrivateNats {
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl PrivateNats {
+    fn start() -> Self {
+        let mut nats = Self { port: free_port(), store: tempfile::tempdir().unwrap(), child: None };
+        nats.up();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("/usr/sbin/nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed at /usr/sbin/nats-server");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(10), "private nats-server listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A running `courier relay` process, stopped with SIGTERM.
+struct RelayProcess {
+    child: Child,
+    listen: String,
+}
+
+impl RelayProcess {
+    fn start(db: &str, bus: &str, topic: &str, extra_env: &[(&str, &str)]) -> Self {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut command = courier();
+        command
+            .args(["relay", "--db", db, "--bus", bus, "--listen", &listen])
+            .env("COURIER_TOPICS_PROVISION", format!("[\"{topic}\"]"))
+            .env("COURIER_RELAY_BACKOFF_MAX", "1s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let relay = Self { child: command.spawn().unwrap(), listen };
+        wait_until(Duration::from_secs(30), "relay serving /healthz", || relay.get("/healthz").is_some());
+        relay
+    }
+
+    /// Status code and body of `path`, or `None` when nothing answers.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.listen).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").expect("/metrics answers");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing in:\n{body}"))
+    }
+
+    /// Sends SIGTERM and returns the exit status and stderr.
+    fn terminate(mut self) -> Output {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "relay did not exit within 60s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn enqueue(db: &str, topic: &str, count: usize) {
+    run_ok(
+        courier().args(["outbox", "--db", db, "enqueue", "--topic", topic, "--aggregate-id", "acct"]).args([
+            "--event-type",
+            "Deposited",
+            "--count",
+            &count.to_string(),
+        ]),
+    );
+}
+
+/// (pending, published, dead) as `courier outbox stats` prints them.
+fn stats(db: &str) -> (u64, u64, u64) {
+    let out = run_ok(courier().args(["outbox", "--db", db, "stats"]));
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    (field("pending:"), field("published:"), field("dead:"))
+}
+
+/// Messages stored in the topic's stream (JetStream de-duplicates re-publishes by event id).
+async fn stream_messages(nats: &str, topic: &str) -> u64 {
+    let client = async_nats::connect(nats).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let topic = courier_core::Topic::new(topic).unwrap();
+    let mut stream = js.get_stream(courier_nats::stream_name(&topic)).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_events_are_relayed() {
+    let db = TestDb::new().await;
+    let topic = unique("relay-metrics").replace('_', "-");
+    enqueue(&db.url, &topic, 200);
+    let relay = RelayProcess::start(&db.url, SHARED_NATS, &topic, &[]);
+    wait_until(Duration::from_secs(30), "200 published", || {
+        relay.metric("courier_outbox_published_total") == 200.0
+    });
+    enqueue(&db.url, &topic, 100);
+    wait_until(Duration::from_secs(30), "300 published", || {
+        relay.metric("courier_outbox_published_total") == 300.0
+    });
+    wait_until(Duration::from_secs(10), "pending gauge at 0", || {
+        relay.metric("courier_outbox_pending") == 0.0
+    });
+    assert_eq!(relay.metric("courier_commit_to_ack_seconds_count"), 300.0);
+    assert_eq!(relay.metric("courier_publish_outcomes_total{backend=\"nats\",outcome=\"ok\"}"), 300.0);
+    assert_eq!(relay.get("/readyz").unwrap().0, 200);
+    let out = relay.terminate();
+    assert!(out.status.success(), "exit after SIGTERM: {:?}", out.status);
+    assert_eq!(stats(&db.url), (0, 300, 0));
+    assert_eq!(stream_messages(SHARED_NATS, &topic).await, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_broker_and_nothing_is_lost_while_it_is_down() {
+    let db = TestDb::new().await;
+    let mut nats = PrivateNats::start();
+    let topic = unique("relay-outage").replace('_', "-");
+    let relay = RelayProcess::start(&db.url, &nats.url(), &topic, &[]);
+    wait_until(Duration::from_secs(10), "ready", || relay.get("/readyz").is_some_and(|(s, _)| s == 200));
+
+    nats.down();
+    wait_until(Duration::from_secs(15), "not ready", || relay.get("/readyz").is_some_and(|(s, _)| s == 503));
+    let (_, body) = relay.get("/readyz").unwrap();
+    assert!(body.contains("nats broker"), "{body}");
+    enqueue(&db.url, &topic, 50);
+    std::thread::sleep(Duration::from_secs(2));
+    let (pending, published, dead) = stats(&db.url);
+    assert_eq!((pending, published, dead), (50, 0, 0), "events stay pending while the broker is down");
+
+    nats.up();
+    wait_until(Duration::from_secs(30), "ready again", || {
+        relay.get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    wait_until(Duration::from_secs(60), "all relayed", || stats(&db.url).1 == 50);
+    assert!(relay.terminate().status.success());
+    assert_eq!(stats(&db.url), (0, 50, 0));
+    assert_eq!(stream_messages(&nats.url(), &topic).await, 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_loses_nothing() {
+    let db = TestDb::new().await;
+    let topic = unique("relay-sigterm").replace('_', "-");
+    enqueue(&db.url, &topic, 3000);
+    // Small batches so the relay is surely mid-stream when the signal arrives.
+    let slow = [("COURIER_RELAY_BATCH_SIZE", "20"), ("COURIER_RELAY_MAX_IN_FLIGHT", "8")];
+    let relay = RelayProcess::start(&db.url, SHARED_NATS, &topic, &slow);
+    wait_until(Duration::from_secs(30), "first events published", || {
+        relay.metric("courier_outbox_published_total") > 0.0
+    });
+    let out = relay.terminate();
+    assert!(
+        out.status.success(),
+        "exit code after SIGTERM: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (pending, published, dead) = stats(&db.url);
+    assert_eq!(pending + published, 3000, "rows lost");
+    assert_eq!(dead, 0);
+    assert!(pending > 0, "the relay finished before the signal; the test proves nothing");
+
+    let relay = RelayProcess::start(&db.url, SHARED_NATS, &topic, &[]);
+    wait_until(Duration::from_secs(60), "the restart relays the rest", || stats(&db.url).1 == 3000);
+    assert!(relay.terminate().status.success());
+    assert_eq!(stream_messages(SHARED_NATS, &topic).await, 3000, "every event once in the stream");
+}
+
+fn relay_with_config(config: &Path) -> Output {
+    courier().args(["relay", "--config"]).arg(config).output().unwrap()
+}
+
+#[test]
+fn invalid_config_files_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[relay]\nbatch_sise = 5\n", "unknown configuration key `relay.batch_sise`"),
+        ("[relay]\nlease = \"soon\"\n", "key `relay.lease`"),
+        ("[bus]\nurl = \"redis://x\"\n", "unsupported bus URL \"redis://x\""),
+        ("[http]\nlisten = 9464\n", "key `http.listen`"),
+        ("[relay\n", "is not valid TOML"),
+    ];
+    for (text, expected) in cases {
+        let path = dir.path().join("courier.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = relay_with_config(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {stderr}");
+        assert!(stderr.contains(expected), "{text:?}: expected {expected:?} in {stderr}");
+    }
+    let out = relay_with_config(&dir.path().join("missing.toml"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn reference_toml_documents_every_key_and_parses() {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference.toml");
+    let out = courier()
+        .args(["outbox", "--config"])
+        .arg(&reference)
+        .args(["--db", "sqlite::memory:", "stats"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
