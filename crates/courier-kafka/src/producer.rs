@@ -87,7 +87,8 @@ impl Transport for KafkaTransport {
                 headers.insert(Header { key, value: Some(value.as_bytes()) })
             });
         let mut in_flight = Box::new(InFlight { completion, topic: topic.clone() });
-        let deadline = Instant::now() + shared.config.queue_full_timeout;
+        // Set when librdkafka first refuses the event for a full queue.
+        let mut deadline = None;
         let mut pause = Duration::from_micros(200);
         loop {
             let record = BaseRecord::with_opaque_to(topic.as_str(), in_flight)
@@ -104,6 +105,7 @@ impl Transport for KafkaTransport {
                 completion.complete(Err(delivery_error(&topic, event_id, &err)));
                 return;
             }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + shared.config.queue_full_timeout);
             if Instant::now() >= deadline {
                 let InFlight { completion, .. } = *record.delivery_opaque;
                 completion.complete(Err(Error::new(
@@ -153,7 +155,7 @@ pub(crate) struct Dedup {
 
 #[derive(Default)]
 struct DedupState {
-    positions: HashMap<(Topic, EventId), Position>,
+    positions: HashMap<(Topic, EventId), (Position, Instant)>,
     order: VecDeque<(Instant, Topic, EventId)>,
 }
 
@@ -166,13 +168,15 @@ impl Dedup {
         !self.window.is_zero() && self.capacity > 0
     }
 
+    /// The stored position of `event_id` in `topic` if it was acknowledged within the window.
+    /// Reads the clock only on a hit, so the common miss costs one lock and one lookup.
     fn get(&self, topic: &Topic, event_id: EventId) -> Option<Position> {
         if !self.enabled() {
             return None;
         }
-        let mut state = self.state.lock().expect("dedup lock");
-        state.expire(Instant::now(), self.window);
-        state.positions.get(&(topic.clone(), event_id)).cloned()
+        let state = self.state.lock().expect("dedup lock");
+        let (position, at) = state.positions.get(&(topic.clone(), event_id))?;
+        (at.elapsed() < self.window).then(|| position.clone())
     }
 
     fn insert(&self, topic: &Topic, event_id: EventId, position: &Position) {
@@ -182,7 +186,7 @@ impl Dedup {
         let now = Instant::now();
         let mut state = self.state.lock().expect("dedup lock");
         state.expire(now, self.window);
-        if state.positions.insert((topic.clone(), event_id), position.clone()).is_none() {
+        if state.positions.insert((topic.clone(), event_id), (position.clone(), now)).is_none() {
             state.order.push_back((now, topic.clone(), event_id));
         }
         while state.order.len() > self.capacity {

@@ -195,3 +195,57 @@ async fn oversized_messages_are_refused_as_payload_too_large() {
     assert!(!err.is_retryable());
     publisher.close().await.unwrap();
 }
+
+/// A bus whose librdkafka queue holds 10 messages, waiting up to `wait` for room.
+async fn tiny_queue_bus(wait: Duration) -> (KafkaBus, Topic) {
+    let config = KafkaConfig::mock(1)
+        .producer_set("queue.buffering.max.messages", "10")
+        .producer_set("reconnect.backoff.max.ms", "100")
+        .queue_full_timeout(wait);
+    let bus = KafkaBus::connect(config).expect("mock cluster");
+    let topic = topic_on(&bus, "queue", 1).await;
+    (bus, topic)
+}
+
+fn set_broker(bus: &KafkaBus, up: bool) {
+    let mock = bus.mock_cluster().expect("mock cluster");
+    if up { mock.broker_up(1) } else { mock.broker_down(1) }.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_waits_then_reports_backpressure() {
+    let (bus, topic) = tiny_queue_bus(Duration::from_millis(300)).await;
+    set_broker(&bus, false);
+    let batch = events(50, 5, 64);
+    let publishing = {
+        let (bus, topic, batch) = (bus.clone(), topic.clone(), batch.clone());
+        tokio::spawn(async move { publish(&bus, &topic, &batch).await })
+    };
+    // Everything beyond the queue has waited its bound and failed by now; then let the queue drain.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    set_broker(&bus, true);
+    let verdicts = publishing.await.unwrap();
+    let refused: Vec<_> = verdicts.values().filter_map(|v| v.as_ref().err()).collect();
+    assert!(!refused.is_empty(), "the queue holds 10, so some of 50 events must have found it full");
+    for err in &refused {
+        assert_eq!(err.kind(), ErrorKind::Backpressure, "{err}");
+        assert!(err.is_retryable());
+    }
+    assert!(verdicts.len() - refused.len() >= 10, "the queued events are delivered once the broker is back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_waits_for_room_within_the_bound() {
+    let (bus, topic) = tiny_queue_bus(Duration::from_secs(30)).await;
+    set_broker(&bus, false);
+    let batch = events(50, 5, 64);
+    let publishing = {
+        let (bus, topic, batch) = (bus.clone(), topic.clone(), batch.clone());
+        tokio::spawn(async move { publish(&bus, &topic, &batch).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    set_broker(&bus, true);
+    for (id, verdict) in publishing.await.unwrap() {
+        verdict.unwrap_or_else(|err| panic!("{id} should have waited for room: {err}"));
+    }
+}
