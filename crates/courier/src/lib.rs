@@ -2,9 +2,22 @@
 //! with a per-event broker acknowledgement, and relay them from a transactional outbox.
 //!
 //! This facade re-exports the crates behind features, in the manner of sqlx: the core (event
-//! model, publisher, subscriber dispatch, memory bus) is always present.
+//! model, publisher, subscriber dispatch, memory bus) is always present; `nats`, `kafka` and
+//! `outbox` (with `postgres`, `mysql`, `sqlite` for its databases) add the rest.
 
 pub use courier_core::*;
+
+/// NATS JetStream backend (feature `nats`).
+#[cfg(feature = "nats")]
+pub use courier_nats as nats;
+
+/// Kafka backend on librdkafka (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub use courier_kafka as kafka;
+
+/// Transactional outbox and relay (feature `outbox`; databases by `postgres`, `mysql`, `sqlite`).
+#[cfg(feature = "outbox")]
+pub use courier_outbox as outbox;
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]
