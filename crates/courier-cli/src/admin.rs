@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use courier_core::{Envelope, Topic};
+use courier_core::{Envelope, Topic, TraceContext};
 use courier_outbox::{DeadFilter, Enqueue, Outbox, Store};
 
 use crate::config::Config;
@@ -59,6 +59,9 @@ pub enum OutboxCommand {
         count: usize,
         #[arg(long, default_value_t = 100)]
         aggregates: usize,
+        /// W3C trace context to carry to the broker headers (00-<trace id>-<span id>-<flags>).
+        #[arg(long)]
+        traceparent: Option<String>,
     },
 }
 
@@ -153,8 +156,13 @@ pub async fn run(command: OutboxCommand, config: &Config, store: &Store) -> anyh
             payload,
             count,
             aggregates,
+            traceparent,
         } => {
             anyhow::ensure!(count > 0 && aggregates > 0, "--count and --aggregates must be at least 1");
+            let trace = traceparent
+                .map(|tp| TraceContext::new(tp, None))
+                .transpose()
+                .context("invalid --traceparent")?;
             let outbox = Outbox::new(config.topic_mapper()?);
             let topic = topic.map(Topic::new).transpose().context("invalid --topic")?;
             for i in 0..count {
@@ -164,10 +172,12 @@ pub async fn run(command: OutboxCommand, config: &Config, store: &Store) -> anyh
                     format!("{aggregate_id}-{}", i % aggregates)
                 };
                 let body = payload.clone().unwrap_or_else(|| serde_json::json!({ "n": i }).to_string());
-                let event = Envelope::builder(aggregate_type.as_str(), aggregate, event_type.as_str())
-                    .payload(body)
-                    .build()
-                    .context("invalid event")?;
+                let mut builder =
+                    Envelope::builder(aggregate_type.as_str(), aggregate, event_type.as_str()).payload(body);
+                if let Some(trace) = &trace {
+                    builder = builder.trace(trace.clone());
+                }
+                let event = builder.build().context("invalid event")?;
                 let mut request = Enqueue::new(&event);
                 if let Some(topic) = &topic {
                     request = request.topic(topic);

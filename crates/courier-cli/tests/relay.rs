@@ -328,3 +328,32 @@ fn reference_toml_documents_every_key_and_parses() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_from_enqueue_reaches_the_broker_headers() {
+    use futures::StreamExt;
+    let db = TestDb::new().await;
+    let topic = unique("relay-trace").replace('_', "-");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    run_ok(
+        courier()
+            .args(["outbox", "--db", &db.url, "enqueue", "--topic", &topic, "--aggregate-id", "acct-1"])
+            .args(["--event-type", "Deposited", "--traceparent", traceparent]),
+    );
+    let relay = RelayProcess::start(&db.url, SHARED_NATS, &topic, &[]);
+    wait_until(Duration::from_secs(30), "published", || {
+        relay.metric("courier_outbox_published_total") == 1.0
+    });
+    assert!(relay.terminate().status.success());
+
+    let js = async_nats::jetstream::new(async_nats::connect(SHARED_NATS).await.unwrap());
+    let stream =
+        js.get_stream(courier_nats::stream_name(&courier_core::Topic::new(&*topic).unwrap())).await.unwrap();
+    let consumer =
+        stream.create_consumer(async_nats::jetstream::consumer::pull::Config::default()).await.unwrap();
+    let mut messages = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let message = messages.next().await.expect("one message").unwrap();
+    let headers = message.headers.as_ref().expect("headers");
+    assert_eq!(headers.get("ce-traceparent").map(|v| v.as_str()), Some(traceparent));
+    assert_eq!(headers.get("ce-subject").map(|v| v.as_str()), Some("acct-1"));
+}
