@@ -15,7 +15,7 @@
 //!   max age/bytes/messages, duplicate window, replicas; `partitions` has no JetStream meaning and
 //!   is ignored), or only checks that some stream holds the subject when provisioning is off.
 //! * **Subscribing**: a durable pull consumer per (topic, group) with explicit acks, sent only
-//!   after the handler succeeded; see [`subscribe`](crate::subscribe) for messages that cannot be
+//!   after the handler succeeded; see [`subscribe`] for messages that cannot be
 //!   handed out. Dead-lettered events go to [`NatsBus::dead_letter`]'s topic by default.
 //!   Consumers are never deleted, so a restarted subscriber resumes after its last ACK.
 //! * **Reconnect**: the client reconnects forever. Publishes made while disconnected wait in the
