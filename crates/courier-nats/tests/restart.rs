@@ -45,8 +45,8 @@ async fn server_restart_mid_stream_loses_no_result_and_no_event() {
                 let id = publisher.submit(&topic, e).await.expect("accepted");
                 accepted.insert(id);
                 // Keep the stream going at a pace where the restart lands mid-way.
-                if accepted.len() % 500 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                if accepted.len() % 250 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
             accepted
@@ -55,6 +55,7 @@ async fn server_restart_mid_stream_loses_no_result_and_no_event() {
 
     // Kill the server once a part has been published, and bring it back a moment later.
     while publisher.pending() == 0 || stored_messages(&bus, &topic).await < (EVENTS / 5) as u64 {
+        assert!(!producer.is_finished(), "publishing ended before the restart could interrupt it");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let in_flight = publisher.pending();
