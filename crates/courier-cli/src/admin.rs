@@ -177,12 +177,15 @@ pub async fn run(command: OutboxCommand, config: &Config, store: &Store) -> anyh
                 if let Some(trace) = &trace {
                     builder = builder.trace(trace.clone());
                 }
-                let event = builder.build().context("invalid event")?;
+                // Built inside its span, so with the `otel` feature the event carries that span's
+                // trace context to the broker.
+                let span = tracing::info_span!("outbox.enqueue", event_type = %event_type);
+                let event = span.in_scope(|| builder.build()).context("invalid event")?;
                 let mut request = Enqueue::new(&event);
                 if let Some(topic) = &topic {
                     request = request.topic(topic);
                 }
-                store.enqueue(&outbox, &[request]).await?;
+                tracing::Instrument::instrument(store.enqueue(&outbox, &[request]), span).await?;
             }
             println!("{count} event(s) enqueued");
         }

@@ -8,6 +8,7 @@ mod demo;
 mod http;
 mod report;
 mod serve;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -135,6 +136,43 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Relay an outbox to a bus: backlog drain rate, steady commit→ACK latency at a fixed
+    /// offered rate, and the bare-SQL claim+mark ceiling, each on a fresh database.
+    Outbox {
+        /// Database server or file (postgres://…, mysql://…, sqlite://…); each run creates and
+        /// drops a database of its own there. Default: SQLite in a temporary directory.
+        #[arg(long)]
+        db: Option<String>,
+        /// Bus URL: memory, nats://host:port or kafka://host:port.
+        #[arg(long, default_value = "memory")]
+        bus: BusUrl,
+        #[arg(long, default_value_t = 50_000)]
+        events: usize,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+        /// Aggregates the events are spread over (for order checks).
+        #[arg(long, default_value_t = 1000)]
+        aggregates: usize,
+        /// Offered events/s of the steady run; default half the measured drain rate.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Longest steady run; it offers at most --events events.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Concurrent business writers of the steady run.
+        #[arg(long, default_value_t = 16)]
+        writers: usize,
+        /// The relay's polling interval (PostgreSQL LISTEN/NOTIFY wakes it sooner).
+        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+        poll_interval: Duration,
+        /// Seconds to wait for the last ACK of a run before counting the rest as lost.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+        /// Write the rows as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -154,22 +192,24 @@ impl Backend {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides `level`.
-fn init_logging(format: config::LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        config::LogFormat::Human => builder.init(),
-        config::LogFormat::Json => builder.json().init(),
-    }
-}
-
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(Cli::parse())) {
+    let cli = Cli::parse();
+    let service = match &cli.command {
+        Command::Relay { service, .. } | Command::Migrate { service } | Command::Outbox { service, .. } => {
+            Some(service.load())
+        }
+        _ => None,
+    }
+    .transpose();
+    let outcome = service.and_then(|service| {
+        let (format, level) = service
+            .as_ref()
+            .map_or((config::LogFormat::Human, "warn"), |c| (c.log.format, c.log.level.as_str()));
+        let _telemetry = telemetry::init(format, level)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(run(cli, service))
+    });
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -179,17 +219,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<bool> {
-    let service = match &cli.command {
-        Command::Relay { service, .. } | Command::Migrate { service } | Command::Outbox { service, .. } => {
-            Some(service.load()?)
-        }
-        _ => None,
-    };
-    match &service {
-        Some(config) => init_logging(config.log.format, &config.log.level),
-        None => init_logging(config::LogFormat::Human, "warn"),
-    }
+async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> {
     match cli.command {
         Command::Relay { bus, listen, .. } => {
             let mut config = service.expect("loaded above");
@@ -244,6 +274,47 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 println!(
                     "ratio courier/baseline throughput: {:.2}",
                     courier.throughput_eps / bare.throughput_eps
+                );
+            }
+            if let Some(path) = json {
+                report::write_json(&path, &rows)?;
+            }
+            Ok(rows.iter().all(report::Row::is_clean))
+        }
+        Command::Bench(BenchCommand::Outbox {
+            db,
+            bus,
+            events,
+            payload,
+            aggregates,
+            rate,
+            duration,
+            writers,
+            poll_interval,
+            timeout_secs,
+            json,
+        }) => {
+            anyhow::ensure!(events > 0 && aggregates > 0, "--events and --aggregates must be at least 1");
+            let mut relay = courier_outbox::RelayConfig::default();
+            relay.poll_interval = poll_interval;
+            let load = bench::outbox::OutboxLoad {
+                events,
+                payload,
+                aggregates,
+                rate,
+                duration,
+                writers,
+                relay,
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            let rows = with_bus!(bus, |bus| bench::outbox::run(&bus, db.as_deref(), &load).await?);
+            for row in &rows {
+                row.print();
+            }
+            if let [drain, _, baseline] = rows.as_slice() {
+                println!(
+                    "ratio drain/baseline throughput: {:.2}",
+                    drain.throughput_eps / baseline.throughput_eps
                 );
             }
             if let Some(path) = json {

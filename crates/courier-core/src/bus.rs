@@ -93,7 +93,7 @@ impl<T: Transport> DeadLetter for DeadLetterTopic<T> {
             .into_builder()
             .header(DEAD_LETTER_REASON_HEADER, reason.error.message().replace(['\r', '\n'], " "))
             .header(DEAD_LETTER_ATTEMPTS_HEADER, reason.attempts.to_string())
-            .build()?;
+            .validate()?;
         self.publisher.publish(&self.topic, marked).await?.await.map(drop)
     }
 }

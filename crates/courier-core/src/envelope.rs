@@ -168,8 +168,21 @@ impl EnvelopeBuilder {
         self
     }
 
-    /// Validates and returns the envelope, or an error naming the first invalid field.
+    /// Validates and returns the envelope, or an error naming the first invalid field. With the
+    /// `otel` feature, an envelope without trace context takes the current span's.
     pub fn build(self) -> Result<Envelope, ValidationError> {
+        #[allow(unused_mut)]
+        let mut builder = self;
+        #[cfg(feature = "otel")]
+        if builder.envelope.trace.is_none() {
+            builder.envelope.trace = TraceContext::current();
+        }
+        builder.validate()
+    }
+
+    /// Validation alone, for envelopes read back from a broker or amended on their way: their
+    /// trace context is what they carry, never the current span's.
+    pub(crate) fn validate(self) -> Result<Envelope, ValidationError> {
         let e = self.envelope;
         non_empty("aggregate_type", &e.aggregate_type)?;
         non_empty("event_type", &e.event_type)?;
@@ -332,6 +345,23 @@ impl TraceContext {
         self.tracestate.as_deref()
     }
 
+    /// The context of the current `tracing` span as OpenTelemetry sees it; `None` outside a
+    /// sampled or remote-parented span.
+    #[cfg(feature = "otel")]
+    pub fn current() -> Option<Self> {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return None;
+        }
+        let traceparent = format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8());
+        let state = sc.trace_state().header();
+        Self::new(traceparent, (!state.is_empty()).then_some(state)).ok()
+    }
+
     /// The 32-hex-digit trace id, used as the reference envelope's `trace_id`.
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
@@ -384,6 +414,27 @@ mod tests {
         for bad in ["", "a b", "a.*", "a.>", ".a", "a.", "a..b", &"x".repeat(250)] {
             assert_eq!(Topic::new(bad).unwrap_err().field, "topic", "{bad:?}");
         }
+    }
+
+    #[cfg(feature = "otel")]
+    #[test]
+    fn the_current_span_becomes_the_trace_context() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(valid().build().unwrap().trace().is_none(), "no span, no context");
+            let span = tracing::info_span!("place_order");
+            let _entered = span.enter();
+            let e = valid().build().unwrap();
+            let trace = e.trace().expect("captured from the span");
+            use opentelemetry::trace::TraceContextExt as _;
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let expected = span.context().span().span_context().trace_id().to_string();
+            assert_eq!(trace.trace_id(), expected);
+        });
     }
 
     #[test]

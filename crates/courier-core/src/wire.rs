@@ -212,7 +212,7 @@ fn decode_cloudevents(headers: &[(String, String)], body: Bytes, p: &str) -> Res
     for (k, v) in headers.iter().filter(|(k, _)| !is_ours(k) && !is_broker_header(k)) {
         builder = builder.header(k, v);
     }
-    Ok(builder.build()?)
+    Ok(builder.validate()?)
 }
 
 fn decode_reference(headers: &[(String, String)], body: &[u8]) -> Result<Envelope, Error> {
@@ -255,7 +255,7 @@ fn decode_reference(headers: &[(String, String)], body: &[u8]) -> Result<Envelop
             builder = builder.header(k, v);
         }
     }
-    Ok(builder.build()?)
+    Ok(builder.validate()?)
 }
 
 fn is_broker_header(name: &str) -> bool {

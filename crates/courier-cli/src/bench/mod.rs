@@ -3,6 +3,7 @@
 pub mod bus;
 mod kafka_baseline;
 mod nats_baseline;
+pub mod outbox;
 
 use crate::bus_url::BusUrl;
 use crate::report::Row;

@@ -1,0 +1,536 @@
+//! `courier bench outbox`: three rows from one run, each on a fresh database so leftovers never
+//! skew the figures.
+//! - `drain`: a backlog of N events enqueued with the relay stopped, then one relay publishes it;
+//!   throughput is N over the time until the last broker ACK.
+//! - `steady`: open-loop offered load at a fixed rate. Event i is due at `start + i / rate` and is
+//!   committed in its own transaction by a pool of writers; its latency runs from that intended
+//!   time to its ACK, so a stalled writer or relay shows up as latency (no coordinated omission).
+//! - `baseline`: the relay's claim+mark loop in bare SQL without publishing, the ceiling the
+//!   drain rate is compared to.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use courier_core::{Bus, Envelope, EventId};
+use courier_outbox::{AckedEvent, Enqueue, Outbox, Relay, RelayConfig, RelayObserver, Store, TopicMapper};
+use sqlx::{Connection as _, QueryBuilder, Row as _};
+use tokio::sync::Notify;
+
+use crate::bench::bus::{fresh_topic, position_key, BusLoad};
+use crate::report::{peak_rss_bytes, Latency, Row};
+
+/// Events per enqueue transaction when building the backlog (the batch-insert maximum).
+const ENQUEUE_BATCH: usize = 1000;
+
+/// The load of one outbox benchmark run.
+#[derive(Debug, Clone)]
+pub struct OutboxLoad {
+    pub events: usize,
+    pub payload: usize,
+    pub aggregates: usize,
+    /// Offered rate of the steady run; `None` means half the measured drain rate.
+    pub rate: Option<f64>,
+    /// Longest steady run: it offers `min(events, rate * duration)` events.
+    pub duration: Duration,
+    /// Concurrent writer tasks of the steady run.
+    pub writers: usize,
+    pub relay: RelayConfig,
+    /// How long to wait for the last ACK of a run before counting the rest as lost.
+    pub timeout: Duration,
+}
+
+impl OutboxLoad {
+    /// The envelopes of a run of `events`, built before its clock starts.
+    fn envelopes(&self, events: usize) -> anyhow::Result<Vec<Envelope>> {
+        BusLoad { events, payload: self.payload, window: 0, aggregates: self.aggregates }.envelopes()
+    }
+}
+
+/// Runs drain, steady and baseline against the server or file `db` names (`None`: SQLite in a
+/// temporary directory) and `bus`.
+pub async fn run<B: Bus>(bus: &B, db: Option<&str>, load: &OutboxLoad) -> anyhow::Result<Vec<Row>> {
+    let server = Server::new(db)?;
+    let drain = server.with_scratch("drain", |url, store| run_drain(bus, url, store, load)).await?;
+    let rate = load.rate.unwrap_or(drain.throughput_eps / 2.0);
+    anyhow::ensure!(rate > 0.0, "the steady rate must be positive, got {rate}");
+    let steady = server.with_scratch("steady", |url, store| run_steady(bus, url, store, load, rate)).await?;
+    let baseline = server.with_scratch("baseline", |url, store| run_baseline(url, store, load)).await?;
+    Ok(vec![drain, steady, baseline])
+}
+
+async fn run_drain<B: Bus>(bus: &B, _url: String, store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
+    let topic = fresh_topic(bus, "bench-outbox").await?;
+    let outbox = Outbox::new(TopicMapper::new().map("bench", topic));
+    let envelopes = load.envelopes(load.events)?;
+    let t = Instant::now();
+    enqueue_backlog(&store, &outbox, &envelopes).await?;
+    eprintln!("drain: enqueued {} events in {:.2}s", envelopes.len(), t.elapsed().as_secs_f64());
+
+    let acks = Acks::new(&envelopes, load.aggregates);
+    let start = Instant::now();
+    let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
+    acks.wait_all(&relay, start + load.timeout).await;
+    relay.shutdown().await.context("stopping the relay")?;
+    let stats = store.stats().await?;
+    eprintln!(
+        "drain: relay stopped after {:.2}s; outbox {} published, {} pending, {} dead",
+        start.elapsed().as_secs_f64(),
+        stats.published,
+        stats.pending,
+        stats.dead
+    );
+    Ok(acks.row(row_name(&store, bus), "drain", load, start, None))
+}
+
+async fn run_steady<B: Bus>(
+    bus: &B,
+    url: String,
+    store: Store,
+    load: &OutboxLoad,
+    rate: f64,
+) -> anyhow::Result<Row> {
+    let topic = fresh_topic(bus, "bench-outbox").await?;
+    let outbox = Outbox::new(TopicMapper::new().map("bench", topic));
+    let events = load.events.min((rate * load.duration.as_secs_f64()).ceil() as usize).max(1);
+    let envelopes = Arc::new(load.envelopes(events)?);
+    // The business has its own pool, as an application would, so writers and relay do not
+    // queue for each other's connections.
+    let business = Store::connect(&url).await.context("connecting the steady writers")?;
+
+    let acks = Acks::new(&envelopes, load.aggregates);
+    let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
+    wait_for_partitions(&relay, load.relay.partitions, load.timeout).await?;
+
+    // One lock per aggregate stands in for the business row lock: an aggregate's events are
+    // committed one after another, as enqueue order is only defined for serialised writes.
+    let locks: Arc<Vec<tokio::sync::Mutex<()>>> =
+        Arc::new((0..load.aggregates.max(1)).map(|_| tokio::sync::Mutex::new(())).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now() + Duration::from_millis(20);
+    let due = move |i: usize| start + Duration::from_secs_f64(i as f64 / rate);
+    let commits = Arc::new(Mutex::new(Latency::default()));
+    eprintln!("steady: offering {events} events at {rate:.0}/s with {} writers", load.writers);
+    let writers: Vec<_> = (0..load.writers.max(1))
+        .map(|_| {
+            let (business, outbox, envelopes, locks, next, commits) = (
+                business.clone(),
+                outbox.clone(),
+                Arc::clone(&envelopes),
+                Arc::clone(&locks),
+                Arc::clone(&next),
+                Arc::clone(&commits),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(envelope) = envelopes.get(i) else { return anyhow::Ok(()) };
+                    tokio::time::sleep_until(due(i).into()).await;
+                    let _serial = locks[i % locks.len()].lock().await;
+                    business.enqueue(&outbox, &[Enqueue::new(envelope)]).await?;
+                    commits.lock().expect("commit latency lock").record(due(i).elapsed());
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await??;
+    }
+    let offered = start.elapsed();
+    acks.wait_all(&relay, Instant::now() + load.timeout).await;
+    relay.shutdown().await.context("stopping the relay")?;
+    close(&business).await;
+    let commits = commits.lock().expect("commit latency lock");
+    eprintln!(
+        "steady: offered for {:.2}s; intended→commit p50 {:.2}ms p99 {:.2}ms",
+        offered.as_secs_f64(),
+        commits.quantile_ms(0.5),
+        commits.quantile_ms(0.99)
+    );
+    Ok(acks.row(row_name(&store, bus), "steady", load, start, Some(&due)))
+}
+
+/// The relay's claim+mark loop in bare SQL: claim the next batch of pending rows in id order
+/// (with `FOR UPDATE SKIP LOCKED` where the database has it), read what a relay reads, and mark
+/// them published with one UPDATE, until none remain.
+async fn run_baseline(_url: String, store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
+    let outbox = Outbox::default();
+    let envelopes = load.envelopes(load.events)?;
+    enqueue_backlog(&store, &outbox, &envelopes).await?;
+    let batch = load.relay.batch_size.max(1);
+    let claim = |lock: &str| {
+        format!(
+            "SELECT id, event_id, topic, aggregate_type, aggregate_id, shard, event_type, event_version, \
+             payload, headers, traceparent, tracestate, correlation_id, tenant, occurred_at_us, created_at_us, \
+             attempts FROM courier_outbox WHERE status = 'pending' ORDER BY id LIMIT {batch}{lock}"
+        )
+    };
+    macro_rules! claim_and_mark {
+        ($pool:expr, $db:ty, $claim:expr) => {{
+            let claim = $claim;
+            let mut marked = 0u64;
+            loop {
+                let mut tx = $pool.begin().await?;
+                let rows = sqlx::query(&claim).fetch_all(&mut *tx).await?;
+                if rows.is_empty() {
+                    break;
+                }
+                let mut mark = QueryBuilder::<$db>::new(
+                    "UPDATE courier_outbox SET status = 'published', published_at_us = ",
+                );
+                mark.push_bind(now_us()).push(" WHERE id IN (");
+                let mut ids = mark.separated(", ");
+                for row in &rows {
+                    ids.push_bind(row.try_get::<i64, _>(0)?);
+                }
+                mark.push(")");
+                mark.build().execute(&mut *tx).await?;
+                tx.commit().await?;
+                marked += rows.len() as u64;
+            }
+            marked
+        }};
+    }
+    let start = Instant::now();
+    let marked = match &store {
+        Store::Postgres(pool) => claim_and_mark!(pool, sqlx::Postgres, claim(" FOR UPDATE SKIP LOCKED")),
+        Store::MySql(pool) => claim_and_mark!(pool, sqlx::MySql, claim(" FOR UPDATE SKIP LOCKED")),
+        Store::Sqlite(pool) => claim_and_mark!(pool, sqlx::Sqlite, claim("")),
+        _ => anyhow::bail!("no baseline for the {} database", store.backend()),
+    };
+    let elapsed = start.elapsed();
+    Ok(Row {
+        backend: store.backend().into(),
+        mode: "baseline".into(),
+        events: load.events as u64,
+        payload_bytes: load.payload as u64,
+        throughput_eps: marked as f64 / elapsed.as_secs_f64(),
+        lost: (load.events as u64).saturating_sub(marked),
+        peak_rss_bytes: peak_rss_bytes(),
+        ..Row::default()
+    })
+}
+
+/// `postgres/nats`: the outbox database and the bus of a row.
+fn row_name<B: Bus>(store: &Store, bus: &B) -> String {
+    format!("{}/{}", store.backend(), bus.name())
+}
+
+/// Closes the store's pool, so its database can be dropped.
+async fn close(store: &Store) {
+    match store {
+        Store::Postgres(pool) => pool.close().await,
+        Store::MySql(pool) => pool.close().await,
+        Store::Sqlite(pool) => pool.close().await,
+        _ => {}
+    }
+}
+
+fn now_us() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Enqueues `envelopes` in order, a batch per transaction.
+async fn enqueue_backlog(store: &Store, outbox: &Outbox, envelopes: &[Envelope]) -> anyhow::Result<()> {
+    for chunk in envelopes.chunks(ENQUEUE_BATCH) {
+        let batch: Vec<Enqueue<'_>> = chunk.iter().map(Enqueue::new).collect();
+        store.enqueue(outbox, &batch).await.context("enqueueing the benchmark backlog")?;
+    }
+    Ok(())
+}
+
+/// Waits until the relay works on all its partitions, so the steady load meets a warm relay.
+async fn wait_for_partitions(
+    relay: &courier_outbox::RelayHandle,
+    partitions: u32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while relay.stats().partitions < u64::from(partitions) {
+        anyhow::ensure!(!relay.is_finished(), "the relay stopped before it took its partitions");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the relay did not take its partitions within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// The first ACK of one event.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    row_id: i64,
+    position: (i64, u64),
+    at: Instant,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// By event index.
+    first: Vec<Option<Ack>>,
+    distinct: usize,
+    duplicates: u64,
+    /// Enqueue → ACK as the relay measured it.
+    latency: Latency,
+}
+
+/// The relay observer of a run: every ACK, checked against the events the run enqueued.
+#[derive(Clone)]
+struct Acks {
+    index: Arc<HashMap<EventId, usize>>,
+    aggregates: usize,
+    state: Arc<Mutex<AckState>>,
+    all_acked: Arc<Notify>,
+}
+
+impl RelayObserver for Acks {
+    fn acked(&self, event: &AckedEvent<'_>) {
+        let at = Instant::now();
+        let mut state = self.state.lock().expect("ack state lock");
+        state.latency.record(event.enqueue_to_ack);
+        let Some(&i) = self.index.get(&event.event_id) else {
+            // Nothing but this run's events is in its fresh database.
+            tracing::warn!(event_id = %event.event_id, "ACK for an event this run did not enqueue");
+            return;
+        };
+        let again = state.first[i].is_some();
+        state.duplicates += u64::from(again || event.duplicate);
+        if !again {
+            state.first[i] = Some(Ack { row_id: event.row_id, position: position_key(event.position), at });
+            state.distinct += 1;
+            if state.distinct == state.first.len() {
+                self.all_acked.notify_one();
+            }
+        }
+    }
+}
+
+impl Acks {
+    fn new(envelopes: &[Envelope], aggregates: usize) -> Self {
+        let index = envelopes.iter().enumerate().map(|(i, e)| (e.event_id(), i)).collect();
+        Self {
+            index: Arc::new(index),
+            aggregates: aggregates.max(1),
+            state: Arc::new(Mutex::new(AckState {
+                first: vec![None; envelopes.len()],
+                ..AckState::default()
+            })),
+            all_acked: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Returns once every event was acknowledged, the relay stopped, or `deadline` passed.
+    async fn wait_all(&self, relay: &courier_outbox::RelayHandle, deadline: Instant) {
+        loop {
+            tokio::select! {
+                () = self.all_acked.notified() => return,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if relay.is_finished() || Instant::now() >= deadline {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Events of one aggregate must reach the broker in row-id (enqueue) order: counts events
+    /// whose broker position is not after that of the aggregate's previous row.
+    fn order_violations(first: &[Option<Ack>], aggregates: usize) -> u64 {
+        let mut by_aggregate: Vec<Vec<Ack>> = vec![Vec::new(); aggregates];
+        for (i, ack) in first.iter().enumerate() {
+            if let Some(ack) = ack {
+                by_aggregate[i % aggregates].push(*ack);
+            }
+        }
+        let mut violations = 0;
+        for acks in &mut by_aggregate {
+            acks.sort_unstable_by_key(|a| a.row_id);
+            violations += acks
+                .windows(2)
+                .filter(|w| w[0].position.0 == w[1].position.0 && w[0].position.1 >= w[1].position.1)
+                .count() as u64;
+        }
+        violations
+    }
+
+    /// The run's row; throughput is acknowledged events over `start` → last ACK, and with `due`
+    /// (event index → intended enqueue time) the end-to-end latency is filled too.
+    fn row(
+        &self,
+        backend: String,
+        mode: &str,
+        load: &OutboxLoad,
+        start: Instant,
+        due: Option<&dyn Fn(usize) -> Instant>,
+    ) -> Row {
+        let state = self.state.lock().expect("ack state lock");
+        let last = state.first.iter().flatten().map(|a| a.at).max().unwrap_or(start);
+        let mut e2e = Latency::default();
+        if let Some(due) = due {
+            for (i, ack) in state.first.iter().enumerate() {
+                if let Some(ack) = ack {
+                    e2e.record(ack.at.saturating_duration_since(due(i)));
+                }
+            }
+        }
+        Row {
+            backend,
+            mode: mode.into(),
+            events: state.first.len() as u64,
+            payload_bytes: load.payload as u64,
+            throughput_eps: state.distinct as f64 / last.duration_since(start).as_secs_f64().max(1e-9),
+            ack_p50_ms: state.latency.quantile_ms(0.5),
+            ack_p99_ms: state.latency.quantile_ms(0.99),
+            lost: (state.first.len() - state.distinct) as u64,
+            duplicates: state.duplicates,
+            order_violations: Self::order_violations(&state.first, self.aggregates),
+            e2e_p50_ms: due.map(|_| e2e.quantile_ms(0.5)),
+            e2e_p99_ms: due.map(|_| e2e.quantile_ms(0.99)),
+            peak_rss_bytes: peak_rss_bytes(),
+            window: Some(load.relay.max_in_flight as u64),
+            ..Row::default()
+        }
+    }
+}
+
+/// Where fresh databases come from: a directory for SQLite files, or a PostgreSQL or MySQL
+/// server on which each run creates (and then drops) a database of its own.
+enum Server {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+    MySql(String),
+}
+
+impl Server {
+    /// `None` uses SQLite in a temporary directory; a `sqlite://` URL puts the temporary
+    /// directory next to its file, so the runs measure that file system.
+    fn new(db: Option<&str>) -> anyhow::Result<Self> {
+        let Some(url) = db else {
+            return Ok(Self::Sqlite(tempfile::tempdir().context("creating a temporary directory")?));
+        };
+        match url.split(':').next().unwrap_or_default() {
+            "postgres" | "postgresql" => Ok(Self::Postgres(url.to_owned())),
+            "mysql" | "mariadb" => Ok(Self::MySql(url.replacen("mariadb:", "mysql:", 1))),
+            "sqlite" => {
+                let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+                let path = PathBuf::from(path.split('?').next().unwrap_or_default());
+                let dir = match path.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+                    _ => PathBuf::from("."),
+                };
+                Ok(Self::Sqlite(
+                    tempfile::tempdir_in(&dir)
+                        .with_context(|| format!("creating a temporary directory in {}", dir.display()))?,
+                ))
+            }
+            _ => {
+                anyhow::bail!("unsupported database URL {url:?}: expected postgres://, mysql:// or sqlite://")
+            }
+        }
+    }
+
+    /// Runs `f` on a fresh, migrated database (its URL and store), then removes that database
+    /// whatever `f` returned.
+    async fn with_scratch<F, Fut, T>(&self, mode: &str, f: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(String, Store) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        let name = format!("courier_bench_{}", EventId::new().as_uuid().simple());
+        let url = match self {
+            Self::Sqlite(dir) => {
+                format!("sqlite://{}", dir.path().join(format!("{name}_{mode}.db")).display())
+            }
+            Self::Postgres(server) => {
+                let mut admin =
+                    sqlx::PgConnection::connect(server).await.context("connecting to PostgreSQL")?;
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+                admin.close().await?;
+                with_database(server, &name)?
+            }
+            Self::MySql(server) => {
+                let mut admin =
+                    sqlx::MySqlConnection::connect(server).await.context("connecting to MySQL")?;
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+                admin.close().await?;
+                with_database(server, &name)?
+            }
+        };
+        let outcome = async {
+            let store = Store::connect(&url).await.with_context(|| format!("connecting to {url}"))?;
+            store.migrate().await?;
+            let outcome = f(url.clone(), store.clone()).await;
+            close(&store).await;
+            outcome
+        }
+        .await;
+        let dropped = match self {
+            Self::Sqlite(_) => Ok(()),
+            Self::Postgres(server) => {
+                async {
+                    let mut admin = sqlx::PgConnection::connect(server).await?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await?;
+                    admin.close().await
+                }
+                .await
+            }
+            Self::MySql(server) => {
+                async {
+                    let mut admin = sqlx::MySqlConnection::connect(server).await?;
+                    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await?;
+                    admin.close().await
+                }
+                .await
+            }
+        };
+        let row = outcome?;
+        dropped.with_context(|| format!("dropping the benchmark database {name}"))?;
+        Ok(row)
+    }
+}
+
+/// `url` with its database (path) replaced by `name`, keeping credentials and parameters.
+fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority = base.find("://").with_context(|| format!("database URL {url:?} lacks ://"))? + 3;
+    let path = base[authority..].find('/').map_or(base.len(), |i| authority + i);
+    Ok(match query {
+        Some(query) => format!("{}/{name}?{query}", &base[..path]),
+        None => format!("{}/{name}", &base[..path]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_swapped_keeping_credentials_and_parameters() {
+        assert_eq!(with_database("postgres://u:p@h:5432/postgres", "x").unwrap(), "postgres://u:p@h:5432/x");
+        assert_eq!(with_database("mysql://root@h:3306", "x").unwrap(), "mysql://root@h:3306/x");
+        assert_eq!(
+            with_database("postgres://h/db?sslmode=disable", "x").unwrap(),
+            "postgres://h/x?sslmode=disable"
+        );
+        assert!(with_database("nonsense", "x").is_err());
+    }
+
+    #[test]
+    fn order_is_checked_per_aggregate_in_row_id_order() {
+        let at = Instant::now();
+        let ack = |row_id, sequence| Some(Ack { row_id, position: (0, sequence), at });
+        // Two aggregates: events 0, 2 belong to aggregate 0 and 1, 3 to aggregate 1.
+        let in_order = [ack(1, 10), ack(2, 5), ack(3, 11), ack(4, 6)];
+        assert_eq!(Acks::order_violations(&in_order, 2), 0);
+        // Aggregate 1's later row reached the broker first; a missing ACK is no violation.
+        let swapped = [ack(1, 10), ack(2, 6), None, ack(4, 5)];
+        assert_eq!(Acks::order_violations(&swapped, 2), 1);
+    }
+}
