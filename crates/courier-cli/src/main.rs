@@ -160,8 +160,8 @@ enum BenchCommand {
         /// Longest steady run; it offers at most --events events.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
-        /// Concurrent business writers of the steady run.
-        #[arg(long, default_value_t = 16)]
+        /// Concurrent business writers (and their connections) of the steady run.
+        #[arg(long, default_value_t = 32)]
         writers: usize,
         /// The relay's polling interval (PostgreSQL LISTEN/NOTIFY wakes it sooner).
         #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]

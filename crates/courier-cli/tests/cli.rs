@@ -53,6 +53,29 @@ fn bench_bus_memory_writes_the_documented_json() {
 }
 
 #[test]
+fn bench_outbox_on_the_embedded_default_writes_three_clean_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("rows.json");
+    let out = courier().args(["bench", "outbox", "--events", "2000", "--json"]).arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = rows["rows"].as_array().unwrap();
+    let modes: Vec<&str> = rows.iter().map(|r| r["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["drain", "steady", "baseline"]);
+    for row in rows {
+        assert_eq!(row["lost"], 0, "{row}");
+        assert_eq!(row["duplicates"], 0, "{row}");
+        assert_eq!(row["order_violations"], 0, "{row}");
+        assert_eq!(row["payload_bytes"], 1024, "{row}");
+        assert!(row["throughput_eps"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    assert_eq!(rows[0]["backend"], "sqlite/memory");
+    assert_eq!(rows[0]["events"], 2000);
+    assert_eq!(rows[2]["events"], 2000);
+    assert!(!rows[1]["e2e_p50_ms"].is_null() && !rows[1]["e2e_p99_ms"].is_null(), "{}", rows[1]);
+}
+
+#[test]
 fn bad_arguments_are_named() {
     let out = courier().args(["demo", "--bus", "redis://x"]).output().unwrap();
     assert!(!out.status.success());

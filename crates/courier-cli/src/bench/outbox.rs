@@ -97,9 +97,7 @@ async fn run_steady<B: Bus>(
     let outbox = Outbox::new(TopicMapper::new().map("bench", topic));
     let events = load.events.min((rate * load.duration.as_secs_f64()).ceil() as usize).max(1);
     let envelopes = Arc::new(load.envelopes(events)?);
-    // The business has its own pool, as an application would, so writers and relay do not
-    // queue for each other's connections.
-    let business = Store::connect(&url).await.context("connecting the steady writers")?;
+    let business = writer_pool(&url, &store, load.writers).await.context("connecting the steady writers")?;
 
     let acks = Acks::new(&envelopes, load.aggregates);
     let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
@@ -112,17 +110,17 @@ async fn run_steady<B: Bus>(
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now() + Duration::from_millis(20);
     let due = move |i: usize| start + Duration::from_secs_f64(i as f64 / rate);
-    let commits = Arc::new(Mutex::new(Latency::default()));
+    let committed: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; events]));
     eprintln!("steady: offering {events} events at {rate:.0}/s with {} writers", load.writers);
     let writers: Vec<_> = (0..load.writers.max(1))
         .map(|_| {
-            let (business, outbox, envelopes, locks, next, commits) = (
+            let (business, outbox, envelopes, locks, next, committed) = (
                 business.clone(),
                 outbox.clone(),
                 Arc::clone(&envelopes),
                 Arc::clone(&locks),
                 Arc::clone(&next),
-                Arc::clone(&commits),
+                Arc::clone(&committed),
             );
             tokio::spawn(async move {
                 loop {
@@ -131,7 +129,7 @@ async fn run_steady<B: Bus>(
                     tokio::time::sleep_until(due(i).into()).await;
                     let _serial = locks[i % locks.len()].lock().await;
                     business.enqueue(&outbox, &[Enqueue::new(envelope)]).await?;
-                    commits.lock().expect("commit latency lock").record(due(i).elapsed());
+                    committed.lock().expect("commit times lock")[i] = Some(Instant::now());
                 }
             })
         })
@@ -143,14 +141,25 @@ async fn run_steady<B: Bus>(
     acks.wait_all(&relay, Instant::now() + load.timeout).await;
     relay.shutdown().await.context("stopping the relay")?;
     close(&business).await;
-    let commits = commits.lock().expect("commit latency lock");
+    let committed = committed.lock().expect("commit times lock");
+    let mut to_commit = Latency::default();
+    for (i, at) in committed.iter().enumerate() {
+        if let Some(at) = at {
+            to_commit.record(at.saturating_duration_since(due(i)));
+        }
+    }
+    // An ACK may beat the writer's view of its own commit; that counts as zero.
+    let commit_to_ack = acks.latency_from(|i| committed[i]);
     eprintln!(
-        "steady: offered for {:.2}s; intended→commit p50 {:.2}ms p99 {:.2}ms",
+        "steady: offered for {:.2}s; intended→commit p50 {:.2}ms p99 {:.2}ms; commit→ACK p50 {:.2}ms p99 {:.2}ms",
         offered.as_secs_f64(),
-        commits.quantile_ms(0.5),
-        commits.quantile_ms(0.99)
+        to_commit.quantile_ms(0.5),
+        to_commit.quantile_ms(0.99),
+        commit_to_ack.quantile_ms(0.5),
+        commit_to_ack.quantile_ms(0.99)
     );
-    Ok(acks.row(row_name(&store, bus), "steady", load, start, Some(&due)))
+    let e2e = acks.latency_from(|i| Some(due(i)));
+    Ok(acks.row(row_name(&store, bus), "steady", load, start, Some(e2e)))
 }
 
 /// The relay's claim+mark loop in bare SQL: claim the next batch of pending rows in id order
@@ -217,6 +226,22 @@ async fn run_baseline(_url: String, store: Store, load: &OutboxLoad) -> anyhow::
 /// `postgres/nats`: the outbox database and the bus of a row.
 fn row_name<B: Bus>(store: &Store, bus: &B) -> String {
     format!("{}/{}", store.backend(), bus.name())
+}
+
+/// The business's own pool for `store`'s database, one connection per writer, as an
+/// application would have: writers and relay never queue for each other's connections.
+async fn writer_pool(url: &str, store: &Store, writers: usize) -> anyhow::Result<Store> {
+    let connections = u32::try_from(writers.max(1)).unwrap_or(u32::MAX);
+    Ok(match store {
+        Store::Postgres(_) => Store::Postgres(
+            sqlx::postgres::PgPoolOptions::new().max_connections(connections).connect(url).await?,
+        ),
+        Store::MySql(_) => Store::MySql(
+            sqlx::mysql::MySqlPoolOptions::new().max_connections(connections).connect(url).await?,
+        ),
+        // SQLite has a single writer whatever the pool; keep the store's file settings.
+        _ => Store::connect(url).await?,
+    })
 }
 
 /// Closes the store's pool, so its database can be dropped.
@@ -358,26 +383,29 @@ impl Acks {
         violations
     }
 
-    /// The run's row; throughput is acknowledged events over `start` → last ACK, and with `due`
-    /// (event index → intended enqueue time) the end-to-end latency is filled too.
+    /// From `from(event index)` to the event's first ACK.
+    fn latency_from(&self, from: impl Fn(usize) -> Option<Instant>) -> Latency {
+        let state = self.state.lock().expect("ack state lock");
+        let mut latency = Latency::default();
+        for (i, ack) in state.first.iter().enumerate() {
+            if let (Some(ack), Some(from)) = (ack, from(i)) {
+                latency.record(ack.at.saturating_duration_since(from));
+            }
+        }
+        latency
+    }
+
+    /// The run's row; throughput is acknowledged events over `start` → last ACK.
     fn row(
         &self,
         backend: String,
         mode: &str,
         load: &OutboxLoad,
         start: Instant,
-        due: Option<&dyn Fn(usize) -> Instant>,
+        e2e: Option<Latency>,
     ) -> Row {
         let state = self.state.lock().expect("ack state lock");
         let last = state.first.iter().flatten().map(|a| a.at).max().unwrap_or(start);
-        let mut e2e = Latency::default();
-        if let Some(due) = due {
-            for (i, ack) in state.first.iter().enumerate() {
-                if let Some(ack) = ack {
-                    e2e.record(ack.at.saturating_duration_since(due(i)));
-                }
-            }
-        }
         Row {
             backend,
             mode: mode.into(),
@@ -389,8 +417,8 @@ impl Acks {
             lost: (state.first.len() - state.distinct) as u64,
             duplicates: state.duplicates,
             order_violations: Self::order_violations(&state.first, self.aggregates),
-            e2e_p50_ms: due.map(|_| e2e.quantile_ms(0.5)),
-            e2e_p99_ms: due.map(|_| e2e.quantile_ms(0.99)),
+            e2e_p50_ms: e2e.as_ref().map(|l| l.quantile_ms(0.5)),
+            e2e_p99_ms: e2e.as_ref().map(|l| l.quantile_ms(0.99)),
             peak_rss_bytes: peak_rss_bytes(),
             window: Some(load.relay.max_in_flight as u64),
             ..Row::default()
