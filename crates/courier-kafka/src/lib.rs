@@ -155,7 +155,11 @@ impl Bus for KafkaBus {
         });
         match probe.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::with_source(ErrorKind::Connection, "no Kafka broker answered a metadata request", e)),
+            Ok(Err(e)) => Err(Error::with_source(
+                ErrorKind::Connection,
+                "no Kafka broker answered a metadata request",
+                e,
+            )),
             Err(e) => Err(Error::new(ErrorKind::Lost, format!("the metadata probe failed: {e}"))),
         }
     }

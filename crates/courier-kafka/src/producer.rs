@@ -2,6 +2,7 @@
 //! delivery-report callback resolves each event's [`Completion`].
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -155,8 +156,41 @@ pub(crate) struct Dedup {
 
 #[derive(Default)]
 struct DedupState {
-    positions: HashMap<(Topic, EventId), (Position, Instant)>,
-    order: VecDeque<(Instant, Topic, EventId)>,
+    positions: HashMap<Key, (Position, Instant), BuildHasherDefault<IdHasher>>,
+    order: VecDeque<(Instant, Key)>,
+}
+
+/// An event id in a topic. Hashed by the id alone: ids are unique, random and cheap to hash,
+/// while hashing the topic name would cost more than the rest of a lookup.
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    event_id: EventId,
+    topic: Topic,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.event_id.hash(state);
+    }
+}
+
+/// FxHash's mixing step; enough for UUIDs, whose bits are mostly random already.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
 }
 
 impl Dedup {
@@ -174,8 +208,9 @@ impl Dedup {
         if !self.enabled() {
             return None;
         }
+        let key = Key { event_id, topic: topic.clone() };
         let state = self.state.lock().expect("dedup lock");
-        let (position, at) = state.positions.get(&(topic.clone(), event_id))?;
+        let (position, at) = state.positions.get(&key)?;
         (at.elapsed() < self.window).then(|| position.clone())
     }
 
@@ -183,11 +218,12 @@ impl Dedup {
         if !self.enabled() {
             return;
         }
+        let key = Key { event_id, topic: topic.clone() };
         let now = Instant::now();
         let mut state = self.state.lock().expect("dedup lock");
         state.expire(now, self.window);
-        if state.positions.insert((topic.clone(), event_id), (position.clone(), now)).is_none() {
-            state.order.push_back((now, topic.clone(), event_id));
+        if state.positions.insert(key.clone(), (position.clone(), now)).is_none() {
+            state.order.push_back((now, key));
         }
         while state.order.len() > self.capacity {
             state.pop_oldest();
@@ -197,14 +233,38 @@ impl Dedup {
 
 impl DedupState {
     fn expire(&mut self, now: Instant, window: Duration) {
-        while self.order.front().is_some_and(|(at, ..)| now.duration_since(*at) >= window) {
+        while self.order.front().is_some_and(|(at, _)| now.duration_since(*at) >= window) {
             self.pop_oldest();
         }
     }
 
     fn pop_oldest(&mut self) {
-        if let Some((_, topic, event_id)) = self.order.pop_front() {
-            self.positions.remove(&(topic, event_id));
+        if let Some((_, key)) = self.order.pop_front() {
+            self.positions.remove(&key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_remembers_per_topic_within_window_and_capacity() {
+        let dedup = Dedup::new(Duration::from_secs(60), 2);
+        let (a, b) = (Topic::new("a").unwrap(), Topic::new("b").unwrap());
+        let at = |offset| Position::Partition { partition: 0, offset };
+        let ids: Vec<EventId> = (0..3).map(|_| EventId::new()).collect();
+        dedup.insert(&a, ids[0], &at(1));
+        assert_eq!(dedup.get(&a, ids[0]), Some(at(1)));
+        assert_eq!(dedup.get(&b, ids[0]), None, "the same id in another topic is another event");
+        dedup.insert(&b, ids[0], &at(7));
+        dedup.insert(&a, ids[1], &at(2));
+        assert_eq!(dedup.get(&a, ids[0]), None, "the oldest is forgotten beyond capacity");
+        assert_eq!(dedup.get(&b, ids[0]), Some(at(7)));
+
+        let off = Dedup::new(Duration::ZERO, 10);
+        off.insert(&a, ids[2], &at(3));
+        assert_eq!(off.get(&a, ids[2]), None);
     }
 }
