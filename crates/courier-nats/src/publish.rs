@@ -104,7 +104,6 @@ fn message(envelope: &Envelope, mode: WireMode, max_payload: usize) -> Result<Pu
             ),
         ));
     }
-    // Collected in one go so the map is sized once.
     let headers: HeaderMap = wire
         .headers
         .into_iter()
