@@ -108,12 +108,11 @@ async fn subject_without_stream_is_not_found() {
     assert!(err.message().contains(topic.as_str()), "{err}");
 
     let publisher = bus.publisher(PublisherConfig::default());
-    let started = std::time::Instant::now();
+    // NotFound, not Timeout: the server's no-responders reply answers at once.
     let err = publisher.publish(&topic, event("x-1", "?")).await.unwrap().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     assert!(!err.is_retryable());
     assert!(err.message().contains(topic.as_str()), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2), "answered by no-responders, not the ack timeout");
 
     let err = bus.subscribe(&topic, "g").await.err().expect("no stream to subscribe to");
     assert_eq!(err.kind(), ErrorKind::NotFound);
