@@ -23,14 +23,16 @@
 //!   `Timeout`/`Connection` error, after which a re-publish is safe thanks to de-duplication.
 //!
 //! # What a JetStream ACK guarantees
-//! A PubAck means the stream leader stored the message in its store and, with `replicas > 1`, a
-//! majority of replicas did too (JetStream uses RAFT). With file storage the server acknowledges
-//! **before fsync**: data is written to the OS and fsynced every `sync_interval` (server option,
-//! default 2 minutes), so a process crash loses nothing but a power loss or kernel crash of a
-//! single server can lose up to `sync_interval` of acknowledged events. Use replicas ≥ 3 (each
-//! replica would have to fail at once) or set `sync_interval: always` in the server configuration
-//! (nats-server ≥ 2.10) when that matters. Memory storage loses everything when the server stops.
-//! The duplicate window (default 2 minutes) bounds how late a re-publish is still de-duplicated.
+//! A PubAck means the stream leader stored the message and, with `replicas > 1`, a majority of
+//! replicas did too (JetStream uses RAFT). With file storage the server acknowledges **before
+//! fsync**: the data is handed to the OS and fsynced every `sync_interval` (server option, default
+//! 2 minutes). A crash of the nats-server process loses no acknowledged event (the restart test
+//! kills the server with SIGKILL mid-stream), but an OS crash or power loss of a single server can
+//! lose up to `sync_interval` of them, and with replicas only a simultaneous loss of a majority
+//! (e.g. a power cut of the whole cluster) can. Set `sync_interval: always` in the server's
+//! `jetstream` block when that matters, at a large throughput cost. Memory storage loses
+//! everything when the server stops. The stream's duplicate window (default 2 minutes) bounds how
+//! late a re-publish is still recognised as a duplicate.
 //!
 //! ```no_run
 //! use courier_core::{Bus, Envelope, PublisherConfig, Topic, TopicConfig};
