@@ -267,19 +267,7 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
             if baseline {
                 rows.push(bench::run_baseline(&url, &load).await?);
             }
-            for row in &rows {
-                row.print();
-            }
-            if let [courier, bare] = rows.as_slice() {
-                println!(
-                    "ratio courier/baseline throughput: {:.2}",
-                    courier.throughput_eps / bare.throughput_eps
-                );
-            }
-            if let Some(path) = json {
-                report::write_json(&path, &rows)?;
-            }
-            Ok(rows.iter().all(report::Row::is_clean))
+            report::conclude(&rows, ("courier/baseline", 0, 1), json.as_deref())
         }
         Command::Bench(BenchCommand::Outbox {
             db,
@@ -308,19 +296,7 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
                 timeout: Duration::from_secs(timeout_secs),
             };
             let rows = with_bus!(bus, |bus| bench::outbox::run(&bus, db.as_deref(), &load).await?);
-            for row in &rows {
-                row.print();
-            }
-            if let [drain, _, baseline] = rows.as_slice() {
-                println!(
-                    "ratio drain/baseline throughput: {:.2}",
-                    drain.throughput_eps / baseline.throughput_eps
-                );
-            }
-            if let Some(path) = json {
-                report::write_json(&path, &rows)?;
-            }
-            Ok(rows.iter().all(report::Row::is_clean))
+            report::conclude(&rows, ("drain/baseline", 0, 2), json.as_deref())
         }
     }
 }

@@ -63,8 +63,27 @@ impl Row {
     }
 }
 
+/// Prints `rows` and the throughput ratio `(label, a, b)` of rows a and b when both exist, writes
+/// the JSON file when asked, and says whether no row lost, duplicated or reordered anything.
+pub fn conclude(
+    rows: &[Row],
+    (label, a, b): (&str, usize, usize),
+    json: Option<&Path>,
+) -> anyhow::Result<bool> {
+    for row in rows {
+        row.print();
+    }
+    if let (Some(a), Some(b)) = (rows.get(a), rows.get(b)) {
+        println!("ratio {label} throughput: {:.2}", a.throughput_eps / b.throughput_eps);
+    }
+    if let Some(path) = json {
+        write_json(path, rows)?;
+    }
+    Ok(rows.iter().all(Row::is_clean))
+}
+
 /// Writes `{"rows":[...]}` to `path`.
-pub fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?;
     std::fs::write(path, json + "\n").map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }

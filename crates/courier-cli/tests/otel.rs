@@ -39,10 +39,9 @@ fn collector() -> (String, mpsc::Receiver<String>) {
     (endpoint, rx)
 }
 
-#[test]
-fn enqueue_spans_are_exported_over_otlp() {
-    let (endpoint, requests) = collector();
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `courier outbox enqueue` for one event into a fresh SQLite outbox in `dir`, exporting
+/// spans to `endpoint`; returns the database URL and the process output.
+fn enqueue_one(endpoint: &str, dir: &tempfile::TempDir) -> (String, std::process::Output) {
     let db = format!("sqlite://{}", dir.path().join("otel.db").display());
     let out = Command::new(env!("CARGO_BIN_EXE_courier"))
         .args([
@@ -57,10 +56,18 @@ fn enqueue_spans_are_exported_over_otlp() {
             "--event-type",
             "E",
         ])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (db, out)
+}
+
+#[test]
+fn enqueue_spans_are_exported_over_otlp() {
+    let (endpoint, requests) = collector();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = enqueue_one(&endpoint, &dir);
     let request = requests.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
         panic!("no spans exported on exit; courier's stderr: {}", String::from_utf8_lossy(&out.stderr))
     });
@@ -71,24 +78,7 @@ fn enqueue_spans_are_exported_over_otlp() {
 async fn the_enqueue_span_becomes_the_events_trace_context() {
     let (endpoint, _requests) = collector();
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("otel.db").display());
-    let out = Command::new(env!("CARGO_BIN_EXE_courier"))
-        .args([
-            "outbox",
-            "--db",
-            &db,
-            "enqueue",
-            "--topic",
-            "otel-t",
-            "--aggregate-id",
-            "a",
-            "--event-type",
-            "E",
-        ])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (db, _) = enqueue_one(&endpoint, &dir);
     let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
     let traceparent: Option<String> =
         sqlx::query_scalar("SELECT traceparent FROM courier_outbox").fetch_one(&pool).await.unwrap();
