@@ -167,6 +167,28 @@ impl Store {
         }
     }
 
+    /// A new pool of at most `connections` to the same database, so a relay sharing a process
+    /// with the application never queues behind business transactions for a connection.
+    pub(crate) fn dedicated(&self, connections: u32) -> Self {
+        macro_rules! fork {
+            ($variant:ident, $pool:expr, $options:ty) => {
+                Self::$variant(
+                    <$options>::new()
+                        .max_connections(connections)
+                        .connect_lazy_with((*$pool.connect_options()).clone()),
+                )
+            };
+        }
+        match self {
+            #[cfg(feature = "postgres")]
+            Self::Postgres(pool) => fork!(Postgres, pool, sqlx::postgres::PgPoolOptions),
+            #[cfg(feature = "mysql")]
+            Self::MySql(pool) => fork!(MySql, pool, sqlx::mysql::MySqlPoolOptions),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(pool) => fork!(Sqlite, pool, sqlx::sqlite::SqlitePoolOptions),
+        }
+    }
+
     pub(crate) async fn ensure_partitions(&self, count: u32) -> Result<(), OutboxError> {
         let existing = on_db!(self, ensure_partitions(i64::from(count)))?;
         if existing != i64::from(count) {
@@ -178,8 +200,16 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) async fn claim(&self, query: &ClaimQuery) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-        on_db!(self, claim(query))
+    pub(crate) async fn scan_pending(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        on_db!(self, scan_pending(after_id, limit))
+    }
+
+    pub(crate) async fn fetch_claimed(&self, query: &ClaimQuery) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+        on_db!(self, fetch_claimed(query))
     }
 
     pub(crate) async fn write(&self, published: &[i64], failures: &[Failure]) -> Result<(), sqlx::Error> {

@@ -20,6 +20,7 @@ per_database!(
     invalid_events_are_refused_before_writing,
     failed_acks_are_retried_then_dead_then_requeued,
     poison_event_parks_only_its_aggregate,
+    retries_keep_per_aggregate_order,
     two_relays_share_the_work_in_order,
     four_relays_share_the_work_in_order,
     killed_relay_is_taken_over_without_loss,
@@ -179,6 +180,33 @@ async fn poison_event_parks_only_its_aggregate(kind: Kind) {
     relay.shutdown().await.unwrap();
     let last = bus.events(&topic).last().cloned().unwrap();
     assert_eq!((last.aggregate_id(), last.payload().as_ref()), ("poisoned", b"2".as_ref()));
+}
+
+async fn retries_keep_per_aggregate_order(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let total = 50 * 40;
+    enqueue_many(&store, &topic, 50, 40, 2).await;
+    let relay = Relay::new(store.clone(), bus.clone(), fast_config()).start();
+    // Failed ACKs scattered over the run: each parks an aggregate that must resume in order.
+    let chaos = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                bus.inject_faults(ErrorKind::Unavailable, 1);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let consumed = consume(&bus, &topic, total, WAIT).await;
+    chaos.await.unwrap();
+    assert_eq!(consumed.distinct(), total);
+    assert_eq!(consumed.order_violations, 0);
+    eventually(WAIT, "every row marked published", || async { pending(&store).await == 0 }).await;
+    let stats = relay.stats();
+    assert!(stats.failed > 0, "faults were injected while publishing: {stats:?}");
+    assert_eq!(stats.dead, 0);
+    relay.shutdown().await.unwrap();
 }
 
 /// Counts ACKs the broker flagged as duplicates, across relays.

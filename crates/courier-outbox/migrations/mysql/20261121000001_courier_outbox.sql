@@ -25,8 +25,9 @@ CREATE TABLE courier_outbox (
     published_at_us    BIGINT,
     UNIQUE KEY courier_outbox_event_id (event_id),
     UNIQUE KEY courier_outbox_idempotency_key (idempotency_key),
-    -- The relay's claim scans pending rows in id (enqueue) order.
-    KEY courier_outbox_status (status, id),
+    -- The relay's claim scans pending rows in id (enqueue) order; shard is included so the scan
+-- needs no table access.
+    KEY courier_outbox_status (status, id, shard),
     -- Rows that block their aggregate: dead, or pending with a retry scheduled.
     KEY courier_outbox_blocked (status, attempts)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4;

@@ -25,8 +25,9 @@ CREATE TABLE courier_outbox (
     published_at_us    BIGINT
 );
 
--- The relay's claim scans pending rows in id (enqueue) order.
-CREATE INDEX courier_outbox_pending ON courier_outbox (id) WHERE status = 'pending';
+-- The relay's claim scans pending rows in id (enqueue) order; shard is included so the scan
+-- needs no table access.
+CREATE INDEX courier_outbox_pending ON courier_outbox (id) INCLUDE (shard) WHERE status = 'pending';
 -- Rows that block their aggregate: dead, or pending with a retry scheduled.
 CREATE INDEX courier_outbox_blocked ON courier_outbox (id)
     WHERE status = 'dead' OR (status = 'pending' AND attempts > 0);

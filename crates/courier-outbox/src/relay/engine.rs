@@ -26,6 +26,10 @@ use crate::sql::{BlockedRow, ClaimQuery, Failure, MAX_ERROR_LEN};
 use crate::{OutboxError, Store};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A finished outcome write: the rows it covered and whether it committed.
+type WriteDone = (Vec<i64>, Vec<Failure>, Result<(), sqlx::Error>);
+/// A finished blocked-aggregate scan of some partitions.
+type ScanDone = (Vec<i64>, Result<Vec<BlockedRow>, sqlx::Error>);
 
 /// How long to wait before retrying a database operation that failed.
 const DB_RETRY: Duration = Duration::from_millis(500);
@@ -67,9 +71,9 @@ pub(crate) async fn run<T: Transport>(
     }
 
     let mut engine = Engine::new(store, publisher.clone(), config, observer, counters, keeper_tx.clone());
-    let mut claim: Option<BoxFuture<(u64, Result<Vec<ClaimedRow>, sqlx::Error>)>> = None;
-    let mut write: Option<BoxFuture<(Vec<i64>, Vec<Failure>, Result<(), sqlx::Error>)>> = None;
-    let mut scan: Option<BoxFuture<(Vec<i64>, Result<Vec<BlockedRow>, sqlx::Error>)>> = None;
+    let mut claim: Option<BoxFuture<ClaimStep>> = None;
+    let mut write: Option<BoxFuture<WriteDone>> = None;
+    let mut scan: Option<BoxFuture<ScanDone>> = None;
     let mut stop_deadline: Option<Instant> = None;
     loop {
         engine.dispatch().await;
@@ -98,10 +102,7 @@ pub(crate) async fn run<T: Transport>(
         let timer = engine.next_timer(now, stop_deadline);
         tokio::select! {
             Some(result) = results.next() => engine.on_result(result),
-            (epoch, rows) = poll_slot(&mut claim) => {
-                claim = None;
-                engine.on_claimed(epoch, rows);
-            }
+            step = poll_slot(&mut claim) => claim = engine.on_claim_step(step),
             (published, failures, outcome) = poll_slot(&mut write) => {
                 write = None;
                 engine.on_written(published, failures, outcome, claim.is_some());
@@ -175,6 +176,13 @@ async fn purge_loop(store: Store, retention: Duration, every: Duration) {
             Err(err) => tracing::warn!(error = %err, "purging published outbox rows failed"),
         }
     }
+}
+
+/// The two database steps of a claim.
+/// `from` is the id the claim read after: a discarded claim moves the cursor back there.
+enum ClaimStep {
+    Scanned { epoch: u64, from: i64, ids: Result<Vec<(i64, i64)>, sqlx::Error>, limit: usize },
+    Fetched { epoch: u64, from: i64, rows: Result<Vec<ClaimedRow>, sqlx::Error> },
 }
 
 /// Why an aggregate is parked.
@@ -297,42 +305,91 @@ impl<T: Transport> Engine<T> {
             && (!self.caught_up || self.wake_pending || now >= self.last_claim + self.config.poll_interval)
     }
 
-    fn start_claim(&mut self, now: Instant) -> BoxFuture<(u64, Result<Vec<ClaimedRow>, sqlx::Error>)> {
+    /// Starts a claim: scan the next pending ids, then fetch the rows this relay should take.
+    /// Once caught up, scans start from the oldest pending row, so rows whose transaction
+    /// committed after rows with higher ids (a commit-order gap) are found at the next wake-up.
+    fn start_claim(&mut self, now: Instant) -> BoxFuture<ClaimStep> {
         self.wake_pending = false;
         self.last_claim = now;
-        let query = ClaimQuery {
-            after_id: self.cursor,
-            partitions: self.active.iter().copied().collect(),
-            partition_count: self.partition_count,
-            owner: self.config.instance_id.clone(),
-            limit: self.config.batch_size as i64,
-        };
+        let after_id = if self.caught_up { 0 } else { self.cursor };
+        // Other relays' rows are skipped, so scan proportionally further.
+        let share = (self.partition_count as usize / self.active.len().max(1)).clamp(1, 10);
+        let limit = (self.config.batch_size * share) as i64;
         let (store, epoch) = (self.store.clone(), self.epoch);
-        Box::pin(async move { (epoch, store.claim(&query).await) })
+        Box::pin(async move {
+            let ids = store.scan_pending(after_id, limit).await;
+            ClaimStep::Scanned { epoch, from: after_id, ids, limit: limit as usize }
+        })
     }
 
-    fn on_claimed(&mut self, epoch: u64, rows: Result<Vec<ClaimedRow>, sqlx::Error>) {
-        match rows {
-            Err(err) => {
+    /// Advances a claim; returns its next step, or `None` when it is complete.
+    fn on_claim_step(&mut self, step: ClaimStep) -> Option<BoxFuture<ClaimStep>> {
+        let next = match step {
+            ClaimStep::Scanned { ids: Err(err), .. } | ClaimStep::Fetched { rows: Err(err), .. } => {
                 tracing::warn!(error = %err, "claiming outbox rows failed");
+                // Re-read from the oldest pending row at the next poll.
                 self.caught_up = true;
+                None
             }
-            Ok(_) if epoch != self.epoch => self.caught_up = false,
-            Ok(rows) => {
-                self.caught_up = rows.len() < self.config.batch_size;
-                if let Some(last) = rows.last() {
-                    self.cursor = last.id;
-                }
+            ClaimStep::Scanned { epoch, from, .. } | ClaimStep::Fetched { epoch, from, .. }
+                if epoch != self.epoch =>
+            {
+                // Its rows were never taken: they must be read again, not left behind the cursor.
+                self.cursor = self.cursor.min(from);
+                self.caught_up = false;
+                None
+            }
+            ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit } => self.choose(epoch, from, &ids, limit),
+            ClaimStep::Fetched { rows: Ok(rows), .. } => {
                 for row in rows {
                     self.accept(row);
                 }
+                None
+            }
+        };
+        if next.is_none() {
+            // Only now: this claim may have read those rows before their mark committed.
+            for id in std::mem::take(&mut self.forget_later) {
+                self.known.remove(&id);
+            }
+            self.check_drained();
+        }
+        next
+    }
+
+    /// Picks, from scanned `(id, shard)` pairs, up to a batch of rows in active partitions that
+    /// are not in memory yet, and starts fetching them.
+    fn choose(
+        &mut self,
+        epoch: u64,
+        from: i64,
+        ids: &[(i64, i64)],
+        limit: usize,
+    ) -> Option<BoxFuture<ClaimStep>> {
+        self.caught_up = ids.len() < limit;
+        let mut wanted = Vec::new();
+        for &(id, shard) in ids {
+            self.cursor = id;
+            if self.active.contains(&(shard % self.partition_count)) && !self.known.contains_key(&id) {
+                wanted.push(id);
+                if wanted.len() == self.config.batch_size {
+                    self.caught_up = false;
+                    break;
+                }
             }
         }
-        // Only now: this claim may have read those rows before their mark committed.
-        for id in std::mem::take(&mut self.forget_later) {
-            self.known.remove(&id);
+        if wanted.is_empty() {
+            return None;
         }
-        self.check_drained();
+        let query = ClaimQuery {
+            ids: wanted,
+            partition_count: self.partition_count,
+            owner: self.config.instance_id.clone(),
+        };
+        let store = self.store.clone();
+        Some(Box::pin(
+            async move { ClaimStep::Fetched { epoch, from, rows: store.fetch_claimed(&query).await } },
+        ))
     }
 
     fn accept(&mut self, row: ClaimedRow) {
@@ -568,7 +625,7 @@ impl<T: Transport> Engine<T> {
         next.max(now)
     }
 
-    fn start_write(&mut self) -> Option<BoxFuture<(Vec<i64>, Vec<Failure>, Result<(), sqlx::Error>)>> {
+    fn start_write(&mut self) -> Option<BoxFuture<WriteDone>> {
         if self.writes_empty() {
             return None;
         }
@@ -607,7 +664,7 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    fn start_scan(&mut self) -> Option<BoxFuture<(Vec<i64>, Result<Vec<BlockedRow>, sqlx::Error>)>> {
+    fn start_scan(&mut self) -> Option<BoxFuture<ScanDone>> {
         if self.to_scan.is_empty() {
             return None;
         }

@@ -74,6 +74,9 @@ pub struct RelayConfig {
     pub purge_interval: Duration,
     /// How long a graceful shutdown waits for in-flight ACKs and marks. Default 30 s.
     pub shutdown_timeout: Duration,
+    /// Database connections of the relay's own pool (claims, marks, leases, purge; LISTEN uses
+    /// one more), separate from the [`Store`]'s pool. Default 4.
+    pub connections: u32,
 }
 
 impl Default for RelayConfig {
@@ -94,6 +97,7 @@ impl Default for RelayConfig {
             retention: Some(Duration::from_secs(24 * 3600)),
             purge_interval: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            connections: 4,
         }
     }
 }
@@ -220,7 +224,7 @@ impl<B: Bus> Relay<B> {
                 .close_timeout(self.config.shutdown_timeout),
         );
         let task = tokio::spawn(engine::run(
-            self.store,
+            self.store.dedicated(self.config.connections.max(2)),
             publisher,
             self.config,
             self.observer,

@@ -46,15 +46,13 @@ pub(crate) struct BlockedRow {
     pub(crate) next_attempt_at_us: Option<i64>,
 }
 
-/// Parameters of one claim: pending rows after `after_id` in the given partitions, which the
-/// database must still show as leased by `owner`.
+/// The rows a relay fetches after a scan: those in its partitions it does not hold yet. The
+/// database must still show their partitions as leased by `owner`.
 #[derive(Debug, Clone)]
 pub(crate) struct ClaimQuery {
-    pub(crate) after_id: i64,
-    pub(crate) partitions: Vec<i64>,
+    pub(crate) ids: Vec<i64>,
     pub(crate) partition_count: i64,
     pub(crate) owner: String,
-    pub(crate) limit: i64,
 }
 
 /// Longest error text stored in `last_error`.
@@ -124,26 +122,35 @@ macro_rules! common_ops {
             }
         }
 
-        pub(crate) async fn claim(pool: &DbPool, q: &ClaimQuery) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-            let mut qb = QueryBuilder::<Db>::new("SELECT ");
-            qb.push(CLAIM_COLUMNS)
-                .push(" FROM courier_outbox o WHERE o.status = 'pending' AND o.id > ")
-                .push_bind(q.after_id)
-                .push(" AND o.shard % ")
-                .push_bind(q.partition_count);
-            push_ids(&mut qb, &q.partitions);
-            // Fence: only partitions the database still shows as leased to this relay.
-            qb.push(
-                " AND EXISTS (SELECT 1 FROM courier_outbox_leases l WHERE l.partition_no = o.shard % ",
-            )
-            .push_bind(q.partition_count)
-            .push(" AND l.owner = ")
-            .push_bind(q.owner.clone())
-            .push(" AND l.lease_until_ms > ")
-            .push(NOW_MS)
-            .push(") ORDER BY o.id LIMIT ")
-            .push_bind(q.limit);
+        /// Step 1 of a claim: `(id, shard)` of the next pending rows in id order. No filter but
+        /// the index predicate, so every database walks the pending index and stops at the limit.
+        pub(crate) async fn scan_pending(
+            pool: &DbPool,
+            after_id: i64,
+            limit: i64,
+        ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+            let mut qb = QueryBuilder::<Db>::new(
+                "SELECT id, shard FROM courier_outbox WHERE status = 'pending' AND id > ",
+            );
+            qb.push_bind(after_id).push(" ORDER BY id LIMIT ").push_bind(limit);
             let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+        }
+
+        /// Step 2 of a claim: the chosen rows, if still pending and in a partition the database
+        /// shows leased to `q.owner` (the fence against a lease lost in the meantime).
+        pub(crate) async fn fetch_claimed(pool: &DbPool, q: &ClaimQuery) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+            let mut qb = QueryBuilder::<Db>::new("SELECT ");
+            qb.push(CLAIM_COLUMNS).push(" FROM courier_outbox o WHERE o.status = 'pending' AND o.id");
+            push_ids(&mut qb, &q.ids);
+            qb.push(" AND EXISTS (SELECT 1 FROM courier_outbox_leases l WHERE l.partition_no = o.shard % ")
+                .push_bind(q.partition_count)
+                .push(" AND l.owner = ")
+                .push_bind(q.owner.clone())
+                .push(" AND l.lease_until_ms > ")
+                .push(NOW_MS)
+                .push(") ORDER BY o.id");
+            let rows = qb.build().persistent(false).fetch_all(pool).await?;
             rows.iter().map(|row| decode_claimed(row).map(RawRow::into_claimed)).collect()
         }
 

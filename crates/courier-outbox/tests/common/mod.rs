@@ -239,6 +239,12 @@ pub async fn consume<B: Bus>(bus: &B, topic: &Topic, expected: usize, timeout: D
         let seq: u64 = std::str::from_utf8(envelope.payload()).unwrap().parse().unwrap();
         let expected_seq = next.entry(envelope.aggregate_id().to_owned()).or_default();
         if seq != *expected_seq {
+            tracing::error!(
+                aggregate = envelope.aggregate_id(),
+                seq,
+                expected = *expected_seq,
+                "order violation"
+            );
             consumed.order_violations += 1;
         }
         *expected_seq = seq + 1;
