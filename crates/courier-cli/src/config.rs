@@ -167,6 +167,53 @@ fn apply_env(
     Ok(())
 }
 
+impl Config {
+    /// The relay settings this configuration describes.
+    pub fn relay_config(&self) -> courier_outbox::RelayConfig {
+        let r = &self.relay;
+        let mut config = courier_outbox::RelayConfig::default();
+        config.batch_size = r.batch_size;
+        config.max_in_flight = r.max_in_flight;
+        config.partitions = r.partitions;
+        config.max_attempts = r.max_attempts;
+        config.backoff = courier_core::Backoff {
+            initial: r.backoff_initial,
+            max: r.backoff_max,
+            ..courier_core::Backoff::default()
+        };
+        config.lease_ttl = r.lease;
+        config.lease_renew_interval = r.lease / 5;
+        config.poll_interval = r.poll_interval;
+        config.retention = Some(r.retention);
+        config.shutdown_timeout = r.drain_timeout;
+        config
+    }
+
+    /// Maps aggregate types to topics for `courier outbox enqueue`.
+    pub fn topic_mapper(&self) -> anyhow::Result<courier_outbox::TopicMapper> {
+        let mut mapper = courier_outbox::TopicMapper::new().prefix(self.topics.prefix.clone());
+        for (aggregate_type, topic) in &self.topics.map {
+            let topic = courier_core::Topic::new(topic.as_str()).with_context(|| {
+                format!("invalid topic in configuration key `topics.map.{aggregate_type}`")
+            })?;
+            mapper = mapper.map(aggregate_type.clone(), topic);
+        }
+        Ok(mapper)
+    }
+
+    /// The topics to provision at relay start.
+    pub fn provisioned_topics(&self) -> anyhow::Result<Vec<courier_core::Topic>> {
+        self.topics
+            .provision
+            .iter()
+            .map(|t| {
+                courier_core::Topic::new(t.as_str())
+                    .with_context(|| format!("invalid topic {t:?} in configuration key `topics.provision`"))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,52 +264,5 @@ mod tests {
         assert!(err.contains("COURIER_RELAY_BOGUS"), "{err}");
         let err = load_str("[http]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
-    }
-}
-
-impl Config {
-    /// The relay settings this configuration describes.
-    pub fn relay_config(&self) -> courier_outbox::RelayConfig {
-        let r = &self.relay;
-        let mut config = courier_outbox::RelayConfig::default();
-        config.batch_size = r.batch_size;
-        config.max_in_flight = r.max_in_flight;
-        config.partitions = r.partitions;
-        config.max_attempts = r.max_attempts;
-        config.backoff = courier_core::Backoff {
-            initial: r.backoff_initial,
-            max: r.backoff_max,
-            ..courier_core::Backoff::default()
-        };
-        config.lease_ttl = r.lease;
-        config.lease_renew_interval = r.lease / 5;
-        config.poll_interval = r.poll_interval;
-        config.retention = Some(r.retention);
-        config.shutdown_timeout = r.drain_timeout;
-        config
-    }
-
-    /// Maps aggregate types to topics for `courier outbox enqueue`.
-    pub fn topic_mapper(&self) -> anyhow::Result<courier_outbox::TopicMapper> {
-        let mut mapper = courier_outbox::TopicMapper::new().prefix(self.topics.prefix.clone());
-        for (aggregate_type, topic) in &self.topics.map {
-            let topic = courier_core::Topic::new(topic.as_str()).with_context(|| {
-                format!("invalid topic in configuration key `topics.map.{aggregate_type}`")
-            })?;
-            mapper = mapper.map(aggregate_type.clone(), topic);
-        }
-        Ok(mapper)
-    }
-
-    /// The topics to provision at relay start.
-    pub fn provisioned_topics(&self) -> anyhow::Result<Vec<courier_core::Topic>> {
-        self.topics
-            .provision
-            .iter()
-            .map(|t| {
-                courier_core::Topic::new(t.as_str())
-                    .with_context(|| format!("invalid topic {t:?} in configuration key `topics.provision`"))
-            })
-            .collect()
     }
 }

@@ -196,9 +196,15 @@ async fn create_business_tables(store: &Store) -> anyhow::Result<()> {
         order_id BIGINT NOT NULL, state VARCHAR(32) NOT NULL, amount_cents BIGINT NOT NULL, \
         PRIMARY KEY (run_id, order_id))";
     match store {
-        Store::Postgres(pool) => drop(sqlx::query(DDL).execute(pool).await?),
-        Store::MySql(pool) => drop(sqlx::query(DDL).execute(pool).await?),
-        Store::Sqlite(pool) => drop(sqlx::query(DDL).execute(pool).await?),
+        Store::Postgres(pool) => {
+            sqlx::query(DDL).execute(pool).await?;
+        }
+        Store::MySql(pool) => {
+            sqlx::query(DDL).execute(pool).await?;
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query(DDL).execute(pool).await?;
+        }
         _ => anyhow::bail!("the demo does not support the {} database", store.backend()),
     }
     Ok(())

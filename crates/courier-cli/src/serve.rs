@@ -123,8 +123,14 @@ async fn supervise(
     let mut ticker = tokio::time::interval(STATS_INTERVAL);
     loop {
         tokio::select! {
-            _ = sigterm.recv() => return Ok(tracing::info!("SIGTERM received")),
-            _ = tokio::signal::ctrl_c() => return Ok(tracing::info!("SIGINT received")),
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM received");
+                return Ok(());
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT received");
+                return Ok(());
+            }
             served = &mut *server => {
                 return Err(match served {
                     Ok(Ok(())) => anyhow::anyhow!("the HTTP listener stopped"),
