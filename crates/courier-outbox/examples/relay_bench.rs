@@ -74,6 +74,9 @@ async fn run<B: Bus>(store: Store, bus: B, events: u64) {
     };
     let mut config = RelayConfig::default();
     config.retention = None;
+    let env = |name: &str, default: usize| std::env::var(name).map_or(default, |v| v.parse().unwrap());
+    config.batch_size = env("BATCH", config.batch_size);
+    config.max_in_flight = env("IN_FLIGHT", config.max_in_flight);
     let relay = Relay::new(store.clone(), bus.clone(), config).observer(observer.clone()).start();
     let started = Instant::now();
     while observer.acked.load(Ordering::Relaxed) < events {

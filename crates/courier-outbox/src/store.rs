@@ -168,7 +168,8 @@ impl Store {
     }
 
     /// A new pool of at most `connections` to the same database, so a relay sharing a process
-    /// with the application never queues behind business transactions for a connection.
+    /// with the application never queues behind business transactions for a connection. SQLite
+    /// keeps its pool: it has one writer anyway, and an in-memory database exists only there.
     pub(crate) fn dedicated(&self, connections: u32) -> Self {
         macro_rules! fork {
             ($variant:ident, $pool:expr, $options:ty) => {
@@ -185,7 +186,7 @@ impl Store {
             #[cfg(feature = "mysql")]
             Self::MySql(pool) => fork!(MySql, pool, sqlx::mysql::MySqlPoolOptions),
             #[cfg(feature = "sqlite")]
-            Self::Sqlite(pool) => fork!(Sqlite, pool, sqlx::sqlite::SqlitePoolOptions),
+            Self::Sqlite(_) => self.clone(),
         }
     }
 

@@ -94,7 +94,9 @@ impl Keeper {
 
     async fn tick(&self, state: &mut State) {
         let started = Instant::now();
-        match self.renew_and_balance(state).await {
+        // A hung database must count as a failed renewal, or the fence below would never run.
+        let renewed = tokio::time::timeout(self.ttl / 4, self.renew_and_balance(state)).await;
+        match renewed.unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut)) {
             Ok(owned) => {
                 state.renewed_at = Some(started);
                 self.apply(state, owned);
@@ -103,7 +105,9 @@ impl Keeper {
                 tracing::warn!(owner = %self.owner, error = %err, "renewing outbox leases failed");
                 // Stop before the database lease can expire under us (renewals lag by up to a
                 // tick), so no other relay ever publishes the same partition at the same time.
-                let deadline = self.ttl.saturating_sub(self.renew_interval * 2);
+                // Renewals start at most `renew_interval` apart and give up after ttl/4, so with
+                // `renew_interval <= ttl/5` this fires before ttl has passed since the last success.
+                let deadline = self.ttl / 2;
                 if state.renewed_at.is_some_and(|at| at.elapsed() >= deadline) && !state.owned.is_empty() {
                     let lost: Vec<i64> = state.owned.keys().copied().collect();
                     state.owned.clear();

@@ -59,7 +59,7 @@ pub struct RelayConfig {
     /// How long a partition lease lasts without renewal: the takeover delay after a crash.
     /// Default 10 s.
     pub lease_ttl: Duration,
-    /// How often leases are renewed and rebalanced. Default 2 s.
+    /// How often leases are renewed and rebalanced; at most `lease_ttl / 5`. Default 2 s.
     pub lease_renew_interval: Duration,
     /// How often to look for new rows when no wake-up arrives. Default 200 ms.
     pub poll_interval: Duration,
@@ -218,15 +218,17 @@ impl<B: Bus> Relay<B> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let instance_id = self.config.instance_id.clone();
+        let mut config = self.config;
+        config.lease_renew_interval = config.lease_renew_interval.min(config.lease_ttl / 5);
         let publisher = self.bus.publisher(
             PublisherConfig::default()
-                .window(self.config.max_in_flight.max(1))
-                .close_timeout(self.config.shutdown_timeout),
+                .window(config.max_in_flight.max(1))
+                .close_timeout(config.shutdown_timeout),
         );
         let task = tokio::spawn(engine::run(
-            self.store.dedicated(self.config.connections.max(2)),
+            self.store.dedicated(config.connections.max(2)),
             publisher,
-            self.config,
+            config,
             self.observer,
             Arc::clone(&counters),
             stop_rx,
