@@ -12,7 +12,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use super::bus::{BusLoad, Tally};
@@ -37,15 +37,13 @@ pub async fn run(servers: &str, load: &BusLoad) -> anyhow::Result<Row> {
         .set("acks", "all")
         .create()
         .context("creating the baseline producer")?;
-    // Connected, with the topic's metadata, before the clock starts: Courier's producer has been
-    // up since the bus connected, so a cold start here would skew the ratio.
-    let warm = producer.clone();
-    let warm_topic = topic.clone();
-    tokio::task::spawn_blocking(move || {
-        warm.client().fetch_metadata(Some(&warm_topic), Duration::from_secs(10))
-    })
-    .await?
-    .context("reading the baseline topic's metadata")?;
+    // One delivery before the clock starts, so the producer is connected, has its idempotent
+    // producer id and the topic's metadata: Courier's producer has been up since the bus
+    // connected, and a cold start here would skew the ratio.
+    producer
+        .send(FutureRecord::to(&topic).key("warm-up").payload("warm-up"), Duration::from_secs(10))
+        .await
+        .map_err(|(error, _)| anyhow::anyhow!("baseline warm-up delivery: {error}"))?;
     let payload = vec![b'x'; load.payload];
     // Keys made before the clock starts, as Courier's envelopes are.
     let keys: Vec<String> = (0..load.events).map(|i| format!("agg-{}", i % load.aggregates.max(1))).collect();
