@@ -388,7 +388,9 @@ pub async fn consumer_group_resumes_after_restart<H: Harness>(harness: &H) {
     }
     let mut stream = bus.subscribe(&topic, "resume-group").await.unwrap();
     while received.len() < ids.len() {
-        let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        // Events handed to the first subscription but never acknowledged may come back only
+        // when the broker's redelivery timer fires (JetStream `ack_wait`, 30 s by default).
+        let d = tokio::time::timeout(Duration::from_secs(60), stream.next())
             .await
             .unwrap_or_else(|_| panic!("only {} of {} events after restart", received.len(), ids.len()))
             .unwrap();
