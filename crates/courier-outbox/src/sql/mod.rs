@@ -55,6 +55,22 @@ pub(crate) struct ClaimQuery {
     pub(crate) owner: String,
 }
 
+/// Writes ` IN (?, ?, …)` for `ids`: the id-list form of MySQL and SQLite (PostgreSQL binds
+/// one array instead).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn push_in_list<DB>(qb: &mut sqlx::QueryBuilder<'_, DB>, ids: &[i64])
+where
+    DB: sqlx::Database,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    qb.push(" IN (");
+    let mut list = qb.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    qb.push(")");
+}
+
 /// Longest error text stored in `last_error`.
 pub(crate) const MAX_ERROR_LEN: usize = 2000;
 

@@ -16,12 +16,7 @@ const ON_CONFLICT_IGNORE: &str = "";
 crate::sql::common_ops!();
 
 fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
-    qb.push(" IN (");
-    let mut list = qb.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    qb.push(")");
+    crate::sql::push_in_list(qb, ids);
 }
 
 /// SQLite names only the column (`UNIQUE constraint failed: courier_outbox.idempotency_key`).
