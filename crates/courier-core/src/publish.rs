@@ -229,6 +229,8 @@ struct Inner<T> {
     /// Taken on close so the results stream ends once the last verdict is read.
     results_tx: Mutex<Option<mpsc::UnboundedSender<PublishResult>>>,
     results_rx: Mutex<Option<mpsc::UnboundedReceiver<PublishResult>>>,
+    /// Set once `results()` handed out the stream, so `submit` checks it without a lock.
+    results_taken: AtomicBool,
     max_payload: usize,
     close_timeout: Duration,
 }
@@ -245,6 +247,7 @@ impl<T: Transport> Publisher<T> {
                 closed: AtomicBool::new(false),
                 results_tx: Mutex::new(Some(tx)),
                 results_rx: Mutex::new(Some(rx)),
+                results_taken: AtomicBool::new(false),
                 max_payload,
                 close_timeout: config.close_timeout,
             }),
@@ -269,7 +272,7 @@ impl<T: Transport> Publisher<T> {
     pub async fn submit(&self, topic: &Topic, envelope: Envelope) -> Result<EventId, Error> {
         let tx = self.inner.results_tx.lock().expect("results lock").clone();
         let tx = tx.filter(|tx| !tx.is_closed()).ok_or_else(closed_error)?;
-        if self.inner.results_rx.lock().expect("results lock").is_some() {
+        if !self.inner.results_taken.load(Ordering::Acquire) {
             return Err(Error::new(
                 ErrorKind::Config,
                 "submit needs a reader: take the stream with Publisher::results() first",
@@ -283,7 +286,9 @@ impl<T: Transport> Publisher<T> {
     /// The stream of verdicts for events accepted with [`submit`](Self::submit); `None` after
     /// the first call. It ends after [`close`](Self::close) once every verdict was read.
     pub fn results(&self) -> Option<Results> {
-        self.inner.results_rx.lock().expect("results lock").take().map(|rx| Results { rx })
+        let rx = self.inner.results_rx.lock().expect("results lock").take()?;
+        self.inner.results_taken.store(true, Ordering::Release);
+        Some(Results { rx })
     }
 
     async fn accept(&self, topic: &Topic, envelope: Envelope, sink: Sink) -> Result<(), Error> {
