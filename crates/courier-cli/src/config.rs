@@ -56,6 +56,10 @@ pub struct Relay {
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     #[serde(with = "humantime_serde")]
+    pub busy_poll_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_after: Duration,
+    #[serde(with = "humantime_serde")]
     pub retention: Duration,
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -184,6 +188,8 @@ impl Config {
         config.lease_ttl = r.lease;
         config.lease_renew_interval = r.lease / 5;
         config.poll_interval = r.poll_interval;
+        config.busy_poll_interval = r.busy_poll_interval;
+        config.idle_after = r.idle_after;
         config.retention = Some(r.retention);
         config.shutdown_timeout = r.drain_timeout;
         config

@@ -1,5 +1,5 @@
-//! PostgreSQL LISTEN/NOTIFY wakes the relay: with polling and sweeps practically disabled, an
-//! event committed after the relay went idle is still published.
+//! PostgreSQL LISTEN/NOTIFY: an idle relay is woken by commits, and writers notify only while a
+//! relay waits for it (NOTIFY serialises commits, so a busy or absent relay must not cost it).
 
 mod common;
 
@@ -7,16 +7,22 @@ use std::time::Duration;
 
 use common::{consume, enqueue_tx, event, fast_config, topic, Kind, TestDb};
 use courier_core::MemoryBus;
-use courier_outbox::Relay;
+use courier_outbox::{Relay, RelayConfig};
+use sqlx::postgres::PgListener;
+
+/// A relay that only NOTIFY can wake: polling and sweeps practically disabled.
+fn notify_only_config() -> RelayConfig {
+    let mut config = fast_config();
+    config.poll_interval = Duration::from_secs(3600);
+    config.sweep_interval = Duration::from_secs(3600);
+    config
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_wakes_an_idle_relay() {
     let (_db, store) = TestDb::create(Kind::Postgres).await;
     let (bus, topic) = (MemoryBus::default(), topic());
-    let mut config = fast_config();
-    config.poll_interval = Duration::from_secs(3600);
-    config.sweep_interval = Duration::from_secs(3600);
-    let relay = Relay::new(store.clone(), bus.clone(), config).start();
+    let relay = Relay::new(store.clone(), bus.clone(), notify_only_config()).start();
     // Let it acquire its partitions and go idle (its first claims find nothing).
     tokio::time::sleep(Duration::from_millis(800)).await;
     for seq in 0..3 {
@@ -25,4 +31,43 @@ async fn notify_wakes_an_idle_relay() {
         assert_eq!(consumed.distinct(), seq as usize + 1, "woken by NOTIFY, not by polling");
     }
     relay.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_notify_only_while_a_relay_waits() {
+    let (db, store) = TestDb::create(Kind::Postgres).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let mut listener = PgListener::connect(&db.url).await.unwrap();
+    listener.listen("courier_outbox").await.unwrap();
+    let quiet = Duration::from_millis(500);
+
+    enqueue_tx(&store, &topic, &[event("order-1", 0)], true).await.unwrap();
+    assert!(tokio::time::timeout(quiet, listener.recv()).await.is_err(), "notified with no relay running");
+
+    let relay = Relay::new(store.clone(), bus.clone(), notify_only_config()).start();
+    assert_eq!(consume(&bus, &topic, 1, Duration::from_secs(10)).await.distinct(), 1);
+    // The relay flags itself idle once no new rows arrived for `idle_after`.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sqlx::query_scalar::<_, bool>("SELECT bool_or(listening) FROM courier_outbox_relays")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the idle relay never asked for NOTIFY");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Drop anything queued while the relay was starting.
+    while tokio::time::timeout(Duration::from_millis(50), listener.recv()).await.is_ok() {}
+    enqueue_tx(&store, &topic, &[event("order-1", 1)], true).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("an idle relay waits for NOTIFY, so the commit notifies")
+        .unwrap();
+    assert_eq!(consume(&bus, &topic, 2, Duration::from_secs(10)).await.distinct(), 2);
+
+    relay.shutdown().await.unwrap();
+    while tokio::time::timeout(Duration::from_millis(50), listener.recv()).await.is_ok() {}
+    enqueue_tx(&store, &topic, &[event("order-1", 2)], true).await.unwrap();
+    assert!(tokio::time::timeout(quiet, listener.recv()).await.is_err(), "notified after the relay left");
 }

@@ -63,14 +63,16 @@ pub(crate) async fn run<T: Transport>(
         .run(),
     );
     let wake = Arc::new(Notify::new());
+    let (idle_tx, idle_rx) = watch::channel(false);
     if config.listen {
-        spawn_listener(&mut tasks, &store, &wake);
+        spawn_listener(&mut tasks, &store, &config.instance_id, &wake, idle_rx);
     }
     if let Some(retention) = config.retention {
         tasks.spawn(purge_loop(store.clone(), retention, config.purge_interval));
     }
 
-    let mut engine = Engine::new(store, publisher.clone(), config, observer, counters, keeper_tx.clone());
+    let mut engine =
+        Engine::new(store, publisher.clone(), config, observer, counters, keeper_tx.clone(), idle_tx);
     let mut claim: Option<BoxFuture<ClaimStep>> = None;
     let mut write: Option<BoxFuture<WriteDone>> = None;
     let mut scan: Option<BoxFuture<ScanDone>> = None;
@@ -78,6 +80,7 @@ pub(crate) async fn run<T: Transport>(
     loop {
         engine.dispatch().await;
         let now = Instant::now();
+        engine.update_idle(now);
         if claim.is_none() && engine.should_claim(now) {
             claim = Some(engine.start_claim(now));
         }
@@ -136,17 +139,25 @@ async fn poll_slot<T>(slot: &mut Option<BoxFuture<T>>) -> T {
     }
 }
 
+/// On PostgreSQL: wakes the engine on NOTIFY, and records in the database whether the engine is
+/// idle (`idle` is true), so that writers notify only then.
 #[cfg(feature = "postgres")]
-fn spawn_listener(tasks: &mut JoinSet<()>, store: &Store, wake: &Arc<Notify>) {
+fn spawn_listener(
+    tasks: &mut JoinSet<()>,
+    store: &Store,
+    member: &str,
+    wake: &Arc<Notify>,
+    mut idle: watch::Receiver<bool>,
+) {
     #[allow(irrefutable_let_patterns)]
     let Store::Postgres(pool) = store
     else {
         return;
     };
-    let (pool, wake) = (pool.clone(), Arc::clone(wake));
+    let (pool, member, wake) = (pool.clone(), member.to_owned(), Arc::clone(wake));
     tasks.spawn(async move {
         loop {
-            let Err(err) = listen(&pool, &wake).await;
+            let Err(err) = listen(&pool, &member, &wake, &mut idle).await;
             tracing::warn!(error = %err, "outbox LISTEN failed; polling until it reconnects");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -154,18 +165,39 @@ fn spawn_listener(tasks: &mut JoinSet<()>, store: &Store, wake: &Arc<Notify>) {
 }
 
 #[cfg(feature = "postgres")]
-async fn listen(pool: &sqlx::PgPool, wake: &Notify) -> Result<std::convert::Infallible, sqlx::Error> {
+async fn listen(
+    pool: &sqlx::PgPool,
+    member: &str,
+    wake: &Notify,
+    idle: &mut watch::Receiver<bool>,
+) -> Result<std::convert::Infallible, sqlx::Error> {
+    use crate::sql::postgres::{set_listening, NOTIFY_CHANNEL};
     let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    listener.listen(crate::sql::postgres::NOTIFY_CHANNEL).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    // Writes the flag again after a reconnect: the last write may have failed.
+    idle.mark_changed();
     loop {
-        // Notify keeps one permit, so a burst of commits wakes the relay once.
-        listener.recv().await?;
-        wake.notify_one();
+        tokio::select! {
+            notification = listener.recv() => {
+                notification?;
+                // Notify keeps one permit, so a burst of commits wakes the relay once.
+                wake.notify_one();
+            }
+            Ok(()) = idle.changed() => {
+                let listening = *idle.borrow_and_update();
+                set_listening(pool, member, listening).await?;
+                if listening {
+                    // Rows committed by writers that checked the flag before it was set never
+                    // notify: one more claim finds them.
+                    wake.notify_one();
+                }
+            }
+        }
     }
 }
 
 #[cfg(not(feature = "postgres"))]
-fn spawn_listener(_: &mut JoinSet<()>, _: &Store, _: &Arc<Notify>) {}
+fn spawn_listener(_: &mut JoinSet<()>, _: &Store, _: &str, _: &Arc<Notify>, _: watch::Receiver<bool>) {}
 
 async fn purge_loop(store: Store, retention: Duration, every: Duration) {
     loop {
@@ -242,6 +274,10 @@ struct Engine<T: Transport> {
     caught_up: bool,
     wake_pending: bool,
     last_claim: Instant,
+    /// When a claim last found rows new to this relay; `idle_after` later the relay is idle.
+    last_new_rows: Instant,
+    /// Whether the relay is idle, for the NOTIFY listener.
+    idle: watch::Sender<bool>,
     next_sweep: Instant,
     published: Vec<i64>,
     failures: Vec<Failure>,
@@ -260,6 +296,7 @@ impl<T: Transport> Engine<T> {
         observer: Arc<dyn RelayObserver>,
         counters: Arc<Counters>,
         keeper: mpsc::UnboundedSender<KeeperCommand>,
+        idle: watch::Sender<bool>,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -285,6 +322,8 @@ impl<T: Transport> Engine<T> {
             caught_up: false,
             wake_pending: false,
             last_claim: now,
+            last_new_rows: now,
+            idle,
             published: Vec::new(),
             failures: Vec::new(),
             write_retry_at: now,
@@ -302,7 +341,26 @@ impl<T: Transport> Engine<T> {
         !self.stopping
             && !self.active.is_empty()
             && self.queued < self.config.batch_size
-            && (!self.caught_up || self.wake_pending || now >= self.last_claim + self.config.poll_interval)
+            && (!self.caught_up || self.wake_pending || now >= self.last_claim + self.poll_interval(now))
+    }
+
+    /// Polls quickly while rows keep arriving, slowly once idle.
+    fn poll_interval(&self, now: Instant) -> Duration {
+        if self.is_idle(now) {
+            self.config.poll_interval
+        } else {
+            self.config.busy_poll_interval
+        }
+    }
+
+    fn is_idle(&self, now: Instant) -> bool {
+        self.caught_up && now >= self.last_new_rows + self.config.idle_after
+    }
+
+    /// Publishes idle/busy transitions to the NOTIFY listener.
+    fn update_idle(&self, now: Instant) {
+        let idle = self.is_idle(now) && !self.stopping;
+        self.idle.send_if_modified(|current| std::mem::replace(current, idle) != idle);
     }
 
     /// Starts a claim: scan the next pending ids, then fetch the rows this relay should take.
@@ -381,6 +439,7 @@ impl<T: Transport> Engine<T> {
         if wanted.is_empty() {
             return None;
         }
+        self.last_new_rows = Instant::now();
         let query = ClaimQuery {
             ids: wanted,
             partition_count: self.partition_count,
@@ -611,7 +670,10 @@ impl<T: Transport> Engine<T> {
             next = next.min(*at);
         }
         if self.caught_up && !self.stopping {
-            next = next.min(self.last_claim + self.config.poll_interval);
+            next = next.min(self.last_claim + self.poll_interval(now));
+            if !self.is_idle(now) {
+                next = next.min(self.last_new_rows + self.config.idle_after);
+            }
         }
         if !self.writes_empty() {
             next = next.min(self.write_retry_at);

@@ -61,12 +61,19 @@ pub struct RelayConfig {
     pub lease_ttl: Duration,
     /// How often leases are renewed and rebalanced; at most `lease_ttl / 5`. Default 2 s.
     pub lease_renew_interval: Duration,
-    /// How often to look for new rows when no wake-up arrives. Default 200 ms.
+    /// How often an idle relay looks for new rows when no wake-up arrives. Default 200 ms.
     pub poll_interval: Duration,
+    /// How often a busy relay looks for new rows: while rows keep arriving it polls instead of
+    /// waiting for NOTIFY, which would serialise the writers' commits. Default 2 ms.
+    pub busy_poll_interval: Duration,
+    /// How long without new rows before the relay counts as idle: it then polls every
+    /// `poll_interval` and, on PostgreSQL with `listen`, asks writers to NOTIFY it. Default 100 ms.
+    pub idle_after: Duration,
     /// How often to re-read from the oldest pending row, catching rows whose transaction
     /// committed after rows with higher ids had been read. Default 2 s.
     pub sweep_interval: Duration,
-    /// Use PostgreSQL LISTEN/NOTIFY to wake up within milliseconds of a commit. Default `true`.
+    /// On PostgreSQL, let commits wake an idle relay with NOTIFY instead of waiting up to
+    /// `poll_interval`. Writers notify only while some relay is idle. Default `true`.
     pub listen: bool,
     /// Delete published rows this long after publication; `None` keeps them. Default 24 h.
     pub retention: Option<Duration>,
@@ -92,6 +99,8 @@ impl Default for RelayConfig {
             lease_ttl: Duration::from_secs(10),
             lease_renew_interval: Duration::from_secs(2),
             poll_interval: Duration::from_millis(200),
+            busy_poll_interval: Duration::from_millis(2),
+            idle_after: Duration::from_millis(100),
             sweep_interval: Duration::from_secs(2),
             listen: true,
             retention: Some(Duration::from_secs(24 * 3600)),

@@ -59,6 +59,17 @@ pub(crate) async fn acquire(pool: &DbPool, owner: &str, want: i64, ttl_ms: i64) 
     Ok(())
 }
 
+/// Flags whether relay `member` waits for NOTIFY; the insert trigger notifies only while one
+/// does (see the gated-notify migration).
+pub(crate) async fn set_listening(pool: &DbPool, member: &str, listening: bool) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE courier_outbox_relays SET listening = $2 WHERE member = $1")
+        .bind(member)
+        .bind(listening)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Deletes up to `chunk` published rows older than `before_us`; returns how many.
 pub(crate) async fn purge_published(pool: &DbPool, before_us: i64, chunk: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
