@@ -467,6 +467,13 @@ impl<T: Transport> Engine<T> {
         if aggregate.park.is_some() {
             return;
         }
+        if row.first_pending_id < row.id && !self.known.contains_key(&row.first_pending_id) {
+            // An older row of this aggregate committed after the cursor passed its id: re-read
+            // from it, so that this row does not overtake it.
+            self.remove_if_idle(&key);
+            self.rewind(row.first_pending_id - 1);
+            return;
+        }
         self.known.insert(row.id, partition);
         aggregate.queue.push_back(row);
         self.queued += 1;
