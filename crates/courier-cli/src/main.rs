@@ -168,9 +168,15 @@ enum BenchCommand {
         /// Concurrent business writers (and their connections) of the steady run.
         #[arg(long, default_value_t = 32)]
         writers: usize,
-        /// The relay's polling interval (PostgreSQL LISTEN/NOTIFY wakes it sooner).
+        /// Events per transaction of the steady run (consecutive events, distinct aggregates).
+        #[arg(long, default_value_t = 1)]
+        tx_events: usize,
+        /// The idle relay's polling interval (PostgreSQL LISTEN/NOTIFY wakes it sooner).
         #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
         poll_interval: Duration,
+        /// The relay's polling interval while rows keep arriving.
+        #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
+        busy_poll_interval: Duration,
         /// Seconds to wait for the last ACK of a run before counting the rest as lost.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
@@ -283,13 +289,16 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
             rate,
             duration,
             writers,
+            tx_events,
             poll_interval,
+            busy_poll_interval,
             timeout_secs,
             json,
         }) => {
             anyhow::ensure!(events > 0 && aggregates > 0, "--events and --aggregates must be at least 1");
             let mut relay = courier_outbox::RelayConfig::default();
             relay.poll_interval = poll_interval;
+            relay.busy_poll_interval = busy_poll_interval;
             let load = bench::outbox::OutboxLoad {
                 events,
                 payload,
@@ -297,6 +306,7 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
                 rate,
                 duration,
                 writers,
+                tx_events,
                 relay,
                 timeout: Duration::from_secs(timeout_secs),
             };

@@ -2,9 +2,11 @@
 //! skew the figures.
 //! - `drain`: a backlog of N events enqueued with the relay stopped, then one relay publishes it;
 //!   throughput is N over the time until the last broker ACK.
-//! - `steady`: open-loop offered load at a fixed rate. Event i is due at `start + i / rate` and is
-//!   committed in its own transaction by a pool of writers; its latency runs from that intended
-//!   time to its ACK, so a stalled writer or relay shows up as latency (no coordinated omission).
+//! - `steady`: open-loop offered load at a fixed rate. Event i is due at `start + i / rate`; a
+//!   pool of writers commits each event in its own transaction, or `tx_events` consecutive events
+//!   per transaction once the last of them is due (a business write with several events). Its
+//!   latency runs from that intended time to its ACK, so a stalled writer or relay shows up as
+//!   latency (no coordinated omission).
 //! - `baseline`: the relay's claim+mark loop in bare SQL without publishing, the ceiling the
 //!   drain rate is compared to.
 
@@ -38,6 +40,8 @@ pub struct OutboxLoad {
     pub duration: Duration,
     /// Concurrent writer tasks of the steady run.
     pub writers: usize,
+    /// Events per transaction of the steady run.
+    pub tx_events: usize,
     pub relay: RelayConfig,
     /// How long to wait for the last ACK of a run before counting the rest as lost.
     pub timeout: Duration,
@@ -111,7 +115,11 @@ async fn run_steady<B: Bus>(
     let start = Instant::now() + Duration::from_millis(20);
     let due = move |i: usize| start + Duration::from_secs_f64(i as f64 / rate);
     let committed: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; events]));
-    eprintln!("steady: offering {events} events at {rate:.0}/s with {} writers", load.writers);
+    let tx_events = load.tx_events.clamp(1, load.aggregates.max(1));
+    eprintln!(
+        "steady: offering {events} events at {rate:.0}/s with {} writers, {tx_events} per transaction",
+        load.writers
+    );
     let writers: Vec<_> = (0..load.writers.max(1))
         .map(|_| {
             let (business, outbox, envelopes, locks, next, committed) = (
@@ -124,12 +132,23 @@ async fn run_steady<B: Bus>(
             );
             tokio::spawn(async move {
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(envelope) = envelopes.get(i) else { return anyhow::Ok(()) };
-                    tokio::time::sleep_until(due(i).into()).await;
-                    let _serial = locks[i % locks.len()].lock().await;
-                    business.enqueue(&outbox, &[Enqueue::new(envelope)]).await?;
-                    committed.lock().expect("commit times lock")[i] = Some(Instant::now());
+                    let first = next.fetch_add(tx_events, Ordering::Relaxed);
+                    let block = first..(first + tx_events).min(envelopes.len());
+                    if block.is_empty() {
+                        return anyhow::Ok(());
+                    }
+                    tokio::time::sleep_until(due(block.end - 1).into()).await;
+                    // Locked in index order, so writers holding several never deadlock.
+                    let mut serial: Vec<usize> = block.clone().map(|i| i % locks.len()).collect();
+                    serial.sort_unstable();
+                    let mut guards = Vec::with_capacity(serial.len());
+                    for lock in serial {
+                        guards.push(locks[lock].lock().await);
+                    }
+                    let batch: Vec<Enqueue<'_>> = envelopes[block.clone()].iter().map(Enqueue::new).collect();
+                    business.enqueue(&outbox, &batch).await?;
+                    let now = Instant::now();
+                    committed.lock().expect("commit times lock")[block].fill(Some(now));
                 }
             })
         })
