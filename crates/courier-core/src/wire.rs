@@ -77,6 +77,11 @@ pub const REF_AGGREGATE_TYPE: &str = "X-Aggregate-Type";
 /// Set when a decoded reference event id was not a UUID; holds the original string.
 pub const ORIGINAL_EVENT_ID_HEADER: &str = "courier-original-event-id";
 
+/// `source` is this prefix plus the aggregate type, so decode recovers the type from it.
+const SOURCE_PREFIX: &str = "/courier/";
+/// The attribute that carried the aggregate type (a copy of `source`'s) before; still read.
+const LEGACY_AGGREGATE_TYPE: &str = "aggregatetype";
+
 /// Declares the CloudEvents attributes Courier writes: their header names in each protocol
 /// binding, and the list that decode recognises as its own.
 macro_rules! ce_attributes {
@@ -87,7 +92,7 @@ macro_rules! ce_attributes {
         }
         const KAFKA_NAMES: CeNames = CeNames { $($field: concat!("ce_", $attr),)* };
         const NATS_NAMES: CeNames = CeNames { $($field: concat!("ce-", $attr),)* };
-        const CE_ATTRIBUTES: &[&str] = &[$($attr,)*];
+        const CE_ATTRIBUTES: &[&str] = &[$($attr,)* LEGACY_AGGREGATE_TYPE];
     };
 }
 
@@ -98,7 +103,6 @@ ce_attributes! {
     event_type: "type",
     subject: "subject",
     time: "time",
-    aggregatetype: "aggregatetype",
     eventversion: "eventversion",
     traceparent: "traceparent",
     tracestate: "tracestate",
@@ -151,11 +155,10 @@ pub fn encode(envelope: &Envelope, mode: WireMode, style: HeaderStyle, sink: &mu
             let n = style.names();
             sink.put_static(n.specversion, "1.0");
             sink.put_static(n.id, event_id);
-            sink.put_static(n.source, &format!("/courier/{}", envelope.aggregate_type()));
+            sink.put_static(n.source, &format!("{SOURCE_PREFIX}{}", envelope.aggregate_type()));
             sink.put_static(n.event_type, envelope.event_type());
             sink.put_static(n.subject, envelope.aggregate_id());
             sink.put_static(n.time, &envelope.timestamp().to_rfc3339_opts(SecondsFormat::AutoSi, true));
-            sink.put_static(n.aggregatetype, envelope.aggregate_type());
             sink.put_static(n.eventversion, version);
             if let Some(trace) = envelope.trace() {
                 sink.put_static(n.traceparent, trace.traceparent());
@@ -218,10 +221,8 @@ fn decode_cloudevents(headers: &[(String, String)], body: Bytes, p: &str) -> Res
     let required = |name: &str| attr(name).ok_or_else(|| malformed(format!("missing header {p}{name}")));
     let event_id: EventId =
         required("id")?.parse().map_err(|e| malformed(format!("header {p}id is not a UUID: {e}")))?;
-    let aggregate_type = attr("aggregatetype")
-        .map(str::to_owned)
-        .or_else(|| attr("source").map(|s| s.rsplit('/').next().unwrap_or(s).to_owned()))
-        .unwrap_or_else(|| "unknown".to_owned());
+    let aggregate_type =
+        attr(LEGACY_AGGREGATE_TYPE).or_else(|| attr("source").map(aggregate_type_of)).unwrap_or("unknown");
     let mut builder = Envelope::builder(aggregate_type, required("subject")?, required("type")?)
         .event_id(event_id)
         .payload(body);
@@ -249,6 +250,12 @@ fn decode_cloudevents(headers: &[(String, String)], body: Bytes, p: &str) -> Res
         builder = builder.header(k, v);
     }
     Ok(builder.validate()?)
+}
+
+/// The aggregate type in a `source`: whole after Courier's prefix, else the last path segment
+/// (other producers' sources end with some name at best).
+fn aggregate_type_of(source: &str) -> &str {
+    source.strip_prefix(SOURCE_PREFIX).unwrap_or_else(|| source.rsplit('/').next().unwrap_or(source))
 }
 
 fn decode_reference(headers: &[(String, String)], body: &[u8]) -> Result<Envelope, Error> {
@@ -345,6 +352,29 @@ mod tests {
             headers.push(("Nats-Msg-Id".into(), e.event_id().to_string()));
             assert_eq!(decode(&headers, body).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn the_aggregate_type_travels_whole_in_the_source() {
+        let e = Envelope::builder("billing/order v2", "order-7", "OrderPlaced").build().unwrap();
+        let mut headers = Vec::new();
+        let body = encode(&e, WireMode::CloudEvents, HeaderStyle::Nats, &mut headers);
+        assert!(headers.contains(&("ce-source".into(), "/courier/billing/order v2".into())));
+        assert_eq!(decode(&headers, body).unwrap(), e);
+    }
+
+    #[test]
+    fn messages_with_the_legacy_aggregatetype_header_still_decode() {
+        let e = sample();
+        let mut headers = Vec::new();
+        let body = encode(&e, WireMode::CloudEvents, HeaderStyle::Kafka, &mut headers);
+        for (name, value) in &mut headers {
+            if name == "ce_source" {
+                *value = "/elsewhere".into();
+            }
+        }
+        headers.push(("ce_aggregatetype".into(), "order".into()));
+        assert_eq!(decode(&headers, body).unwrap(), e, "the header is read, not kept as a custom one");
     }
 
     #[test]
