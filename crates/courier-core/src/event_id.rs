@@ -28,6 +28,15 @@ impl EventId {
     pub const fn as_uuid(&self) -> &Uuid {
         &self.0
     }
+
+    /// The id's text form (hyphenated, lowercase) written into `buffer`: its `Display` without
+    /// allocating, for headers written on every publish.
+    pub fn encode<'b>(&self, buffer: &'b mut [u8; Self::TEXT_LEN]) -> &'b str {
+        self.0.as_hyphenated().encode_lower(buffer)
+    }
+
+    /// Length of the text form.
+    pub const TEXT_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
 }
 
 impl Default for EventId {

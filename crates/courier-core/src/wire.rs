@@ -37,13 +37,31 @@ impl HeaderStyle {
             Self::Nats => "ce-",
         }
     }
+
+    fn names(self) -> &'static CeNames {
+        match self {
+            Self::Kafka => &KAFKA_NAMES,
+            Self::Nats => &NATS_NAMES,
+        }
+    }
 }
 
-/// An envelope as broker headers and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WireMessage {
-    pub headers: Vec<(String, String)>,
-    pub body: Bytes,
+/// Receives an encoded envelope's headers one at a time, so a backend fills its client's header
+/// type directly instead of copying them out of an intermediate list.
+pub trait HeaderSink {
+    /// Any header, e.g. one of the envelope's free-form headers.
+    fn put(&mut self, name: &str, value: &str);
+
+    /// A header named by one of Courier's constants, which a client may keep without copying.
+    fn put_static(&mut self, name: &'static str, value: &str) {
+        self.put(name, value);
+    }
+}
+
+impl HeaderSink for Vec<(String, String)> {
+    fn put(&mut self, name: &str, value: &str) {
+        self.push((name.to_owned(), value.to_owned()));
+    }
 }
 
 /// Reference header carrying the event id.
@@ -59,20 +77,38 @@ pub const REF_AGGREGATE_TYPE: &str = "X-Aggregate-Type";
 /// Set when a decoded reference event id was not a UUID; holds the original string.
 pub const ORIGINAL_EVENT_ID_HEADER: &str = "courier-original-event-id";
 
-const CE_ATTRIBUTES: [&str; 12] = [
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "subject",
-    "time",
-    "aggregatetype",
-    "eventversion",
-    "traceparent",
-    "tracestate",
-    "correlationid",
-    "tenant",
-];
+/// `source` is this prefix plus the aggregate type, so decode recovers the type from it.
+const SOURCE_PREFIX: &str = "/courier/";
+/// The attribute that carried the aggregate type (a copy of `source`'s) before; still read.
+const LEGACY_AGGREGATE_TYPE: &str = "aggregatetype";
+
+/// Declares the CloudEvents attributes Courier writes: their header names in each protocol
+/// binding, and the list that decode recognises as its own.
+macro_rules! ce_attributes {
+    ($($field:ident: $attr:literal),* $(,)?) => {
+        /// The header names of Courier's CloudEvents attributes in one protocol binding.
+        struct CeNames {
+            $($field: &'static str,)*
+        }
+        const KAFKA_NAMES: CeNames = CeNames { $($field: concat!("ce_", $attr),)* };
+        const NATS_NAMES: CeNames = CeNames { $($field: concat!("ce-", $attr),)* };
+        const CE_ATTRIBUTES: &[&str] = &[$($attr,)* LEGACY_AGGREGATE_TYPE];
+    };
+}
+
+ce_attributes! {
+    specversion: "specversion",
+    id: "id",
+    source: "source",
+    event_type: "type",
+    subject: "subject",
+    time: "time",
+    eventversion: "eventversion",
+    traceparent: "traceparent",
+    tracestate: "tracestate",
+    correlationid: "correlationid",
+    tenant: "tenant",
+}
 
 /// The reference system's JSON envelope (Go `[]byte` payload, so base64 in JSON).
 #[derive(Debug, Serialize, Deserialize)]
@@ -104,47 +140,51 @@ mod base64_bytes {
     }
 }
 
-/// Encodes `envelope` for a broker using `style`'s header names.
-pub fn encode(envelope: &Envelope, mode: WireMode, style: HeaderStyle) -> WireMessage {
-    let mut headers: Vec<(String, String)> =
-        envelope.headers().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let body = match mode {
+/// Encodes `envelope` for a broker using `style`'s header names: the headers go to `sink`, the
+/// body is returned.
+pub fn encode(envelope: &Envelope, mode: WireMode, style: HeaderStyle, sink: &mut impl HeaderSink) -> Bytes {
+    for (name, value) in envelope.headers() {
+        sink.put(name, value);
+    }
+    let mut id_buffer = [0; EventId::TEXT_LEN];
+    let event_id = envelope.event_id().encode(&mut id_buffer);
+    let mut version_buffer = itoa::Buffer::new();
+    let version = version_buffer.format(envelope.event_version());
+    match mode {
         WireMode::CloudEvents => {
-            let p = style.prefix();
-            let mut put = |name: &str, value: String| headers.push((format!("{p}{name}"), value));
-            put("specversion", "1.0".into());
-            put("id", envelope.event_id().to_string());
-            put("source", format!("/courier/{}", envelope.aggregate_type()));
-            put("type", envelope.event_type().into());
-            put("subject", envelope.aggregate_id().into());
-            put("time", envelope.timestamp().to_rfc3339_opts(SecondsFormat::AutoSi, true));
-            put("aggregatetype", envelope.aggregate_type().into());
-            put("eventversion", envelope.event_version().to_string());
+            let n = style.names();
+            sink.put_static(n.specversion, "1.0");
+            sink.put_static(n.id, event_id);
+            sink.put_static(n.source, &format!("{SOURCE_PREFIX}{}", envelope.aggregate_type()));
+            sink.put_static(n.event_type, envelope.event_type());
+            sink.put_static(n.subject, envelope.aggregate_id());
+            sink.put_static(n.time, &envelope.timestamp().to_rfc3339_opts(SecondsFormat::AutoSi, true));
+            sink.put_static(n.eventversion, version);
             if let Some(trace) = envelope.trace() {
-                put("traceparent", trace.traceparent().into());
+                sink.put_static(n.traceparent, trace.traceparent());
                 if let Some(state) = trace.tracestate() {
-                    put("tracestate", state.into());
+                    sink.put_static(n.tracestate, state);
                 }
             }
             if let Some(id) = envelope.correlation_id() {
-                put("correlationid", id.into());
+                sink.put_static(n.correlationid, id);
             }
             if let Some(tenant) = envelope.tenant() {
-                put("tenant", tenant.into());
+                sink.put_static(n.tenant, tenant);
             }
             envelope.payload().clone()
         }
         WireMode::Reference => {
-            headers.push((REF_EVENT_ID.into(), envelope.event_id().to_string()));
-            headers.push((REF_AGGREGATE_ID.into(), envelope.aggregate_id().into()));
-            headers.push((REF_EVENT_TYPE.into(), envelope.event_type().into()));
-            headers.push((REF_EVENT_VERSION.into(), envelope.event_version().to_string()));
-            headers.push((REF_AGGREGATE_TYPE.into(), envelope.aggregate_type().into()));
+            sink.put_static(REF_EVENT_ID, event_id);
+            sink.put_static(REF_AGGREGATE_ID, envelope.aggregate_id());
+            sink.put_static(REF_EVENT_TYPE, envelope.event_type());
+            sink.put_static(REF_EVENT_VERSION, version);
+            sink.put_static(REF_AGGREGATE_TYPE, envelope.aggregate_type());
             if let Some(trace) = envelope.trace() {
-                headers.push(("traceparent".into(), trace.traceparent().into()));
+                sink.put_static("traceparent", trace.traceparent());
             }
             let reference = ReferenceEnvelope {
-                event_id: envelope.event_id().to_string(),
+                event_id: event_id.to_owned(),
                 aggregate_id: envelope.aggregate_id().into(),
                 event_type: envelope.event_type().into(),
                 event_version: envelope.event_version(),
@@ -155,8 +195,7 @@ pub fn encode(envelope: &Envelope, mode: WireMode, style: HeaderStyle) -> WireMe
             };
             Bytes::from(serde_json::to_vec(&reference).expect("the reference envelope always serializes"))
         }
-    };
-    WireMessage { headers, body }
+    }
 }
 
 /// Decodes a broker message in either mode: CloudEvents when a `ce_specversion`/`ce-specversion`
@@ -182,10 +221,8 @@ fn decode_cloudevents(headers: &[(String, String)], body: Bytes, p: &str) -> Res
     let required = |name: &str| attr(name).ok_or_else(|| malformed(format!("missing header {p}{name}")));
     let event_id: EventId =
         required("id")?.parse().map_err(|e| malformed(format!("header {p}id is not a UUID: {e}")))?;
-    let aggregate_type = attr("aggregatetype")
-        .map(str::to_owned)
-        .or_else(|| attr("source").map(|s| s.rsplit('/').next().unwrap_or(s).to_owned()))
-        .unwrap_or_else(|| "unknown".to_owned());
+    let aggregate_type =
+        attr(LEGACY_AGGREGATE_TYPE).or_else(|| attr("source").map(aggregate_type_of)).unwrap_or("unknown");
     let mut builder = Envelope::builder(aggregate_type, required("subject")?, required("type")?)
         .event_id(event_id)
         .payload(body);
@@ -213,6 +250,12 @@ fn decode_cloudevents(headers: &[(String, String)], body: Bytes, p: &str) -> Res
         builder = builder.header(k, v);
     }
     Ok(builder.validate()?)
+}
+
+/// The aggregate type in a `source`: whole after Courier's prefix, else the last path segment
+/// (other producers' sources end with some name at best).
+fn aggregate_type_of(source: &str) -> &str {
+    source.strip_prefix(SOURCE_PREFIX).unwrap_or_else(|| source.rsplit('/').next().unwrap_or(source))
 }
 
 fn decode_reference(headers: &[(String, String)], body: &[u8]) -> Result<Envelope, Error> {
@@ -303,19 +346,43 @@ mod tests {
     fn cloudevents_round_trips_in_both_styles() {
         for style in [HeaderStyle::Kafka, HeaderStyle::Nats] {
             let e = sample();
-            let wire = encode(&e, WireMode::CloudEvents, style);
-            assert_eq!(wire.body, e.payload());
-            let mut headers = wire.headers.clone();
+            let mut headers = Vec::new();
+            let body = encode(&e, WireMode::CloudEvents, style, &mut headers);
+            assert_eq!(body, e.payload());
             headers.push(("Nats-Msg-Id".into(), e.event_id().to_string()));
-            assert_eq!(decode(&headers, wire.body).unwrap(), e);
+            assert_eq!(decode(&headers, body).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn the_aggregate_type_travels_whole_in_the_source() {
+        let e = Envelope::builder("billing/order v2", "order-7", "OrderPlaced").build().unwrap();
+        let mut headers = Vec::new();
+        let body = encode(&e, WireMode::CloudEvents, HeaderStyle::Nats, &mut headers);
+        assert!(headers.contains(&("ce-source".into(), "/courier/billing/order v2".into())));
+        assert_eq!(decode(&headers, body).unwrap(), e);
+    }
+
+    #[test]
+    fn messages_with_the_legacy_aggregatetype_header_still_decode() {
+        let e = sample();
+        let mut headers = Vec::new();
+        let body = encode(&e, WireMode::CloudEvents, HeaderStyle::Kafka, &mut headers);
+        for (name, value) in &mut headers {
+            if name == "ce_source" {
+                *value = "/elsewhere".into();
+            }
+        }
+        headers.push(("ce_aggregatetype".into(), "order".into()));
+        assert_eq!(decode(&headers, body).unwrap(), e, "the header is read, not kept as a custom one");
     }
 
     #[test]
     fn reference_mode_writes_the_reference_envelope() {
         let e = sample();
-        let wire = encode(&e, WireMode::Reference, HeaderStyle::Kafka);
-        let json: serde_json::Value = serde_json::from_slice(&wire.body).unwrap();
+        let mut headers = Vec::new();
+        let body = encode(&e, WireMode::Reference, HeaderStyle::Kafka, &mut headers);
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["event_id"], e.event_id().to_string());
         assert_eq!(json["aggregate_id"], "order-7");
         assert_eq!(json["event_type"], "OrderPlaced");
@@ -323,8 +390,8 @@ mod tests {
         assert_eq!(json["payload"], reference_payload(br#"{"total":7}"#));
         assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(json["correlation_id"], "corr-1");
-        assert!(wire.headers.contains(&(REF_EVENT_ID.into(), e.event_id().to_string())));
-        let back = decode(&wire.headers, wire.body).unwrap();
+        assert!(headers.contains(&(REF_EVENT_ID.into(), e.event_id().to_string())));
+        let back = decode(&headers, body).unwrap();
         assert_eq!(
             (back.event_id(), back.payload(), back.aggregate_type()),
             (e.event_id(), e.payload(), "order")

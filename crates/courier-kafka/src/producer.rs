@@ -6,7 +6,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use courier_core::wire::{self, HeaderStyle, WireMode};
+use courier_core::wire::{self, HeaderSink, HeaderStyle, WireMode};
 use courier_core::{Completion, Envelope, Error, ErrorKind, EventId, Position, Receipt, Topic, Transport};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -66,6 +66,19 @@ fn delivery_error(topic: &Topic, event_id: EventId, err: &KafkaError) -> Error {
     from_kafka(format_args!("publishing event {event_id} to topic {topic}"), err.clone())
 }
 
+/// Headers librdkafka is told to expect: the CloudEvents attributes Courier writes, a trace
+/// context and a few of the envelope's own.
+const HEADERS_CAPACITY: usize = 12;
+
+/// librdkafka headers filled straight from the encoder (librdkafka copies each one).
+struct KafkaHeaders(Option<OwnedHeaders>);
+
+impl HeaderSink for KafkaHeaders {
+    fn put(&mut self, key: &str, value: &str) {
+        self.0 = self.0.take().map(|headers| headers.insert(Header { key, value: Some(value) }));
+    }
+}
+
 /// Publishes into Kafka through the bus's shared producer. Cheap to clone.
 #[derive(Clone)]
 pub struct KafkaTransport {
@@ -80,13 +93,9 @@ impl Transport for KafkaTransport {
             completion.complete(Ok(Receipt { event_id, position, duplicate: true }));
             return;
         }
-        let message = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka);
-        let mut headers = message
-            .headers
-            .iter()
-            .fold(OwnedHeaders::new_with_capacity(message.headers.len()), |headers, (key, value)| {
-                headers.insert(Header { key, value: Some(value.as_bytes()) })
-            });
+        let mut sink = KafkaHeaders(Some(OwnedHeaders::new_with_capacity(HEADERS_CAPACITY)));
+        let body = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka, &mut sink);
+        let mut headers = sink.0.expect("the sink always holds its headers");
         let mut in_flight = Box::new(InFlight { completion, topic: topic.clone() });
         // Set when librdkafka first refuses the event for a full queue.
         let mut deadline = None;
@@ -94,7 +103,7 @@ impl Transport for KafkaTransport {
         loop {
             let record = BaseRecord::with_opaque_to(topic.as_str(), in_flight)
                 .key(envelope.aggregate_id())
-                .payload(message.body.as_ref())
+                .payload(body.as_ref())
                 .headers(headers);
             let (err, record) = match shared.producer.send(record) {
                 Ok(()) => return,

@@ -8,11 +8,12 @@
 use std::future::IntoFuture;
 use std::time::Instant;
 
+use async_nats::header::HeaderName;
 use async_nats::jetstream;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use courier_core::wire::{self, HeaderStyle, WireMode};
+use courier_core::wire::{self, HeaderSink, HeaderStyle, WireMode};
 use courier_core::{Bus, Envelope, Error, PublisherConfig, Topic, TopicConfig};
 use courier_nats::{NatsBus, NatsConfig};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -64,13 +65,10 @@ async fn bare(bus: &NatsBus, envelopes: Vec<Envelope>, window: usize, headers: b
             if let Some(e) = envelopes.next() {
                 let mut message = PublishMessage::build().message_id(e.event_id().to_string());
                 message = if headers {
-                    let wire = wire::encode(&e, WireMode::CloudEvents, HeaderStyle::Nats);
-                    let mut map = HeaderMap::new();
-                    for (k, v) in wire.headers {
-                        map.insert(k, v);
-                    }
-                    map.insert("Nats-Msg-Id", e.event_id().to_string());
-                    message.headers(map).payload(wire.body)
+                    let mut map = Headers(HeaderMap::new());
+                    let body = wire::encode(&e, WireMode::CloudEvents, HeaderStyle::Nats, &mut map);
+                    map.0.insert("Nats-Msg-Id", e.event_id().to_string());
+                    message.headers(map.0).payload(body)
                 } else {
                     message.payload(e.payload().clone())
                 };
@@ -87,6 +85,19 @@ async fn bare(bus: &NatsBus, envelopes: Vec<Envelope>, window: usize, headers: b
     let rate = count as f64 / start.elapsed().as_secs_f64();
     cleanup(bus, &topic).await;
     Ok(rate)
+}
+
+/// The CloudEvents headers written into an async-nats map, as Courier's transport does.
+struct Headers(HeaderMap);
+
+impl HeaderSink for Headers {
+    fn put(&mut self, name: &str, value: &str) {
+        self.0.insert(name, value);
+    }
+
+    fn put_static(&mut self, name: &'static str, value: &str) {
+        self.0.insert(HeaderName::from_static(name), value);
+    }
 }
 
 async fn courier(bus: &NatsBus, envelopes: Vec<Envelope>, window: usize) -> Result<f64, Error> {

@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::{self, HeaderValue, IntoHeaderName};
+use async_nats::header::HeaderName;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{Client, HeaderMap};
-use courier_core::wire::{self, HeaderStyle, WireMode};
-use courier_core::{Completion, Envelope, Error, ErrorKind, Position, Receipt, Topic, Transport};
+use courier_core::wire::{self, HeaderSink, HeaderStyle, WireMode};
+use courier_core::{Completion, Envelope, Error, ErrorKind, EventId, Position, Receipt, Topic, Transport};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -84,33 +84,46 @@ impl NatsTransport {
     }
 }
 
+/// An async-nats header map filled straight from the encoder, counting the bytes the headers
+/// take on the wire.
+#[derive(Default)]
+struct NatsHeaders {
+    map: HeaderMap,
+    /// `name: value\r\n` lines so far.
+    line_bytes: usize,
+}
+
+impl HeaderSink for NatsHeaders {
+    fn put(&mut self, name: &str, value: &str) {
+        self.line_bytes += name.len() + value.len() + 4;
+        self.map.insert(name, value);
+    }
+
+    fn put_static(&mut self, name: &'static str, value: &str) {
+        self.line_bytes += name.len() + value.len() + 4;
+        self.map.insert(HeaderName::from_static(name), value);
+    }
+}
+
 /// Builds the message; `Err` when it cannot be sent at all (too large for the server).
 fn message(envelope: &Envelope, mode: WireMode, max_payload: usize) -> Result<PublishMessage, Error> {
-    let wire = wire::encode(envelope, mode, HeaderStyle::Nats);
-    let event_id = envelope.event_id().to_string();
+    let mut headers = NatsHeaders::default();
+    let body = wire::encode(envelope, mode, HeaderStyle::Nats, &mut headers);
+    let mut id_buffer = [0; EventId::TEXT_LEN];
+    headers.put_static(MSG_ID_HEADER, envelope.event_id().encode(&mut id_buffer));
     // The server counts the serialized header block plus the body against `max_payload`, and
     // closes the connection of a client that exceeds it, so oversized events stop here.
-    let header_bytes = b"NATS/1.0\r\n\r\n".len()
-        + wire.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
-        + MSG_ID_HEADER.len()
-        + event_id.len()
-        + 4;
-    let size = header_bytes + wire.body.len();
+    let size = b"NATS/1.0\r\n\r\n".len() + headers.line_bytes + body.len();
     if size > max_payload {
         return Err(Error::new(
             ErrorKind::PayloadTooLarge,
             format!(
-                "event {event_id}: payload with headers is {size} bytes, above the server's max_payload of {max_payload} bytes"
+                "event {}: payload with headers is {size} bytes, above the server's max_payload of {max_payload} bytes",
+                envelope.event_id()
             ),
         ));
     }
-    let headers: HeaderMap = wire
-        .headers
-        .into_iter()
-        .map(|(name, value)| (name.into_header_name(), HeaderValue::from(value)))
-        .chain(std::iter::once((header::NATS_MESSAGE_ID, HeaderValue::from(event_id))))
-        .collect();
-    Ok(PublishMessage::build().headers(headers).payload(wire.body))
+    Ok(PublishMessage::build().headers(headers.map).payload(body))
 }
 
 impl Transport for NatsTransport {
