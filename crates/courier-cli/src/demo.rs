@@ -128,9 +128,8 @@ pub async fn run<B: Bus>(bus: B, options: DemoOptions) -> anyhow::Result<bool> {
     ));
 
     let latency = LatencyObserver::default();
-    let mut config = RelayConfig::default();
-    config.poll_interval = Duration::from_millis(20);
-    let relay = Relay::new(store.clone(), bus.clone(), config).observer(latency.clone()).start();
+    let relay =
+        Relay::new(store.clone(), bus.clone(), RelayConfig::default()).observer(latency.clone()).start();
 
     let start = Instant::now();
     let run_id = EventId::new().to_string();

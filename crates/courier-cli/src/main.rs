@@ -171,12 +171,12 @@ enum BenchCommand {
         /// Events per transaction of the steady run (consecutive events, distinct aggregates).
         #[arg(long, default_value_t = 1)]
         tx_events: usize,
-        /// The idle relay's polling interval (PostgreSQL LISTEN/NOTIFY wakes it sooner).
-        #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
-        poll_interval: Duration,
-        /// The relay's polling interval while rows keep arriving.
-        #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
-        busy_poll_interval: Duration,
+        /// The idle relay's polling interval (default: the relay's own).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        poll_interval: Option<Duration>,
+        /// The relay's polling interval while rows keep arriving (default: the relay's own).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        busy_poll_interval: Option<Duration>,
         /// Seconds to wait for the last ACK of a run before counting the rest as lost.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
@@ -297,8 +297,8 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
         }) => {
             anyhow::ensure!(events > 0 && aggregates > 0, "--events and --aggregates must be at least 1");
             let mut relay = courier_outbox::RelayConfig::default();
-            relay.poll_interval = poll_interval;
-            relay.busy_poll_interval = busy_poll_interval;
+            relay.poll_interval = poll_interval.unwrap_or(relay.poll_interval);
+            relay.busy_poll_interval = busy_poll_interval.unwrap_or(relay.busy_poll_interval);
             let load = bench::outbox::OutboxLoad {
                 events,
                 payload,

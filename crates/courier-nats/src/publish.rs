@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::header::HeaderName;
+use async_nats::header::{HeaderName, IntoHeaderName};
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::publish::PublishAck;
@@ -93,15 +93,20 @@ struct NatsHeaders {
     line_bytes: usize,
 }
 
+impl NatsHeaders {
+    fn insert(&mut self, name: HeaderName, value: &str) {
+        self.line_bytes += AsRef::<str>::as_ref(&name).len() + value.len() + 4;
+        self.map.insert(name, value);
+    }
+}
+
 impl HeaderSink for NatsHeaders {
     fn put(&mut self, name: &str, value: &str) {
-        self.line_bytes += name.len() + value.len() + 4;
-        self.map.insert(name, value);
+        self.insert(name.into_header_name(), value);
     }
 
     fn put_static(&mut self, name: &'static str, value: &str) {
-        self.line_bytes += name.len() + value.len() + 4;
-        self.map.insert(HeaderName::from_static(name), value);
+        self.insert(HeaderName::from_static(name), value);
     }
 }
 

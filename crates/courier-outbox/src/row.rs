@@ -68,7 +68,7 @@ impl NewRow {
     }
 }
 
-/// The columns the relay reads, in the order [`ClaimedRow`] decodes them.
+/// The columns the relay reads from `courier_outbox o`, in the order [`ClaimedRow`] decodes them.
 pub(crate) const CLAIM_COLUMNS: &str =
     "id, event_id, topic, aggregate_type, aggregate_id, shard, event_type, \
      event_version, payload, headers, traceparent, tracestate, correlation_id, tenant, occurred_at_us, \

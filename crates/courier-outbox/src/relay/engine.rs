@@ -357,10 +357,13 @@ impl<T: Transport> Engine<T> {
         self.caught_up && now >= self.last_new_rows + self.config.idle_after
     }
 
-    /// Publishes idle/busy transitions to the NOTIFY listener.
+    /// Publishes idle/busy transitions to the NOTIFY listener (a read lock when nothing changed,
+    /// as this runs on every turn of the loop).
     fn update_idle(&self, now: Instant) {
         let idle = self.is_idle(now) && !self.stopping;
-        self.idle.send_if_modified(|current| std::mem::replace(current, idle) != idle);
+        if *self.idle.borrow() != idle {
+            self.idle.send_replace(idle);
+        }
     }
 
     /// Starts a claim: scan the next pending ids, then fetch the rows this relay should take.
