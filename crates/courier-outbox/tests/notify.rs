@@ -10,22 +10,38 @@ use courier_core::MemoryBus;
 use courier_outbox::{Relay, RelayConfig};
 use sqlx::postgres::PgListener;
 
-/// A relay that only NOTIFY can wake: polling and sweeps practically disabled.
+/// A relay that only NOTIFY can wake once it has caught up: polling and sweeps practically
+/// disabled.
 fn notify_only_config() -> RelayConfig {
     let mut config = fast_config();
     config.poll_interval = Duration::from_secs(3600);
+    config.busy_poll_interval = config.poll_interval;
     config.sweep_interval = Duration::from_secs(3600);
     config
 }
 
+/// Waits until a relay has flagged itself idle, i.e. asks writers to NOTIFY it.
+async fn wait_until_listening(pool: &sqlx::PgPool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !sqlx::query_scalar::<_, Option<bool>>("SELECT bool_or(listening) FROM courier_outbox_relays")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .unwrap_or(false)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the idle relay never asked for NOTIFY");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_wakes_an_idle_relay() {
-    let (_db, store) = TestDb::create(Kind::Postgres).await;
+    let (db, store) = TestDb::create(Kind::Postgres).await;
     let (bus, topic) = (MemoryBus::default(), topic());
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let relay = Relay::new(store.clone(), bus.clone(), notify_only_config()).start();
-    // Let it acquire its partitions and go idle (its first claims find nothing).
-    tokio::time::sleep(Duration::from_millis(800)).await;
     for seq in 0..3 {
+        wait_until_listening(&pool).await;
         enqueue_tx(&store, &topic, &[event("order-1", seq)], true).await.unwrap();
         let consumed = consume(&bus, &topic, seq as usize + 1, Duration::from_secs(10)).await;
         assert_eq!(consumed.distinct(), seq as usize + 1, "woken by NOTIFY, not by polling");
@@ -47,16 +63,7 @@ async fn commits_notify_only_while_a_relay_waits() {
     let relay = Relay::new(store.clone(), bus.clone(), notify_only_config()).start();
     assert_eq!(consume(&bus, &topic, 1, Duration::from_secs(10)).await.distinct(), 1);
     // The relay flags itself idle once no new rows arrived for `idle_after`.
-    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !sqlx::query_scalar::<_, bool>("SELECT bool_or(listening) FROM courier_outbox_relays")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "the idle relay never asked for NOTIFY");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_listening(&sqlx::PgPool::connect(&db.url).await.unwrap()).await;
     // Drop anything queued while the relay was starting.
     while tokio::time::timeout(Duration::from_millis(50), listener.recv()).await.is_ok() {}
     enqueue_tx(&store, &topic, &[event("order-1", 1)], true).await.unwrap();

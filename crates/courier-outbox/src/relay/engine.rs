@@ -344,13 +344,12 @@ impl<T: Transport> Engine<T> {
             && (!self.caught_up || self.wake_pending || now >= self.last_claim + self.poll_interval(now))
     }
 
-    /// Polls quickly while rows keep arriving, slowly once idle.
+    /// Backs off in proportion to how long no new rows arrived: a short stall of the writers
+    /// costs little latency, a long idle little database load.
     fn poll_interval(&self, now: Instant) -> Duration {
-        if self.is_idle(now) {
-            self.config.poll_interval
-        } else {
-            self.config.busy_poll_interval
-        }
+        (now.saturating_duration_since(self.last_new_rows) / 10)
+            .max(self.config.busy_poll_interval)
+            .min(self.config.poll_interval)
     }
 
     fn is_idle(&self, now: Instant) -> bool {

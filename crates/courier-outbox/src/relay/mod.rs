@@ -61,13 +61,15 @@ pub struct RelayConfig {
     pub lease_ttl: Duration,
     /// How often leases are renewed and rebalanced; at most `lease_ttl / 5`. Default 2 s.
     pub lease_renew_interval: Duration,
-    /// How often an idle relay looks for new rows when no wake-up arrives. Default 200 ms.
+    /// The longest wait between looks for new rows when no wake-up arrives. Between
+    /// `busy_poll_interval` and this, the relay waits a tenth of the time since rows last
+    /// arrived. Default 200 ms.
     pub poll_interval: Duration,
     /// How often a busy relay looks for new rows: while rows keep arriving it polls instead of
     /// waiting for NOTIFY, which would serialise the writers' commits. Default 2 ms.
     pub busy_poll_interval: Duration,
-    /// How long without new rows before the relay counts as idle: it then polls every
-    /// `poll_interval` and, on PostgreSQL with `listen`, asks writers to NOTIFY it. Default 100 ms.
+    /// How long without new rows before the relay counts as idle: on PostgreSQL with `listen`,
+    /// it then asks writers to NOTIFY it. Default 100 ms.
     pub idle_after: Duration,
     /// How often to re-read from the oldest pending row, catching rows whose transaction
     /// committed after rows with higher ids had been read. Default 2 s.
