@@ -177,6 +177,10 @@ enum BenchCommand {
         /// The relay's polling interval while rows keep arriving (default: the relay's own).
         #[arg(long, value_parser = humantime::parse_duration)]
         busy_poll_interval: Option<Duration>,
+        /// How long the relay keeps published rows (default: the relay's own); 0s deletes each
+        /// row as its ACK is recorded.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<Duration>,
         /// Seconds to wait for the last ACK of a run before counting the rest as lost.
         #[arg(long, default_value_t = 300)]
         timeout_secs: u64,
@@ -292,6 +296,7 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
             tx_events,
             poll_interval,
             busy_poll_interval,
+            retention,
             timeout_secs,
             json,
         }) => {
@@ -299,6 +304,7 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
             let mut relay = courier_outbox::RelayConfig::default();
             relay.poll_interval = poll_interval.unwrap_or(relay.poll_interval);
             relay.busy_poll_interval = busy_poll_interval.unwrap_or(relay.busy_poll_interval);
+            relay.retention = retention.or(relay.retention);
             let load = bench::outbox::OutboxLoad {
                 events,
                 payload,

@@ -6,7 +6,7 @@ use courier_core::EventId;
 
 use crate::admin::{DeadEvent, DeadFilter, OutboxStats};
 use crate::row::{now_us, ClaimedRow, DEAD, PENDING, PUBLISHED};
-use crate::sql::{BlockedRow, ClaimQuery, Failure};
+use crate::sql::{BlockedRow, ClaimQuery, Failure, Mark};
 use crate::{Enqueue, Outbox, OutboxError};
 
 /// A connection pool to a database holding the outbox tables. Cheap to clone.
@@ -213,8 +213,16 @@ impl Store {
         on_db!(self, fetch_claimed(query))
     }
 
-    pub(crate) async fn write(&self, published: &[i64], failures: &[Failure]) -> Result<(), sqlx::Error> {
-        on_db!(self, write(published, now_us(), failures))
+    /// Records publish outcomes: acknowledged rows are kept as published, or deleted when
+    /// `delete_published` (retention zero); failed ones get their attempt.
+    pub(crate) async fn write(
+        &self,
+        published: &[i64],
+        delete_published: bool,
+        failures: &[Failure],
+    ) -> Result<(), sqlx::Error> {
+        let mark = if delete_published { Mark::Delete } else { Mark::Keep { published_at_us: now_us() } };
+        on_db!(self, write(published, mark, failures))
     }
 
     pub(crate) async fn blocked(

@@ -27,6 +27,7 @@ per_database!(
     restart_after_abort_finishes_the_work,
     shutdown_drains_and_releases_leases,
     stats_and_retention_purge,
+    zero_retention_deletes_acked_rows_only,
 );
 
 async fn pending(store: &Store) -> u64 {
@@ -350,4 +351,32 @@ async fn stats_and_retention_purge(kind: Kind) {
     assert_eq!(store.purge_published(Duration::from_secs(3600)).await.unwrap(), 0, "kept within retention");
     assert_eq!(store.purge_published(Duration::ZERO).await.unwrap(), 100);
     assert_eq!(store.stats().await.unwrap(), Default::default());
+}
+
+async fn zero_retention_deletes_acked_rows_only(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let mut config = fast_config();
+    config.retention = Some(Duration::ZERO);
+    config.max_attempts = 1;
+    bus.inject_faults(ErrorKind::Timeout, 1);
+    let doomed = event("doomed", 0);
+    enqueue_tx(&store, &topic, std::slice::from_ref(&doomed), true).await.unwrap();
+    let relay = Relay::new(store.clone(), bus.clone(), config).start();
+    eventually(WAIT, "the failed event to go dead", || async { store.stats().await.unwrap().dead == 1 })
+        .await;
+
+    enqueue_many(&store, &topic, 10, 10, 1).await;
+    eventually(WAIT, "everything acknowledged", || async { pending(&store).await == 0 }).await;
+    relay.shutdown().await.unwrap();
+    let consumed = consume(&bus, &topic, 100, WAIT).await;
+    assert_eq!((consumed.distinct(), consumed.order_violations), (100, 0));
+    // Acknowledged rows are gone, not marked published; the dead one stays for requeue.
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.published, stats.dead), (0, 0, 1));
+    let dead = store.list_dead(&DeadFilter::all(), 10).await.unwrap();
+    assert_eq!(
+        dead.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(),
+        vec![doomed.event_id().to_string()]
+    );
 }

@@ -183,12 +183,14 @@ async fn run_steady<B: Bus>(
 
 /// The relay's claim+mark loop in bare SQL: claim the next batch of pending rows in id order
 /// (with `FOR UPDATE SKIP LOCKED` where the database has it), read what a relay reads, and mark
-/// them published with one UPDATE, until none remain.
+/// them published with one UPDATE (one DELETE at retention zero), until none remain.
 async fn run_baseline(_url: String, store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
     let outbox = Outbox::default();
     let envelopes = load.envelopes(load.events)?;
     enqueue_backlog(&store, &outbox, &envelopes).await?;
     let batch = load.relay.batch_size.max(1);
+    // Marks as the relay does: an update, or a delete at retention zero.
+    let delete = load.relay.deletes_published();
     let claim = |lock: &str| {
         format!(
             "SELECT id, event_id, topic, aggregate_type, aggregate_id, shard, event_type, event_version, \
@@ -206,10 +208,16 @@ async fn run_baseline(_url: String, store: Store, load: &OutboxLoad) -> anyhow::
                 if rows.is_empty() {
                     break;
                 }
-                let mut mark = QueryBuilder::<$db>::new(
-                    "UPDATE courier_outbox SET status = 'published', published_at_us = ",
-                );
-                mark.push_bind(now_us()).push(" WHERE id IN (");
+                let mut mark = if delete {
+                    QueryBuilder::<$db>::new("DELETE FROM courier_outbox")
+                } else {
+                    let mut update = QueryBuilder::<$db>::new(
+                        "UPDATE courier_outbox SET status = 'published', published_at_us = ",
+                    );
+                    update.push_bind(now_us());
+                    update
+                };
+                mark.push(" WHERE id IN (");
                 let mut ids = mark.separated(", ");
                 for row in &rows {
                     ids.push_bind(row.try_get::<i64, _>(0)?);

@@ -67,7 +67,8 @@ pub(crate) async fn run<T: Transport>(
     if config.listen {
         spawn_listener(&mut tasks, &store, &config.instance_id, &wake, idle_rx);
     }
-    if let Some(retention) = config.retention {
+    // At zero the marks delete acknowledged rows themselves: nothing is left to purge.
+    if let Some(retention) = config.retention.filter(|r| !r.is_zero()) {
         tasks.spawn(purge_loop(store.clone(), retention, config.purge_interval));
     }
 
@@ -703,8 +704,9 @@ impl<T: Transport> Engine<T> {
         let published = std::mem::take(&mut self.published);
         let failures = std::mem::take(&mut self.failures);
         let store = self.store.clone();
+        let delete_published = self.config.deletes_published();
         Some(Box::pin(async move {
-            let outcome = store.write(&published, &failures).await;
+            let outcome = store.write(&published, delete_published, &failures).await;
             (published, failures, outcome)
         }))
     }

@@ -77,7 +77,11 @@ pub struct RelayConfig {
     /// On PostgreSQL, let commits wake an idle relay with NOTIFY instead of waiting up to
     /// `poll_interval`. Writers notify only while some relay is idle. Default `true`.
     pub listen: bool,
-    /// Delete published rows this long after publication; `None` keeps them. Default 24 h.
+    /// Delete published rows this long after publication; `None` keeps them. Zero deletes each
+    /// acknowledged row in the mark itself instead of updating it, which costs the database
+    /// a fraction of the write work (the update rewrites the whole row and its index entries);
+    /// an idempotency key then refuses duplicates only until its event is published.
+    /// Default 24 h.
     pub retention: Option<Duration>,
     /// How often the retention purge runs. Default 60 s.
     pub purge_interval: Duration,
@@ -86,6 +90,13 @@ pub struct RelayConfig {
     /// Database connections of the relay's own pool (claims, marks, leases, purge; LISTEN uses
     /// one more), separate from the [`Store`]'s pool. Default 4.
     pub connections: u32,
+}
+
+impl RelayConfig {
+    /// Whether marks delete acknowledged rows instead of keeping them (retention zero).
+    pub fn deletes_published(&self) -> bool {
+        self.retention.is_some_and(|r| r.is_zero())
+    }
 }
 
 impl Default for RelayConfig {

@@ -37,6 +37,16 @@ pub(crate) struct Failure {
     pub(crate) error: String,
 }
 
+/// What the mark does to acknowledged rows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mark {
+    /// Keep them as `published` until the retention purge deletes them.
+    Keep { published_at_us: i64 },
+    /// Delete them in the mark itself (retention zero): far less write work than an update,
+    /// which copies the whole row and its index entries.
+    Delete,
+}
+
 /// A row that blocks its aggregate: dead, or pending with a retry scheduled.
 #[derive(Debug, Clone)]
 pub(crate) struct BlockedRow {
@@ -88,7 +98,7 @@ macro_rules! common_ops {
 
         use crate::admin::{DeadEvent, DeadFilter};
         use crate::row::{ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
-        use crate::sql::{BlockedRow, ClaimQuery, Failure, INSERT_CHUNK};
+        use crate::sql::{BlockedRow, ClaimQuery, Failure, Mark, INSERT_CHUNK};
         use crate::OutboxError;
 
         impl crate::sql::sealed::Sealed for DbConnection {}
@@ -193,19 +203,24 @@ macro_rules! common_ops {
             })
         }
 
-        /// Marks acknowledged rows published (one statement) and records failed attempts.
+        /// Marks acknowledged rows published or deletes them (one statement), and records
+        /// failed attempts.
         pub(crate) async fn write(
             pool: &DbPool,
             published: &[i64],
-            published_at_us: i64,
+            mark: Mark,
             failures: &[Failure],
         ) -> Result<(), sqlx::Error> {
             if !published.is_empty() {
-                let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox SET status = ");
-                qb.push_bind(PUBLISHED)
-                    .push(", published_at_us = ")
-                    .push_bind(published_at_us)
-                    .push(" WHERE status = 'pending' AND id");
+                let mut qb = match mark {
+                    Mark::Keep { published_at_us } => {
+                        let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox SET status = ");
+                        qb.push_bind(PUBLISHED).push(", published_at_us = ").push_bind(published_at_us);
+                        qb
+                    }
+                    Mark::Delete => QueryBuilder::<Db>::new("DELETE FROM courier_outbox"),
+                };
+                qb.push(" WHERE status = 'pending' AND id");
                 push_ids(&mut qb, published);
                 qb.build().persistent(false).execute(pool).await?;
             }
