@@ -176,7 +176,7 @@ macro_rules! common_ops {
                 .push(" AND l.lease_until_ms > ")
                 .push(NOW_MS)
                 .push(") ORDER BY o.id");
-            let rows = qb.build().persistent(false).fetch_all(pool).await?;
+            let rows = qb.build().persistent(PREPARE_ID_LISTS).fetch_all(pool).await?;
             rows.iter().map(|row| decode_claimed(row).map(RawRow::into_claimed)).collect()
         }
 
@@ -222,7 +222,7 @@ macro_rules! common_ops {
                 };
                 qb.push(" WHERE status = 'pending' AND id");
                 push_ids(&mut qb, published);
-                qb.build().persistent(false).execute(pool).await?;
+                qb.build().persistent(PREPARE_ID_LISTS).execute(pool).await?;
             }
             for f in failures {
                 let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox SET status = ");

@@ -15,6 +15,10 @@ const ON_CONFLICT_IGNORE: &str = "";
 
 crate::sql::common_ops!();
 
+/// An id list is a placeholder per id, so every list length is another statement text: too
+/// many to keep prepared.
+const PREPARE_ID_LISTS: bool = false;
+
 fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
     crate::sql::push_in_list(qb, ids);
 }
