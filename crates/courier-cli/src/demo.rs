@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::QueryBuilder;
 use tokio::sync::Notify;
 
-use crate::bench::bus::fresh_topic;
+use crate::bench::bus::{drop_topic, fresh_topic};
 use crate::report::Latency;
 
 /// Concurrent business writers; each owns a disjoint set of orders, so per-order event order is
@@ -114,7 +114,7 @@ pub async fn run<B: Bus>(bus: B, options: DemoOptions) -> anyhow::Result<bool> {
             async move { outcome }
         }
     };
-    let dead_letter = DeadLetterTopic::new(bus.publisher(PublisherConfig::default()), dlq);
+    let dead_letter = DeadLetterTopic::new(bus.publisher(PublisherConfig::default()), dlq.clone());
     let complete = Arc::clone(&verifier.complete);
     let deadline = options.timeout;
     let consumer = tokio::spawn(dispatch::dispatch(
@@ -148,6 +148,9 @@ pub async fn run<B: Bus>(bus: B, options: DemoOptions) -> anyhow::Result<bool> {
     let elapsed = start.elapsed();
     relay.shutdown().await?;
     progress.finish_and_clear();
+    // The run's topics are its own, and its figures are printed below: leave nothing behind.
+    drop_topic(&bus, &topic).await;
+    drop_topic(&bus, &dlq).await;
     let outbox_stats = store.stats().await?;
 
     let o = verifier.observed.lock().expect("observed lock");

@@ -23,6 +23,11 @@ pub trait Bus: Clone + Send + Sync + 'static {
     /// is set not to provision.
     fn provision(&self, config: &TopicConfig) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Deletes `topic` and every event in it, for tools that make throwaway topics (benchmarks,
+    /// the demo). A topic that does not exist is already deleted; one the backend did not
+    /// provision, and which may hold more than this topic, is refused.
+    fn delete_topic(&self, topic: &Topic) -> impl Future<Output = Result<(), Error>> + Send;
+
     /// Whether the broker is reachable right now, for readiness probes. `Err` names the problem.
     fn health(&self) -> impl Future<Output = Result<(), Error>> + Send {
         async { Ok(()) }

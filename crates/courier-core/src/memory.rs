@@ -238,6 +238,12 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
+    /// Forgets the topic; subscriptions to it receive nothing more.
+    async fn delete_topic(&self, topic: &Topic) -> Result<(), Error> {
+        self.inner.topics.lock().expect("topics lock").remove(topic);
+        Ok(())
+    }
+
     async fn subscribe(
         &self,
         topic: &Topic,

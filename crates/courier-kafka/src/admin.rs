@@ -1,10 +1,10 @@
 //! Topic provisioning: created through the admin API from [`TopicConfig`], or validated through
-//! metadata when provisioning is off.
+//! metadata when provisioning is off; and deletion of throwaway topics.
 
 use std::sync::Arc;
 
-use courier_core::{Error, ErrorKind, TopicConfig};
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use courier_core::{Error, ErrorKind, Topic, TopicConfig};
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication, TopicResult};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::Producer as _;
 
@@ -49,17 +49,43 @@ async fn create(shared: &Shared, config: &TopicConfig, partitions: i32, replicas
     if let Some(compression) = &shared.config.compression {
         topic = topic.set("compression.type", compression);
     }
-    let timeout = Some(shared.config.admin_timeout);
-    let options = AdminOptions::new().operation_timeout(timeout).request_timeout(timeout);
     let results = admin
-        .create_topics([&topic], &options)
+        .create_topics([&topic], &options(shared))
         .await
         .map_err(|e| from_kafka(format_args!("creating topic {name}"), e))?;
+    check(results, "creating", RDKafkaErrorCode::TopicAlreadyExists)
+}
+
+/// Deletes `topic` through the admin API; one that does not exist is already deleted.
+pub(crate) async fn delete(shared: &Shared, topic: &Topic) -> Result<(), Error> {
+    let name = topic.as_str();
+    let Some(admin) = shared.admin.as_ref() else {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("cannot delete topic {name}: the mock cluster has no topic deletion (its topics end with the bus)"),
+        ));
+    };
+    let results = admin
+        .delete_topics(&[name], &options(shared))
+        .await
+        .map_err(|e| from_kafka(format_args!("deleting topic {name}"), e))?;
+    check(results, "deleting", RDKafkaErrorCode::UnknownTopicOrPartition)
+}
+
+fn options(shared: &Shared) -> AdminOptions {
+    let timeout = Some(shared.config.admin_timeout);
+    AdminOptions::new().operation_timeout(timeout).request_timeout(timeout)
+}
+
+/// The first failure among per-topic admin results, other than `done`, which means the topic
+/// already is as asked.
+fn check(results: Vec<TopicResult>, verb: &str, done: RDKafkaErrorCode) -> Result<(), Error> {
     for result in results {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => {}
+            Err((_, code)) if code == done => {}
             Err((topic, code)) => {
-                return Err(Error::new(kind_of(code), format!("creating topic {topic} failed: {code}")));
+                return Err(Error::new(kind_of(code), format!("{verb} topic {topic} failed: {code}")));
             }
         }
     }

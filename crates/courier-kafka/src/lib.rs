@@ -172,6 +172,10 @@ impl Bus for KafkaBus {
         admin::provision(&self.shared, config).await
     }
 
+    async fn delete_topic(&self, topic: &Topic) -> Result<(), Error> {
+        admin::delete(&self.shared, topic).await
+    }
+
     async fn subscribe(
         &self,
         topic: &Topic,

@@ -129,6 +129,10 @@ impl Bus for NatsBus {
         streams::provision(&self.inner.admin, &self.inner.config, config).await
     }
 
+    async fn delete_topic(&self, topic: &Topic) -> Result<(), Error> {
+        streams::delete(&self.inner.admin, topic).await
+    }
+
     async fn subscribe(&self, topic: &Topic, group: &str) -> Result<BoxStream<'static, NatsDelivery>, Error> {
         subscribe::subscribe(&self.inner.admin, &self.inner.config, topic, group).await
     }

@@ -117,6 +117,31 @@ pub(crate) async fn provision(js: &Context, config: &NatsConfig, topic: &TopicCo
     }
 }
 
+/// Deletes the stream Courier made for `topic`. A stream Courier does not manage may hold other
+/// subjects, so it is refused.
+pub(crate) async fn delete(js: &Context, topic: &Topic) -> Result<(), Error> {
+    let ours = stream_name(topic);
+    match stream_holding(js, topic).await? {
+        None => Ok(()),
+        Some(name) if name == ours => match js.delete_stream(&name).await {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let api = match err.kind() {
+                    GetStreamErrorKind::JetStream(api) => Some(api),
+                    _ => None,
+                };
+                Err(admin_error(format!("deleting stream {name}"), api.as_ref(), err))
+            }
+        },
+        Some(name) => Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "topic {topic:?} is held by stream {name}, which Courier did not provision and which may hold other subjects: delete it with the NATS tools"
+            ),
+        )),
+    }
+}
+
 async fn create(js: &Context, want: stream::Config) -> Result<(), Error> {
     let name = want.name.clone();
     let subject = want.subjects[0].clone();

@@ -118,3 +118,33 @@ async fn subject_without_stream_is_not_found() {
     assert_eq!(err.kind(), ErrorKind::NotFound);
     publisher.close().await.unwrap();
 }
+
+/// Deleting a topic removes the stream Courier made for it, twice is fine, and a stream Courier
+/// did not make (it may hold other subjects) is refused and left alone.
+#[tokio::test]
+async fn delete_topic_removes_only_streams_courier_made() {
+    let bus = shared_bus(|c| c).await;
+    let topic = fresh_topic(&bus, "delete").await;
+    let publisher = bus.publisher(PublisherConfig::default());
+    publisher.publish(&topic, event("d-1", "x")).await.unwrap().await.unwrap();
+    publisher.close().await.unwrap();
+    bus.delete_topic(&topic).await.unwrap();
+    assert!(bus.jetstream().get_stream(courier_nats::stream_name(&topic)).await.is_err(), "stream deleted");
+    bus.delete_topic(&topic).await.unwrap();
+
+    let foreign = Topic::new(format!("nats-foreign-{}", uuid::Uuid::now_v7().simple())).unwrap();
+    let name = format!("FOREIGN-{}", uuid::Uuid::now_v7().simple());
+    bus.jetstream()
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![foreign.to_string(), format!("{foreign}-other")],
+            ..stream::Config::default()
+        })
+        .await
+        .unwrap();
+    let err = bus.delete_topic(&foreign).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(err.message().contains(&name), "{err}");
+    bus.jetstream().get_stream(&name).await.expect("the foreign stream is left alone");
+    bus.jetstream().delete_stream(&name).await.unwrap();
+}

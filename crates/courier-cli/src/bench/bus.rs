@@ -42,6 +42,14 @@ pub async fn fresh_topic<B: Bus>(bus: &B, prefix: &str) -> anyhow::Result<Topic>
     Ok(topic)
 }
 
+/// Deletes a topic made by [`fresh_topic`], so runs leave no data behind on the broker. A
+/// failure is reported but not fatal: the run's figures stand.
+pub async fn drop_topic<B: Bus>(bus: &B, topic: &Topic) {
+    if let Err(err) = bus.delete_topic(topic).await {
+        eprintln!("could not delete topic {topic}: {err}");
+    }
+}
+
 /// Per-event outcome bookkeeping shared by Courier and baseline runs.
 pub struct Tally {
     positions: Vec<Option<(i64, u64)>>,
@@ -162,6 +170,7 @@ pub async fn run_courier<B: Bus>(bus: &B, load: &BusLoad) -> anyhow::Result<Row>
     publisher.close().await?;
     drop(publisher);
     let (tally, end) = reader.await?;
+    drop_topic(bus, &topic).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let tasks_leaked = metrics.num_alive_tasks() as i64 - tasks_before as i64;
 

@@ -22,7 +22,7 @@ use courier_outbox::{AckedEvent, Enqueue, Outbox, Relay, RelayConfig, RelayObser
 use sqlx::{Connection as _, QueryBuilder, Row as _};
 use tokio::sync::Notify;
 
-use crate::bench::bus::{fresh_topic, position_key, BusLoad};
+use crate::bench::bus::{drop_topic, fresh_topic, position_key, BusLoad};
 use crate::report::{peak_rss_bytes, Latency, Row};
 
 /// Events per enqueue transaction when building the backlog (the batch-insert maximum).
@@ -68,7 +68,7 @@ pub async fn run<B: Bus>(bus: &B, db: Option<&str>, load: &OutboxLoad) -> anyhow
 
 async fn run_drain<B: Bus>(bus: &B, _url: String, store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
     let topic = fresh_topic(bus, "bench-outbox").await?;
-    let outbox = Outbox::new(TopicMapper::new().map("bench", topic));
+    let outbox = Outbox::new(TopicMapper::new().map("bench", topic.clone()));
     let envelopes = load.envelopes(load.events)?;
     let t = Instant::now();
     enqueue_backlog(&store, &outbox, &envelopes).await?;
@@ -79,6 +79,7 @@ async fn run_drain<B: Bus>(bus: &B, _url: String, store: Store, load: &OutboxLoa
     let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
     acks.wait_all(&relay, start + load.timeout).await;
     relay.shutdown().await.context("stopping the relay")?;
+    drop_topic(bus, &topic).await;
     let stats = store.stats().await?;
     eprintln!(
         "drain: relay stopped after {:.2}s; outbox {} published, {} pending, {} dead",
@@ -98,7 +99,7 @@ async fn run_steady<B: Bus>(
     rate: f64,
 ) -> anyhow::Result<Row> {
     let topic = fresh_topic(bus, "bench-outbox").await?;
-    let outbox = Outbox::new(TopicMapper::new().map("bench", topic));
+    let outbox = Outbox::new(TopicMapper::new().map("bench", topic.clone()));
     let events = load.events.min((rate * load.duration.as_secs_f64()).ceil() as usize).max(1);
     let envelopes = Arc::new(load.envelopes(events)?);
     let business = writer_pool(&url, &store, load.writers).await.context("connecting the steady writers")?;
@@ -159,6 +160,7 @@ async fn run_steady<B: Bus>(
     let offered = start.elapsed();
     acks.wait_all(&relay, Instant::now() + load.timeout).await;
     relay.shutdown().await.context("stopping the relay")?;
+    drop_topic(bus, &topic).await;
     close(&business).await;
     let committed = committed.lock().expect("commit times lock");
     let mut to_commit = Latency::default();
