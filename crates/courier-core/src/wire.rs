@@ -2,10 +2,10 @@
 //! payload as the body) and the reference system's JSON envelope. Consumers detect the mode from
 //! the headers, so both can flow through one topic during a migration.
 
-use base64::Engine as _;
-use bytes::Bytes;
 use std::borrow::Cow;
 
+use base64::Engine as _;
+use bytes::Bytes;
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

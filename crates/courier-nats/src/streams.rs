@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::{CreateStreamErrorKind, GetStreamByNameErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::context::{
+    CreateStreamErrorKind, GetStreamByNameErrorKind, GetStreamError, GetStreamErrorKind,
+};
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
 use courier_core::{Error, ErrorKind, Topic, TopicConfig};
@@ -23,6 +25,15 @@ pub(crate) fn admin_error(
         Some(kind) => kind,
     };
     Error::with_source(kind, format!("{what}: {err}"), err)
+}
+
+/// A failed read or delete of one stream (async-nats gives both the same error type).
+fn stream_error(what: String, err: GetStreamError) -> Error {
+    let api = match err.kind() {
+        GetStreamErrorKind::JetStream(api) => Some(api),
+        _ => None,
+    };
+    admin_error(what, api.as_ref(), err)
 }
 
 /// The stream config `topic` should have under `config`.
@@ -78,13 +89,7 @@ pub(crate) async fn stream_for(js: &Context, topic: &Topic) -> Result<jetstream:
             format!("no JetStream stream holds subject {topic:?}: provision the topic first"),
         ));
     };
-    js.get_stream(&name).await.map_err(|err| {
-        let api = match err.kind() {
-            GetStreamErrorKind::JetStream(api) => Some(api),
-            _ => None,
-        };
-        admin_error(format!("reading stream {name}"), api.as_ref(), err)
-    })
+    js.get_stream(&name).await.map_err(|err| stream_error(format!("reading stream {name}"), err))
 }
 
 /// Creates `topic`'s stream, updates the limits of the stream Courier made for it earlier, or,
@@ -123,16 +128,11 @@ pub(crate) async fn delete(js: &Context, topic: &Topic) -> Result<(), Error> {
     let ours = stream_name(topic);
     match stream_holding(js, topic).await? {
         None => Ok(()),
-        Some(name) if name == ours => match js.delete_stream(&name).await {
-            Ok(_) => Ok(()),
-            Err(err) => {
-                let api = match err.kind() {
-                    GetStreamErrorKind::JetStream(api) => Some(api),
-                    _ => None,
-                };
-                Err(admin_error(format!("deleting stream {name}"), api.as_ref(), err))
-            }
-        },
+        Some(name) if name == ours => js
+            .delete_stream(&name)
+            .await
+            .map(drop)
+            .map_err(|err| stream_error(format!("deleting stream {name}"), err)),
         Some(name) => Err(Error::new(
             ErrorKind::Config,
             format!(
@@ -171,13 +171,8 @@ async fn create(js: &Context, want: stream::Config) -> Result<(), Error> {
 /// after creation, so a mismatch there is only logged.
 async fn update_limits(js: &Context, want: stream::Config) -> Result<(), Error> {
     let name = want.name.clone();
-    let mut stream = js.get_stream(&name).await.map_err(|err| {
-        let api = match err.kind() {
-            GetStreamErrorKind::JetStream(api) => Some(api),
-            _ => None,
-        };
-        admin_error(format!("reading stream {name}"), api.as_ref(), err)
-    })?;
+    let mut stream =
+        js.get_stream(&name).await.map_err(|err| stream_error(format!("reading stream {name}"), err))?;
     let have = stream.info().await.map_err(|err| admin_error(format!("reading stream {name}"), None, err))?;
     let mut config = have.config.clone();
     if (config.storage, config.retention) != (want.storage, want.retention) {
