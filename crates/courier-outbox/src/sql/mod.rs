@@ -81,6 +81,43 @@ where
     qb.push(")");
 }
 
+/// The start of enqueue's INSERT; each database appends the rows in these columns' order.
+pub(crate) const INSERT_INTO: &str =
+    "INSERT INTO courier_outbox (event_id, topic, aggregate_type, aggregate_id, \
+     shard, event_type, event_version, payload, headers, traceparent, tracestate, correlation_id, tenant, \
+     occurred_at_us, created_at_us, idempotency_key) ";
+
+/// Appends `VALUES (…), (…)` with a placeholder per column of each row: the insert form of
+/// MySQL and SQLite, a new statement text per row count (PostgreSQL binds arrays instead).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn push_values<DB>(qb: &mut sqlx::QueryBuilder<'_, DB>, rows: Vec<NewRow>)
+where
+    DB: sqlx::Database,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Vec<u8>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    qb.push_values(rows, |mut b, r| {
+        b.push_bind(r.event_id)
+            .push_bind(r.topic)
+            .push_bind(r.aggregate_type)
+            .push_bind(r.aggregate_id)
+            .push_bind(r.shard)
+            .push_bind(r.event_type)
+            .push_bind(r.event_version)
+            .push_bind(r.payload)
+            .push_bind(r.headers)
+            .push_bind(r.traceparent)
+            .push_bind(r.tracestate)
+            .push_bind(r.correlation_id)
+            .push_bind(r.tenant)
+            .push_bind(r.occurred_at_us)
+            .push_bind(r.created_at_us)
+            .push_bind(r.idempotency_key);
+    });
+}
+
 /// Longest error text stored in `last_error`.
 pub(crate) const MAX_ERROR_LEN: usize = 2000;
 
@@ -88,7 +125,8 @@ pub(crate) const MAX_ERROR_LEN: usize = 2000;
 pub(crate) const INSERT_CHUNK: usize = 1000;
 
 /// Expands, inside a database module that defines `Db`, `DbPool`, `DbRow`, `DbConnection`, `NOW_MS` (SQL for
-/// the database clock in milliseconds), `push_ids` (an `IN`-style id list), `INSERT_IGNORE` /
+/// the database clock in milliseconds), `push_ids` (an `IN`-style id list), `push_rows` and
+/// `PREPARE_INSERT` (enqueue's rows), `INSERT_IGNORE` /
 /// `ON_CONFLICT_IGNORE`, `upsert_member_sql` and `duplicate_value`, the operations
 /// whose SQL is the same on every database. Statements are built with [`sqlx::QueryBuilder`],
 /// which writes each database's placeholders.
@@ -116,31 +154,10 @@ macro_rules! common_ops {
                             rows.len()
                         )));
                     }
-                    let mut qb = QueryBuilder::<Db>::new(
-                        "INSERT INTO courier_outbox (event_id, topic, aggregate_type, aggregate_id, shard, \
-                         event_type, event_version, payload, headers, traceparent, tracestate, correlation_id, \
-                         tenant, occurred_at_us, created_at_us, idempotency_key) ",
-                    );
+                    let mut qb = QueryBuilder::<Db>::new(crate::sql::INSERT_INTO);
                     let keys: Vec<String> = rows.iter().filter_map(|r| r.idempotency_key.clone()).collect();
-                    qb.push_values(rows, |mut b, r| {
-                        b.push_bind(r.event_id)
-                            .push_bind(r.topic)
-                            .push_bind(r.aggregate_type)
-                            .push_bind(r.aggregate_id)
-                            .push_bind(r.shard)
-                            .push_bind(r.event_type)
-                            .push_bind(r.event_version)
-                            .push_bind(r.payload)
-                            .push_bind(r.headers)
-                            .push_bind(r.traceparent)
-                            .push_bind(r.tracestate)
-                            .push_bind(r.correlation_id)
-                            .push_bind(r.tenant)
-                            .push_bind(r.occurred_at_us)
-                            .push_bind(r.created_at_us)
-                            .push_bind(r.idempotency_key);
-                    });
-                    match qb.build().persistent(false).execute(&mut *self).await {
+                    push_rows(&mut qb, rows);
+                    match qb.build().persistent(PREPARE_INSERT).execute(&mut *self).await {
                         Ok(_) => Ok(()),
                         Err(err) => Err(crate::sql::duplicate_key(err, &keys, duplicate_value)),
                     }

@@ -20,6 +20,13 @@ crate::sql::common_ops!();
 /// many to keep prepared.
 const PREPARE_ID_LISTS: bool = false;
 
+/// Every row count is another statement text (see `PREPARE_ID_LISTS`).
+const PREPARE_INSERT: bool = false;
+
+fn push_rows(qb: &mut QueryBuilder<'_, Db>, rows: Vec<crate::row::NewRow>) {
+    crate::sql::push_values(qb, rows);
+}
+
 fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
     crate::sql::push_in_list(qb, ids);
 }
