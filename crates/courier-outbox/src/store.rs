@@ -170,12 +170,15 @@ impl Store {
     /// A new pool of at most `connections` to the same database, so a relay sharing a process
     /// with the application never queues behind business transactions for a connection. SQLite
     /// keeps its pool: it has one writer anyway, and an in-memory database exists only there.
+    /// Connections are not pinged on checkout: that would double the round trips of the relay's
+    /// short statements, and a broken connection fails its statement, which the relay retries.
     pub(crate) fn dedicated(&self, connections: u32) -> Self {
         macro_rules! fork {
             ($variant:ident, $pool:expr, $options:ty) => {
                 Self::$variant(
                     <$options>::new()
                         .max_connections(connections)
+                        .test_before_acquire(false)
                         .connect_lazy_with((*$pool.connect_options()).clone()),
                 )
             };
