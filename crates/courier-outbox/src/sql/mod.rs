@@ -193,7 +193,12 @@ macro_rules! common_ops {
                 .push(" AND l.lease_until_ms > ")
                 .push(NOW_MS)
                 .push(") ORDER BY o.id");
-            let rows = qb.build().persistent(PREPARE_ID_LISTS).fetch_all(pool).await?;
+            // Planned per call, on every database: with an id list as a placeholder per id
+            // (MySQL, SQLite) each list length is another statement text, and on PostgreSQL a
+            // prepared statement switches to a generic plan, which, made while the outbox was
+            // small, stays cached as it grows: the fetch then scanned a whole index per call
+            // (seconds per claim at 100k rows). The mark below is unprepared for the same reasons.
+            let rows = qb.build().persistent(false).fetch_all(pool).await?;
             rows.iter().map(|row| decode_claimed(row).map(RawRow::into_claimed)).collect()
         }
 
@@ -239,7 +244,7 @@ macro_rules! common_ops {
                 };
                 qb.push(" WHERE status = 'pending' AND id");
                 push_ids(&mut qb, published);
-                qb.build().persistent(PREPARE_ID_LISTS).execute(pool).await?;
+                qb.build().persistent(false).execute(pool).await?;
             }
             for f in failures {
                 let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox SET status = ");

@@ -4,6 +4,8 @@
 use sqlx::mysql::{MySqlPool, MySqlRow};
 use sqlx::MySql as Db;
 
+use crate::sql::push_values as push_rows;
+
 type DbPool = MySqlPool;
 type DbConnection = sqlx::MySqlConnection;
 type DbRow = MySqlRow;
@@ -16,16 +18,8 @@ const ON_CONFLICT_IGNORE: &str = "";
 
 crate::sql::common_ops!();
 
-/// An id list is a placeholder per id, so every list length is another statement text: too
-/// many to keep prepared.
-const PREPARE_ID_LISTS: bool = false;
-
-/// Every row count is another statement text (see `PREPARE_ID_LISTS`).
+/// Every row count is another statement text: too many to keep prepared.
 const PREPARE_INSERT: bool = false;
-
-fn push_rows(qb: &mut QueryBuilder<'_, Db>, rows: Vec<crate::row::NewRow>) {
-    crate::sql::push_values(qb, rows);
-}
 
 fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
     crate::sql::push_in_list(qb, ids);

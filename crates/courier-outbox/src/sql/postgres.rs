@@ -19,12 +19,6 @@ const ON_CONFLICT_IGNORE: &str = " ON CONFLICT DO NOTHING";
 
 crate::sql::common_ops!();
 
-/// Not prepared, although an id list is one array parameter: PostgreSQL would switch a prepared
-/// statement to a generic plan, and one made while the table was small (a new outbox) stays
-/// cached as the table grows. The claim fetch then scanned a whole index per call (seconds per
-/// claim at 100k rows, found by `bench outbox`). Planned per call, each sees the table as it is.
-const PREPARE_ID_LISTS: bool = false;
-
 fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
     qb.push(" = ANY(").push_bind(ids.to_vec()).push(")");
 }

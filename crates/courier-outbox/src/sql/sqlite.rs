@@ -3,6 +3,8 @@
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::Sqlite as Db;
 
+use crate::sql::push_values as push_rows;
+
 type DbPool = SqlitePool;
 type DbConnection = sqlx::SqliteConnection;
 type DbRow = SqliteRow;
@@ -15,16 +17,8 @@ const ON_CONFLICT_IGNORE: &str = "";
 
 crate::sql::common_ops!();
 
-/// An id list is a placeholder per id, so every list length is another statement text: too
-/// many to keep prepared.
-const PREPARE_ID_LISTS: bool = false;
-
-/// Every row count is another statement text (see `PREPARE_ID_LISTS`).
+/// Every row count is another statement text: too many to keep prepared.
 const PREPARE_INSERT: bool = false;
-
-fn push_rows(qb: &mut QueryBuilder<'_, Db>, rows: Vec<crate::row::NewRow>) {
-    crate::sql::push_values(qb, rows);
-}
 
 fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
     crate::sql::push_in_list(qb, ids);
