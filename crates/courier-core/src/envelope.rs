@@ -42,18 +42,21 @@ impl Envelope {
     ) -> EnvelopeBuilder {
         EnvelopeBuilder {
             envelope: Envelope {
-                event_id: EventId::new(),
+                // Placeholders: `build` fills in the id and time given, or new ones.
+                event_id: EventId::from_uuid(uuid::Uuid::nil()),
                 aggregate_type: aggregate_type.into(),
                 aggregate_id: aggregate_id.into(),
                 event_type: event_type.into(),
                 event_version: 1,
                 payload: Bytes::new(),
-                timestamp: Utc::now(),
+                timestamp: DateTime::default(),
                 trace: None,
                 correlation_id: None,
                 tenant: None,
                 headers: BTreeMap::new(),
             },
+            event_id: None,
+            timestamp: None,
         }
     }
 
@@ -105,7 +108,7 @@ impl Envelope {
 
     /// Turns the envelope back into a builder, e.g. to decode-then-amend or to re-validate.
     pub fn into_builder(self) -> EnvelopeBuilder {
-        EnvelopeBuilder { envelope: self }
+        EnvelopeBuilder { event_id: Some(self.event_id), timestamp: Some(self.timestamp), envelope: self }
     }
 }
 
@@ -132,11 +135,15 @@ impl fmt::Debug for Envelope {
 #[must_use]
 pub struct EnvelopeBuilder {
     envelope: Envelope,
+    /// The id and time given; a new UUIDv7 and the clock are read only when one is missing, as
+    /// rebuilding a stored or received event (the relay, every decode) always gives both.
+    event_id: Option<EventId>,
+    timestamp: Option<DateTime<Utc>>,
 }
 
 impl EnvelopeBuilder {
     pub fn event_id(mut self, id: EventId) -> Self {
-        self.envelope.event_id = id;
+        self.event_id = Some(id);
         self
     }
     pub fn event_version(mut self, version: i64) -> Self {
@@ -148,7 +155,7 @@ impl EnvelopeBuilder {
         self
     }
     pub fn timestamp(mut self, timestamp: DateTime<Utc>) -> Self {
-        self.envelope.timestamp = timestamp;
+        self.timestamp = Some(timestamp);
         self
     }
     pub fn trace(mut self, trace: TraceContext) -> Self {
@@ -183,7 +190,9 @@ impl EnvelopeBuilder {
     /// Validation alone, for envelopes read back from a broker or amended on their way: their
     /// trace context is what they carry, never the current span's.
     pub(crate) fn validate(self) -> Result<Envelope, ValidationError> {
-        let e = self.envelope;
+        let mut e = self.envelope;
+        e.event_id = self.event_id.unwrap_or_default();
+        e.timestamp = self.timestamp.unwrap_or_else(Utc::now);
         non_empty("aggregate_type", &e.aggregate_type)?;
         non_empty("event_type", &e.event_type)?;
         check_aggregate_id(&e.aggregate_id)?;
