@@ -11,8 +11,8 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-per_database!(@db postgres, Postgres, late_commit_is_not_overtaken);
-per_database!(@db mysql, MySql, late_commit_is_not_overtaken);
+per_database!(@db postgres, Postgres, late_commit_is_not_overtaken, late_commit_is_found_without_a_sweep);
+per_database!(@db mysql, MySql, late_commit_is_not_overtaken, late_commit_is_found_without_a_sweep);
 
 async fn late_commit_is_not_overtaken(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
@@ -41,5 +41,28 @@ async fn late_commit_is_not_overtaken(kind: Kind) {
     let consumed = consume(&bus, &topic, backlog + 2, WAIT).await;
     assert_eq!(consumed.distinct(), backlog + 2);
     assert_eq!(consumed.order_violations, 0, "the late event was overtaken by its successor");
+    relay.shutdown().await.unwrap();
+}
+
+/// A late row with no later event of its aggregate to point back at it is still found without
+/// a sweep once the relay has caught up, although the relay moved on since rows before it were
+/// published.
+async fn late_commit_is_found_without_a_sweep(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let mut config = fast_config();
+    config.partitions = 1;
+    config.sweep_interval = Duration::from_secs(3600);
+    enqueue_many(&store, &topic, 10, 5, 2).await;
+    let relay = Relay::new(store.clone(), bus.clone(), config).start();
+    eventually(WAIT, "the first rows to be published", || async { relay.stats().published >= 50 }).await;
+    with_tx!(&store, true, |tx| {
+        Outbox::default().enqueue(&mut *tx, Enqueue::new(&event("late", 0)).topic(&topic)).await.unwrap();
+        enqueue_tx(&store, &topic, &[event("other", 0)], true).await.unwrap();
+        eventually(WAIT, "the relay to pass the uncommitted row", || async { relay.stats().published >= 51 })
+            .await;
+    });
+    let consumed = consume(&bus, &topic, 52, WAIT).await;
+    assert_eq!(consumed.distinct(), 52, "the late row was left for the sweep");
     relay.shutdown().await.unwrap();
 }
