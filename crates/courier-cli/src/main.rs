@@ -280,9 +280,10 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
             let url = bus.unwrap_or_else(|| backend.default_url());
             let mut rows = vec![with_bus!(url.clone(), |bus| bench::bus::run_courier(&bus, &load).await?)];
             if baseline {
-                rows.push(bench::run_baseline(&url, &load).await?);
+                rows.extend(bench::run_baseline(&url, &load).await?);
             }
-            report::conclude(&rows, ("courier/baseline", 0, 1), json.as_deref())
+            let ratios = [("courier/baseline", 0, 1), ("courier/baseline-headers", 0, 2)];
+            report::conclude(&rows, &ratios, json.as_deref())
         }
         Command::Bench(BenchCommand::Outbox {
             db,
@@ -317,7 +318,7 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
                 timeout: Duration::from_secs(timeout_secs),
             };
             let rows = with_bus!(bus, |bus| bench::outbox::run(&bus, db.as_deref(), &load).await?);
-            report::conclude(&rows, ("drain/baseline", 0, 2), json.as_deref())
+            report::conclude(&rows, &[("drain/baseline", 0, 2)], json.as_deref())
         }
     }
 }

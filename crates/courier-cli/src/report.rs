@@ -63,18 +63,16 @@ impl Row {
     }
 }
 
-/// Prints `rows` and the throughput ratio `(label, a, b)` of rows a and b when both exist, writes
+/// Prints `rows` and each throughput ratio `(label, a, b)` of rows a and b that both exist, writes
 /// the JSON file when asked, and says whether no row lost, duplicated or reordered anything.
-pub fn conclude(
-    rows: &[Row],
-    (label, a, b): (&str, usize, usize),
-    json: Option<&Path>,
-) -> anyhow::Result<bool> {
+pub fn conclude(rows: &[Row], ratios: &[(&str, usize, usize)], json: Option<&Path>) -> anyhow::Result<bool> {
     for row in rows {
         row.print();
     }
-    if let (Some(a), Some(b)) = (rows.get(a), rows.get(b)) {
-        println!("ratio {label} throughput: {:.2}", a.throughput_eps / b.throughput_eps);
+    for &(label, a, b) in ratios {
+        if let (Some(a), Some(b)) = (rows.get(a), rows.get(b)) {
+            println!("ratio {label} throughput: {:.2}", a.throughput_eps / b.throughput_eps);
+        }
     }
     if let Some(path) = json {
         write_json(path, rows)?;

@@ -3,22 +3,53 @@
 //! every delivery report awaited) with no Courier in between, written the way a careful user of
 //! the client would: one task keeps W `DeliveryFuture`s of a `FutureProducer` in a
 //! `FuturesUnordered`, retrying a send refused because librdkafka's queue is full.
+//!
+//! It runs twice: with key and payload only, and with the CloudEvents headers Courier writes for
+//! the same events, so a report separates what the headers cost the client from what Courier
+//! costs.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use courier_core::wire::{self, HeaderStyle, WireMode};
 use courier_core::EventId;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use super::bus::{BusLoad, Tally};
 use crate::report::Row;
 
-pub async fn run(servers: &str, load: &BusLoad) -> anyhow::Result<Row> {
+/// The bare rows: `baseline` (key and payload) and `baseline-headers` (plus Courier's headers).
+pub async fn run(servers: &str, load: &BusLoad) -> anyhow::Result<Vec<Row>> {
+    // Header values made before the clock starts, as Courier's envelopes are; the librdkafka
+    // header list is built per send, as a user of the client would.
+    let headers: Vec<Vec<(String, String)>> = load
+        .envelopes()?
+        .iter()
+        .map(|envelope| {
+            let mut headers = Vec::new();
+            wire::encode(envelope, WireMode::CloudEvents, HeaderStyle::Kafka, &mut headers);
+            headers
+        })
+        .collect();
+    Ok(vec![
+        produce(servers, load, "baseline", None).await?,
+        produce(servers, load, "baseline-headers", Some(&headers)).await?,
+    ])
+}
+
+/// One bare run, each event `i` carrying `headers[i]` if given.
+async fn produce(
+    servers: &str,
+    load: &BusLoad,
+    mode: &str,
+    headers: Option<&[Vec<(String, String)>]>,
+) -> anyhow::Result<Row> {
     let topic = format!("bench-baseline-{}", EventId::new().as_uuid().simple());
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", servers)
@@ -56,6 +87,14 @@ pub async fn run(servers: &str, load: &BusLoad) -> anyhow::Result<Row> {
         if inflight.len() < load.window && next < load.events {
             let sent = Instant::now();
             let mut record = FutureRecord::to(&topic).key(&keys[next]).payload(&payload);
+            if let Some(headers) = headers {
+                let list = headers[next]
+                    .iter()
+                    .fold(OwnedHeaders::new_with_capacity(headers[next].len()), |list, (key, value)| {
+                        list.insert(Header { key, value: Some(value) })
+                    });
+                record = record.headers(list);
+            }
             let delivery = loop {
                 match producer.send_result(record) {
                     Ok(delivery) => break delivery,
@@ -90,5 +129,5 @@ pub async fn run(servers: &str, load: &BusLoad) -> anyhow::Result<Row> {
     if let Err(error) = admin.delete_topics(&[&topic], &AdminOptions::new()).await {
         eprintln!("could not delete baseline topic {topic}: {error}");
     }
-    Ok(tally.row("kafka", "baseline", load, elapsed))
+    Ok(tally.row("kafka", mode, load, elapsed))
 }
