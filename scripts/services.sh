@@ -41,7 +41,7 @@ ensure_nats() {
 ensure_tansu() {
   port_open "$TANSU_PORT" && return 0
   if ! command -v tansu >/dev/null; then
-    echo "installing the Tansu Kafka-compatible broker (once; about 12 minutes)"
+    echo "installing the Tansu Kafka-compatible broker (once; 12 to 45 minutes, depending on the machine)"
     cargo install tansu --locked --features dynostore >"$LOG_DIR/tansu-install.log" 2>&1 || {
       echo "FATAL: cargo install tansu failed; see $LOG_DIR/tansu-install.log" >&2; return 1; }
   fi
