@@ -44,7 +44,7 @@ impl Row {
 
     pub fn print(&self) {
         println!(
-            "{:<8} {:<9} events={:<8} payload={}B  {:>10.0} ev/s  ack p50={:.2}ms p99={:.2}ms  lost={} dup={} order_violations={}{}",
+            "{:<8} {:<16} events={:<8} payload={}B  {:>10.0} ev/s  ack p50={:.2}ms p99={:.2}ms  lost={} dup={} order_violations={}{}",
             self.backend,
             self.mode,
             self.events,
