@@ -73,8 +73,8 @@ pub(crate) const CLAIM_COLUMNS: &str =
     "id, event_id, topic, aggregate_type, aggregate_id, shard, event_type, \
      event_version, payload, headers, traceparent, tracestate, correlation_id, tenant, occurred_at_us, \
      created_at_us, attempts, \
-     (SELECT MIN(p.id) FROM courier_outbox p WHERE p.aggregate_id = o.aggregate_id AND p.status = 'pending') \
-     AS first_pending_id";
+     (SELECT MAX(p.id) FROM courier_outbox p \
+       WHERE p.aggregate_id = o.aggregate_id AND p.status = 'pending' AND p.id < o.id) AS previous_pending_id";
 
 /// A pending row claimed by the relay.
 pub(crate) struct ClaimedRow {
@@ -83,8 +83,8 @@ pub(crate) struct ClaimedRow {
     pub(crate) aggregate_id: Arc<str>,
     pub(crate) attempts: i64,
     pub(crate) created_at_us: i64,
-    /// The aggregate's oldest pending row when this one was read.
-    pub(crate) first_pending_id: i64,
+    /// The aggregate's pending row just before this one when it was read, if any.
+    pub(crate) previous_pending_id: Option<i64>,
     /// The event to publish, or why the row cannot be turned into one (it then goes dead).
     pub(crate) event: Result<(Topic, Envelope), Error>,
 }
@@ -108,18 +108,18 @@ pub(crate) struct RawRow {
     pub(crate) occurred_at_us: i64,
     pub(crate) created_at_us: i64,
     pub(crate) attempts: i64,
-    pub(crate) first_pending_id: i64,
+    pub(crate) previous_pending_id: Option<i64>,
 }
 
 impl RawRow {
     pub(crate) fn into_claimed(self) -> ClaimedRow {
         let aggregate_id: Arc<str> = self.aggregate_id.as_str().into();
-        let (id, shard, attempts, created_at_us, first_pending_id) =
-            (self.id, self.shard, self.attempts, self.created_at_us, self.first_pending_id);
+        let (id, shard, attempts, created_at_us, previous_pending_id) =
+            (self.id, self.shard, self.attempts, self.created_at_us, self.previous_pending_id);
         let event = self.into_event().map_err(|reason| {
             Error::new(ErrorKind::InvalidInput, format!("outbox row {id} cannot be published: {reason}"))
         });
-        ClaimedRow { id, shard, aggregate_id, attempts, created_at_us, first_pending_id, event }
+        ClaimedRow { id, shard, aggregate_id, attempts, created_at_us, previous_pending_id, event }
     }
 
     fn into_event(self) -> Result<(Topic, Envelope), String> {
@@ -187,7 +187,7 @@ mod tests {
             occurred_at_us: row.occurred_at_us,
             created_at_us: row.created_at_us,
             attempts: 0,
-            first_pending_id: 7,
+            previous_pending_id: Some(7),
         };
         let (read_topic, read) = raw.into_claimed().event.unwrap();
         assert_eq!(read_topic, topic);

@@ -470,11 +470,14 @@ impl<T: Transport> Engine<T> {
         if aggregate.park.is_some() {
             return;
         }
-        if row.first_pending_id < row.id && !self.known.contains_key(&row.first_pending_id) {
+        // Every older pending row of the aggregate must be in memory already. Checking the one
+        // just before suffices: it passed the same check when it was taken. (The oldest pending
+        // row does not: it may be in flight while a row between it and this one is not read yet.)
+        if let Some(previous) = row.previous_pending_id.filter(|id| !self.known.contains_key(id)) {
             // An older row of this aggregate committed after the cursor passed its id: re-read
             // from it, so that this row does not overtake it.
             self.remove_if_idle(&key);
-            self.rewind(row.first_pending_id - 1);
+            self.rewind(previous - 1);
             return;
         }
         self.known.insert(row.id, partition);

@@ -221,7 +221,7 @@ macro_rules! common_ops {
                 occurred_at_us: row.try_get("occurred_at_us")?,
                 created_at_us: row.try_get("created_at_us")?,
                 attempts: row.try_get("attempts")?,
-                first_pending_id: row.try_get("first_pending_id")?,
+                previous_pending_id: row.try_get("previous_pending_id")?,
             })
         }
 
