@@ -5,8 +5,8 @@
 mod common;
 
 use common::{consume, enqueue_many, enqueue_tx, event, eventually, fast_config, topic, Kind, TestDb};
-use courier_core::MemoryBus;
-use courier_outbox::{Enqueue, Outbox, Relay, Store};
+use courier_core::{Envelope, MemoryBus, Topic};
+use courier_outbox::{Enqueue, Outbox, Relay, RelayConfig, RelayHandle, Store};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -26,34 +26,55 @@ per_database!(
     late_commit_is_found_without_a_sweep
 );
 
-async fn late_commit_is_not_overtaken(kind: Kind) {
-    let (_db, store) = TestDb::create(kind).await;
-    let (bus, topic) = (MemoryBus::default(), topic());
+/// Relay settings that keep it reading by cursor over a backlog: small batches, and no sweep
+/// to go back for a row the cursor passed.
+fn cursor_config() -> RelayConfig {
     let mut config = fast_config();
-    // Small batches over a large backlog keep the relay reading by cursor, and only the
-    // (disabled) sweep would go back for a row the cursor passed.
     config.batch_size = 10;
     config.partitions = 1;
     config.sweep_interval = Duration::from_secs(3600);
-    let (backlog, late) = (20_000, event("late", 0));
-    let relay = with_tx!(&store, true, |tx| {
-        Outbox::default().enqueue(&mut *tx, Enqueue::new(&late).topic(&topic)).await.unwrap();
-        enqueue_many(&store, &topic, 100, backlog as u64 / 100, 4).await;
-        let relay = Relay::new(store.clone(), bus.clone(), config).start();
+    config
+}
+
+/// Enqueues `late` in a transaction that commits only once a relay, started over a `backlog`
+/// of other events committed meanwhile, has read past its row.
+async fn start_past_uncommitted(
+    store: &Store,
+    bus: &MemoryBus,
+    topic: &Topic,
+    late: &Envelope,
+    backlog: usize,
+) -> RelayHandle {
+    with_tx!(store, true, |tx| {
+        Outbox::default().enqueue(&mut *tx, Enqueue::new(late).topic(topic)).await.unwrap();
+        enqueue_many(store, topic, 100, backlog as u64 / 100, 4).await;
+        let relay = Relay::new(store.clone(), bus.clone(), cursor_config()).start();
         eventually(WAIT, "the relay to pass the uncommitted row", || async {
             relay.stats().published >= 100
         })
         .await;
         relay
-    });
+    })
+}
+
+/// Reads all `expected` events and checks each aggregate's order, then stops the relay.
+async fn assert_all_in_order(bus: &MemoryBus, topic: &Topic, expected: usize, relay: RelayHandle) {
+    let consumed = consume(bus, topic, expected, WAIT).await;
+    assert_eq!(consumed.distinct(), expected);
+    assert_eq!(consumed.order_violations, 0, "the late event was overtaken by its successor");
+    relay.shutdown().await.unwrap();
+}
+
+async fn late_commit_is_not_overtaken(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let backlog = 20_000;
+    let relay = start_past_uncommitted(&store, &bus, &topic, &event("late", 0), backlog).await;
     // The late row is committed now; its aggregate's next event follows while the relay is
     // still working through the backlog.
     enqueue_tx(&store, &topic, &[event("late", 1)], true).await.unwrap();
     assert!(relay.stats().published < backlog as u64, "the backlog drained too early to test anything");
-    let consumed = consume(&bus, &topic, backlog + 2, WAIT).await;
-    assert_eq!(consumed.distinct(), backlog + 2);
-    assert_eq!(consumed.order_violations, 0, "the late event was overtaken by its successor");
-    relay.shutdown().await.unwrap();
+    assert_all_in_order(&bus, &topic, backlog + 2, relay).await;
 }
 
 /// Aggregate `held` has three events: 0 is published but its mark waits (a transaction holds
@@ -63,11 +84,6 @@ async fn late_commit_is_not_overtaken(kind: Kind) {
 async fn late_commit_behind_an_unmarked_row_is_not_overtaken(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
-    let mut config = fast_config();
-    // Small batches over a backlog keep the relay reading by cursor, not from the oldest row.
-    config.batch_size = 10;
-    config.partitions = 1;
-    config.sweep_interval = Duration::from_secs(3600);
     let backlog = 5_000;
     enqueue_tx(&store, &topic, &[event("held", 0)], true).await.unwrap();
     let relay = with_tx!(&store, false, |lock| {
@@ -81,16 +97,7 @@ async fn late_commit_behind_an_unmarked_row_is_not_overtaken(kind: Kind) {
             .fetch_all(&mut *lock)
             .await
             .unwrap();
-        let relay = with_tx!(&store, true, |tx| {
-            Outbox::default().enqueue(&mut *tx, Enqueue::new(&event("held", 1)).topic(&topic)).await.unwrap();
-            enqueue_many(&store, &topic, 100, backlog as u64 / 100, 4).await;
-            let relay = Relay::new(store.clone(), bus.clone(), config).start();
-            eventually(WAIT, "the relay to pass the uncommitted row", || async {
-                relay.stats().published >= 100
-            })
-            .await;
-            relay
-        });
+        let relay = start_past_uncommitted(&store, &bus, &topic, &event("held", 1), backlog).await;
         enqueue_tx(&store, &topic, &[event("held", 2)], true).await.unwrap();
         assert!(relay.stats().published < backlog as u64, "the backlog drained too early to test anything");
         // All of it while event 0's mark still waits.
@@ -100,10 +107,7 @@ async fn late_commit_behind_an_unmarked_row_is_not_overtaken(kind: Kind) {
         .await;
         relay
     });
-    let consumed = consume(&bus, &topic, backlog + 3, WAIT).await;
-    assert_eq!(consumed.distinct(), backlog + 3);
-    assert_eq!(consumed.order_violations, 0, "the late event was overtaken by its successor");
-    relay.shutdown().await.unwrap();
+    assert_all_in_order(&bus, &topic, backlog + 3, relay).await;
 }
 
 /// A late row with no later event of its aggregate to point back at it is still found without
