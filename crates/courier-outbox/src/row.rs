@@ -73,8 +73,9 @@ pub(crate) const CLAIM_COLUMNS: &str =
     "id, event_id, topic, aggregate_type, aggregate_id, shard, event_type, \
      event_version, payload, headers, traceparent, tracestate, correlation_id, tenant, occurred_at_us, \
      created_at_us, attempts, \
-     (SELECT MAX(p.id) FROM courier_outbox p \
-       WHERE p.aggregate_id = o.aggregate_id AND p.status = 'pending' AND p.id < o.id) AS previous_pending_id";
+     (SELECT p.id FROM courier_outbox p \
+       WHERE p.aggregate_id = o.aggregate_id AND p.status = 'pending' AND p.id < o.id \
+       ORDER BY p.id DESC LIMIT 1) AS previous_pending_id";
 
 /// A pending row claimed by the relay.
 pub(crate) struct ClaimedRow {
