@@ -68,14 +68,22 @@ impl NewRow {
     }
 }
 
-/// The columns the relay reads from `courier_outbox o`, in the order [`ClaimedRow`] decodes them.
+/// The columns the relay reads from `courier_outbox o`, in the order [`ClaimedRow`] decodes them;
+/// `previous_pending_id` follows from [`previous_pending`].
 pub(crate) const CLAIM_COLUMNS: &str =
     "id, event_id, topic, aggregate_type, aggregate_id, shard, event_type, \
      event_version, payload, headers, traceparent, tracestate, correlation_id, tenant, occurred_at_us, \
-     created_at_us, attempts, \
-     (SELECT p.id FROM courier_outbox p \
-       WHERE p.aggregate_id = o.aggregate_id AND p.status = 'pending' AND p.id < o.id \
-       ORDER BY p.id DESC LIMIT 1) AS previous_pending_id";
+     created_at_us, attempts";
+
+/// The claimed row's `previous_pending_id` column, reading `courier_outbox p` with `hint` (an
+/// index hint, or empty): one step back on the pending-aggregate index.
+pub(crate) fn previous_pending(hint: &str) -> String {
+    format!(
+        "(SELECT p.id FROM courier_outbox p{hint} \
+         WHERE p.aggregate_id = o.aggregate_id AND p.status = 'pending' AND p.id < o.id \
+         ORDER BY p.id DESC LIMIT 1) AS previous_pending_id"
+    )
+}
 
 /// A pending row claimed by the relay.
 pub(crate) struct ClaimedRow {

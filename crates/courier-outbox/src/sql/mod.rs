@@ -127,7 +127,8 @@ pub(crate) const INSERT_CHUNK: usize = 1000;
 /// Expands, inside a database module that defines `Db`, `DbPool`, `DbRow`, `DbConnection`, `NOW_MS` (SQL for
 /// the database clock in milliseconds), `push_ids` (an `IN`-style id list), `push_rows` and
 /// `PREPARE_INSERT` (enqueue's rows), `INSERT_IGNORE` /
-/// `ON_CONFLICT_IGNORE`, `upsert_member_sql` and `duplicate_value`, the operations
+/// `ON_CONFLICT_IGNORE`, `upsert_member_sql`, `duplicate_value` and `PENDING_AGGREGATE_HINT` (how
+/// the claim's subquery reaches the pending-aggregate index), the operations
 /// whose SQL is the same on every database. Statements are built with [`sqlx::QueryBuilder`],
 /// which writes each database's placeholders.
 macro_rules! common_ops {
@@ -135,7 +136,7 @@ macro_rules! common_ops {
         use sqlx::{QueryBuilder, Row as _};
 
         use crate::admin::{DeadEvent, DeadFilter};
-        use crate::row::{ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
+        use crate::row::{previous_pending, ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
         use crate::sql::{BlockedRow, ClaimQuery, Failure, Mark, INSERT_CHUNK};
         use crate::OutboxError;
 
@@ -184,7 +185,8 @@ macro_rules! common_ops {
         /// shows leased to `q.owner` (the fence against a lease lost in the meantime).
         pub(crate) async fn fetch_claimed(pool: &DbPool, q: &ClaimQuery) -> Result<Vec<ClaimedRow>, sqlx::Error> {
             let mut qb = QueryBuilder::<Db>::new("SELECT ");
-            qb.push(CLAIM_COLUMNS).push(" FROM courier_outbox o WHERE o.status = 'pending' AND o.id");
+            qb.push(CLAIM_COLUMNS).push(", ").push(previous_pending(PENDING_AGGREGATE_HINT));
+            qb.push(" FROM courier_outbox o WHERE o.status = 'pending' AND o.id");
             push_ids(&mut qb, &q.ids);
             qb.push(" AND EXISTS (SELECT 1 FROM courier_outbox_leases l WHERE l.partition_no = o.shard % ")
                 .push_bind(q.partition_count)

@@ -16,6 +16,11 @@ const NOW_MS: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
 const INSERT_IGNORE: &str = "INSERT IGNORE";
 const ON_CONFLICT_IGNORE: &str = "";
 
+/// MariaDB answered `ORDER BY p.id DESC LIMIT 1` by walking the primary key down from the row
+/// (20,000 rows read per claimed row once most of the outbox was published) instead of one step
+/// on `(aggregate_id, status, id)`.
+const PENDING_AGGREGATE_HINT: &str = " FORCE INDEX (courier_outbox_pending_aggregate)";
+
 crate::sql::common_ops!();
 
 /// Every row count is another statement text: too many to keep prepared.

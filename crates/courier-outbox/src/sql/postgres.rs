@@ -17,6 +17,9 @@ pub(crate) const NOTIFY_CHANNEL: &str = "courier_outbox";
 const INSERT_IGNORE: &str = "INSERT";
 const ON_CONFLICT_IGNORE: &str = " ON CONFLICT DO NOTHING";
 
+/// The planner finds the partial pending-aggregate index by itself.
+const PENDING_AGGREGATE_HINT: &str = "";
+
 crate::sql::common_ops!();
 
 fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {

@@ -15,6 +15,9 @@ const NOW_MS: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGE
 const INSERT_IGNORE: &str = "INSERT OR IGNORE";
 const ON_CONFLICT_IGNORE: &str = "";
 
+/// The planner finds the partial pending-aggregate index by itself.
+const PENDING_AGGREGATE_HINT: &str = "";
+
 crate::sql::common_ops!();
 
 /// Every row count is another statement text: too many to keep prepared.
