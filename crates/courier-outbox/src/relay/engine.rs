@@ -471,8 +471,9 @@ impl<T: Transport> Engine<T> {
             return;
         }
         // Every older pending row of the aggregate must be in memory already. Checking the one
-        // just before suffices: it passed the same check when it was taken. (The oldest pending
-        // row does not: it may be in flight while a row between it and this one is not read yet.)
+        // just before suffices: it passed the same check when it was taken. (Checking the oldest
+        // does not: it may be in memory, published with its mark not yet committed, while a row
+        // between it and this one was never read.)
         if let Some(previous) = row.previous_pending_id.filter(|id| !self.known.contains_key(id)) {
             // An older row of this aggregate committed after the cursor passed its id: re-read
             // from it, so that this row does not overtake it.
