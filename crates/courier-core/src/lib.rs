@@ -37,7 +37,7 @@ pub use envelope::{
     Envelope, EnvelopeBuilder, Topic, TraceContext, DEFAULT_MAX_PAYLOAD, MAX_AGGREGATE_ID_LEN, MAX_TOPIC_LEN,
 };
 pub use error::{Error, ErrorKind, HandlerError, ValidationError};
-pub use event_id::EventId;
+pub use event_id::{EventId, EventIdHasher, EventIdMap};
 pub use memory::{MemoryBus, MemoryConfig};
 pub use offsets::OffsetTracker;
 pub use publish::{

@@ -11,8 +11,8 @@ use tokio::sync::Notify;
 use crate::bus::{Bus, TopicConfig};
 use crate::dispatch::Delivery;
 use crate::{
-    Completion, Envelope, Error, ErrorKind, EventId, OffsetTracker, Position, Publisher, PublisherConfig,
-    Receipt, Topic, Transport, DEFAULT_MAX_PAYLOAD,
+    Completion, Envelope, Error, ErrorKind, EventId, EventIdMap, OffsetTracker, Position, Publisher,
+    PublisherConfig, Receipt, Topic, Transport, DEFAULT_MAX_PAYLOAD,
 };
 
 /// Memory bus settings.
@@ -57,7 +57,7 @@ struct LogState {
     max_messages: usize,
     duplicate_window: Duration,
     /// Event id → sequence, for ids published within the duplicate window.
-    seen: HashMap<EventId, u64>,
+    seen: EventIdMap<EventId, u64>,
     seen_order: VecDeque<(Instant, EventId)>,
     groups: HashMap<String, Arc<Mutex<GroupState>>>,
 }
@@ -111,7 +111,7 @@ impl TopicLog {
                 messages: VecDeque::new(),
                 max_messages: max_messages.max(1),
                 duplicate_window: config.duplicate_window,
-                seen: HashMap::new(),
+                seen: EventIdMap::default(),
                 seen_order: VecDeque::new(),
                 groups: HashMap::new(),
             }),

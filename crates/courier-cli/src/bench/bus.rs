@@ -1,12 +1,11 @@
 //! `courier bench bus`: publish N events through a Courier publisher and read every per-event
 //! verdict from the results stream; throughput is events over the time until the last verdict.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use courier_core::{Bus, Envelope, EventId, Position, PublisherConfig, Topic, TopicConfig};
+use courier_core::{Bus, Envelope, EventId, EventIdMap, Position, PublisherConfig, Topic, TopicConfig};
 
 use crate::report::{peak_rss_bytes, Latency, Row};
 
@@ -137,7 +136,7 @@ pub fn position_key(position: &Position) -> (i64, u64) {
 pub async fn run_courier<B: Bus>(bus: &B, load: &BusLoad) -> anyhow::Result<Row> {
     let topic = fresh_topic(bus, "bench").await?;
     let envelopes = load.envelopes()?;
-    let index: HashMap<EventId, usize> =
+    let index: EventIdMap<EventId, usize> =
         envelopes.iter().enumerate().map(|(i, e)| (e.event_id(), i)).collect();
     let metrics = tokio::runtime::Handle::current().metrics();
     let tasks_before = metrics.num_alive_tasks();

@@ -10,14 +10,13 @@
 //! - `baseline`: the relay's claim+mark loop in bare SQL without publishing, the ceiling the
 //!   drain rate is compared to.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use courier_core::{Bus, Envelope, EventId};
+use courier_core::{Bus, Envelope, EventId, EventIdMap};
 use courier_outbox::{AckedEvent, Enqueue, Outbox, Relay, RelayConfig, RelayObserver, Store, TopicMapper};
 use sqlx::{Connection as _, QueryBuilder, Row as _};
 use tokio::sync::Notify;
@@ -351,7 +350,7 @@ struct AckState {
 /// The relay observer of a run: every ACK, checked against the events the run enqueued.
 #[derive(Clone)]
 struct Acks {
-    index: Arc<HashMap<EventId, usize>>,
+    index: Arc<EventIdMap<EventId, usize>>,
     aggregates: usize,
     state: Arc<Mutex<AckState>>,
     all_acked: Arc<Notify>,

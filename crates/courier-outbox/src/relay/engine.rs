@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::{Error, EventId, PublishResult, Publisher, Transport};
+use courier_core::{Error, EventId, EventIdMap, PublishResult, Publisher, Transport};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinSet;
@@ -261,7 +261,7 @@ struct Engine<T: Transport> {
     aggregates: HashMap<Arc<str>, Aggregate>,
     /// Aggregates with a publishable head row.
     ready: VecDeque<Arc<str>>,
-    in_flight: HashMap<EventId, InFlight>,
+    in_flight: EventIdMap<EventId, InFlight>,
     /// Rows in memory: queued, in flight, or with an outcome not yet written. Row id → partition.
     known: HashMap<i64, i64>,
     queued: usize,
@@ -314,7 +314,7 @@ impl<T: Transport> Engine<T> {
             draining: BTreeSet::new(),
             aggregates: HashMap::new(),
             ready: VecDeque::new(),
-            in_flight: HashMap::new(),
+            in_flight: EventIdMap::default(),
             known: HashMap::new(),
             queued: 0,
             timers: BinaryHeap::new(),
