@@ -39,13 +39,13 @@ pub struct KafkaConfig {
     pub compression: Option<String>,
     /// Timeout of admin and metadata requests. Default 30 s.
     pub admin_timeout: Duration,
-    /// How long the producer remembers acknowledged event ids so that re-publishing one is
-    /// answered as a duplicate instead of being written again. Kafka has no broker-side
-    /// de-duplication by event id; this window covers re-publishes from the same bus only.
-    /// Default 2 min; zero turns it off.
+    /// How long the producer at least remembers acknowledged event ids so that re-publishing
+    /// one is answered as a duplicate instead of being written again; older ids are forgotten
+    /// as new ones arrive. Kafka has no broker-side de-duplication by event id; this window
+    /// covers re-publishes from the same bus only. Default 2 min; zero turns it off.
     pub dedup_window: Duration,
-    /// Most event ids remembered for de-duplication; the oldest are forgotten first.
-    /// Default 100,000.
+    /// Most event ids remembered for de-duplication. Once half of it arrived within the
+    /// window, the ids older than those are forgotten early. Default 100,000.
     pub dedup_capacity: usize,
     /// How often a consumer commits the offsets it may commit. Commits also happen on
     /// rebalance and when the subscription is dropped. Default 1 s.

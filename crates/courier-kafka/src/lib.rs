@@ -55,6 +55,7 @@
 mod admin;
 mod config;
 mod consumer;
+mod dedup;
 mod error;
 mod producer;
 
@@ -72,8 +73,9 @@ pub use config::KafkaConfig;
 pub use consumer::{GroupContext, KafkaDelivery};
 pub use producer::{DeliveryContext, KafkaTransport};
 
+use crate::dedup::Dedup;
 use crate::error::from_kafka;
-use crate::producer::{Dedup, KafkaProducer};
+use crate::producer::KafkaProducer;
 
 /// A Kafka bus. Cheap to clone; clones share the producer.
 #[derive(Clone)]

@@ -1,9 +1,7 @@
 //! Publishing: one idempotent librdkafka producer per bus, polled by one dedicated thread whose
 //! delivery-report callback resolves each event's [`Completion`].
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use courier_core::wire::{self, HeaderSink, HeaderStyle, WireMode};
@@ -13,6 +11,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
+use crate::dedup::Dedup;
 use crate::error::from_kafka;
 use crate::Shared;
 
@@ -152,128 +151,5 @@ impl Transport for KafkaTransport {
             // The reference envelope carries the payload as base64 inside JSON.
             WireMode::Reference => room / 4 * 3,
         }
-    }
-}
-
-/// Event ids acknowledged recently, per topic, so a re-publish is answered as a duplicate with
-/// the stored position instead of being written twice. Bounded by age and count.
-pub(crate) struct Dedup {
-    window: Duration,
-    capacity: usize,
-    state: Mutex<DedupState>,
-}
-
-#[derive(Default)]
-struct DedupState {
-    positions: HashMap<Key, (Position, Instant), BuildHasherDefault<IdHasher>>,
-    order: VecDeque<(Instant, Key)>,
-}
-
-/// An event id in a topic. Hashed by the id alone: ids are unique, random and cheap to hash,
-/// while hashing the topic name would cost more than the rest of a lookup.
-#[derive(Clone, PartialEq, Eq)]
-struct Key {
-    event_id: EventId,
-    topic: Topic,
-}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.event_id.hash(state);
-    }
-}
-
-/// FxHash's mixing step; enough for UUIDs, whose bits are mostly random already.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-}
-
-impl Dedup {
-    pub(crate) fn new(window: Duration, capacity: usize) -> Self {
-        Self { window, capacity, state: Mutex::default() }
-    }
-
-    fn enabled(&self) -> bool {
-        !self.window.is_zero() && self.capacity > 0
-    }
-
-    /// The stored position of `event_id` in `topic` if it was acknowledged within the window.
-    /// Reads the clock only on a hit, so the common miss costs one lock and one lookup.
-    fn get(&self, topic: &Topic, event_id: EventId) -> Option<Position> {
-        if !self.enabled() {
-            return None;
-        }
-        let key = Key { event_id, topic: topic.clone() };
-        let state = self.state.lock().expect("dedup lock");
-        let (position, at) = state.positions.get(&key)?;
-        (at.elapsed() < self.window).then(|| position.clone())
-    }
-
-    fn insert(&self, topic: &Topic, event_id: EventId, position: &Position) {
-        if !self.enabled() {
-            return;
-        }
-        let key = Key { event_id, topic: topic.clone() };
-        let now = Instant::now();
-        let mut state = self.state.lock().expect("dedup lock");
-        state.expire(now, self.window);
-        if state.positions.insert(key.clone(), (position.clone(), now)).is_none() {
-            state.order.push_back((now, key));
-        }
-        while state.order.len() > self.capacity {
-            state.pop_oldest();
-        }
-    }
-}
-
-impl DedupState {
-    fn expire(&mut self, now: Instant, window: Duration) {
-        while self.order.front().is_some_and(|(at, _)| now.duration_since(*at) >= window) {
-            self.pop_oldest();
-        }
-    }
-
-    fn pop_oldest(&mut self) {
-        if let Some((_, key)) = self.order.pop_front() {
-            self.positions.remove(&key);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dedup_remembers_per_topic_within_window_and_capacity() {
-        let dedup = Dedup::new(Duration::from_secs(60), 2);
-        let (a, b) = (Topic::new("a").unwrap(), Topic::new("b").unwrap());
-        let at = |offset| Position::Partition { partition: 0, offset };
-        let ids: Vec<EventId> = (0..3).map(|_| EventId::new()).collect();
-        dedup.insert(&a, ids[0], &at(1));
-        assert_eq!(dedup.get(&a, ids[0]), Some(at(1)));
-        assert_eq!(dedup.get(&b, ids[0]), None, "the same id in another topic is another event");
-        dedup.insert(&b, ids[0], &at(7));
-        dedup.insert(&a, ids[1], &at(2));
-        assert_eq!(dedup.get(&a, ids[0]), None, "the oldest is forgotten beyond capacity");
-        assert_eq!(dedup.get(&b, ids[0]), Some(at(7)));
-
-        let off = Dedup::new(Duration::ZERO, 10);
-        off.insert(&a, ids[2], &at(3));
-        assert_eq!(off.get(&a, ids[2]), None);
     }
 }
