@@ -57,6 +57,7 @@ mod config;
 mod consumer;
 mod dedup;
 mod error;
+mod native;
 mod producer;
 
 use std::sync::Arc;
@@ -75,6 +76,7 @@ pub use producer::{DeliveryContext, KafkaTransport};
 
 use crate::dedup::Dedup;
 use crate::error::from_kafka;
+use crate::native::TopicHandles;
 use crate::producer::KafkaProducer;
 
 /// A Kafka bus. Cheap to clone; clones share the producer.
@@ -85,6 +87,8 @@ pub struct KafkaBus {
 
 pub(crate) struct Shared {
     config: KafkaConfig,
+    /// Declared before `producer`: handles are released before the client they belong to.
+    topics: TopicHandles,
     producer: KafkaProducer,
     dedup: Arc<Dedup>,
     /// Where consumers connect: the configured servers, or the producer's mock cluster.
@@ -112,7 +116,16 @@ impl KafkaBus {
                 (config.bootstrap_servers.clone(), Some(admin))
             }
         };
-        Ok(Self { shared: Arc::new(Shared { config, producer, dedup, bootstrap, admin }) })
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                topics: TopicHandles::default(),
+                producer,
+                dedup,
+                bootstrap,
+                admin,
+            }),
+        })
     }
 
     /// A bus on a fresh librdkafka mock cluster of `brokers` brokers (see [`KafkaConfig::mock`]).
@@ -179,6 +192,7 @@ impl Bus for KafkaBus {
     /// (SIGSEGV in its metadata-cache update) after deleting on Tansu. The benches and the demo
     /// close first and have not crashed.
     async fn delete_topic(&self, topic: &Topic) -> Result<(), Error> {
+        self.shared.topics.forget(topic);
         admin::delete(&self.shared, topic).await
     }
 

@@ -4,15 +4,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use courier_core::wire::{self, HeaderSink, HeaderStyle, WireMode};
+use bytes::Bytes;
+use courier_core::wire::{self, HeaderStyle, WireMode};
 use courier_core::{Completion, Envelope, Error, ErrorKind, EventId, Position, Receipt, Topic, Transport};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::dedup::Dedup;
 use crate::error::from_kafka;
+use crate::native::{self, Headers};
 use crate::Shared;
 
 /// Room kept under `message.max.bytes` for headers and record framing.
@@ -27,6 +29,8 @@ pub(crate) type KafkaProducer = ThreadedProducer<DeliveryContext>;
 pub struct InFlight {
     completion: Completion,
     topic: Topic,
+    /// The payload librdkafka sends from (lent without a copy; see [`native`](crate::native)).
+    pub(crate) body: Bytes,
 }
 
 /// Turns delivery reports into verdicts; runs on the producer's polling thread.
@@ -46,7 +50,7 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<InFlight>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
-        let InFlight { completion, topic } = *in_flight;
+        let InFlight { completion, topic, .. } = *in_flight;
         let event_id = completion.event_id();
         let outcome = match result {
             Ok(message) => {
@@ -69,15 +73,6 @@ fn delivery_error(topic: &Topic, event_id: EventId, err: &KafkaError) -> Error {
 /// context and a few of the envelope's own.
 const HEADERS_CAPACITY: usize = 12;
 
-/// librdkafka headers filled straight from the encoder (librdkafka copies each one).
-struct KafkaHeaders(Option<OwnedHeaders>);
-
-impl HeaderSink for KafkaHeaders {
-    fn put(&mut self, key: &str, value: &str) {
-        self.0 = self.0.take().map(|headers| headers.insert(Header { key, value: Some(value) }));
-    }
-}
-
 /// Publishes into Kafka through the bus's shared producer. Cheap to clone.
 #[derive(Clone)]
 pub struct KafkaTransport {
@@ -92,31 +87,36 @@ impl Transport for KafkaTransport {
             completion.complete(Ok(Receipt { event_id, position, duplicate: true }));
             return;
         }
-        let mut sink = KafkaHeaders(Some(OwnedHeaders::new_with_capacity(HEADERS_CAPACITY)));
-        let body = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka, &mut sink);
-        let mut headers = sink.0.expect("the sink always holds its headers");
-        let mut in_flight = Box::new(InFlight { completion, topic: topic.clone() });
+        let handle = match shared.topics.get(shared.producer.client(), topic) {
+            Ok(handle) => handle,
+            Err(err) => {
+                completion.complete(Err(err));
+                return;
+            }
+        };
+        let mut headers = Headers::with_capacity(HEADERS_CAPACITY);
+        let body = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka, &mut headers);
+        let mut in_flight = Box::new(InFlight { completion, topic: topic.clone(), body });
+        let key = envelope.aggregate_id().as_bytes();
         // Set when librdkafka first refuses the event for a full queue.
         let mut deadline = None;
         let mut pause = Duration::from_micros(200);
         loop {
-            let record = BaseRecord::with_opaque_to(topic.as_str(), in_flight)
-                .key(envelope.aggregate_id())
-                .payload(body.as_ref())
-                .headers(headers);
-            let (err, record) = match shared.producer.send(record) {
+            let client = shared.producer.client();
+            let code;
+            (code, headers, in_flight) = match native::produce(client, &handle, key, headers, in_flight) {
                 Ok(()) => return,
                 Err(refused) => refused,
             };
-            let queue_full = err == KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull);
-            if !queue_full {
-                let InFlight { completion, topic } = *record.delivery_opaque;
+            if code != RDKafkaErrorCode::QueueFull {
+                let err = KafkaError::MessageProduction(code);
+                let InFlight { completion, topic, .. } = *in_flight;
                 completion.complete(Err(delivery_error(&topic, event_id, &err)));
                 return;
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + shared.config.queue_full_timeout);
             if Instant::now() >= deadline {
-                let InFlight { completion, .. } = *record.delivery_opaque;
+                let InFlight { completion, .. } = *in_flight;
                 completion.complete(Err(Error::new(
                     ErrorKind::Backpressure,
                     format!(
@@ -126,8 +126,6 @@ impl Transport for KafkaTransport {
                 )));
                 return;
             }
-            in_flight = record.delivery_opaque;
-            headers = record.headers.expect("the record was built with headers");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_QUEUE_FULL_PAUSE);
         }
