@@ -141,6 +141,10 @@ enum BenchCommand {
         /// Also run the same load through the bare client library.
         #[arg(long)]
         baseline: bool,
+        /// Runs of the whole comparison, one after another; ratios are reported per round and
+        /// as their median.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
         /// Write the rows as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -277,17 +281,26 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
             window,
             aggregates,
             baseline,
+            rounds: rounds_wanted,
             json,
         }) => {
-            anyhow::ensure!(events > 0 && window > 0, "--events and --window must be at least 1");
+            anyhow::ensure!(
+                events > 0 && window > 0 && rounds_wanted > 0,
+                "--events, --window and --rounds must be at least 1"
+            );
             let load = BusLoad { events, payload, window, aggregates };
             let url = bus.unwrap_or_else(|| backend.default_url());
-            let mut rows = vec![with_bus!(url.clone(), |bus| bench::bus::run_courier(&bus, &load).await?)];
-            if baseline {
-                rows.extend(bench::run_baseline(&url, &load).await?);
+            let mut rounds = Vec::new();
+            for _ in 0..rounds_wanted {
+                let mut rows =
+                    vec![with_bus!(url.clone(), |bus| bench::bus::run_courier(&bus, &load).await?)];
+                if baseline {
+                    rows.extend(bench::run_baseline(&url, &load).await?);
+                }
+                rounds.push(rows);
             }
-            let ratios = [("courier/baseline", 0, 1), ("courier/baseline-headers", 0, 2)];
-            report::conclude(&rows, &ratios, json.as_deref())
+            let ratios = [("courier", "baseline"), ("courier", "baseline-headers")];
+            report::conclude(&rounds, &ratios, json.as_deref())
         }
         Command::Bench(BenchCommand::Outbox {
             db,
@@ -322,7 +335,7 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
                 timeout: Duration::from_secs(timeout_secs),
             };
             let rows = with_bus!(bus, |bus| bench::outbox::run(&bus, db.as_deref(), &load).await?);
-            report::conclude(&rows, &[("drain/baseline", 0, 2)], json.as_deref())
+            report::conclude(&[rows], &[("drain", "baseline")], json.as_deref())
         }
     }
 }

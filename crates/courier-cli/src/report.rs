@@ -63,25 +63,50 @@ impl Row {
     }
 }
 
-/// Prints `rows` and each throughput ratio `(label, a, b)` of rows a and b that both exist, writes
-/// the JSON file when asked, and says whether no row lost, duplicated or reordered anything.
-pub fn conclude(rows: &[Row], ratios: &[(&str, usize, usize)], json: Option<&Path>) -> anyhow::Result<bool> {
-    for row in rows {
+/// Prints the rows of each round and, for each `(a, b)` pair of modes, the throughput ratio of
+/// row a to row b within each round that has both (with their median over several rounds: a
+/// shared machine's figures drift from run to run, a ratio within one round much less). Writes
+/// the JSON file when asked and says whether no row lost, duplicated or reordered anything.
+pub fn conclude(rounds: &[Vec<Row>], ratios: &[(&str, &str)], json: Option<&Path>) -> anyhow::Result<bool> {
+    for row in rounds.iter().flatten() {
         row.print();
     }
-    for &(label, a, b) in ratios {
-        if let (Some(a), Some(b)) = (rows.get(a), rows.get(b)) {
-            println!("ratio {label} throughput: {:.2}", a.throughput_eps / b.throughput_eps);
+    for &(a, b) in ratios {
+        let mut each: Vec<f64> = rounds
+            .iter()
+            .filter_map(|round| {
+                let throughput =
+                    |mode| round.iter().find(|row| row.mode == mode).map(|row| row.throughput_eps);
+                Some(throughput(a)? / throughput(b)?)
+            })
+            .collect();
+        let listed = each.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ");
+        each.sort_by(f64::total_cmp);
+        match each.len() {
+            0 => {}
+            1 => println!("ratio {a}/{b} throughput: {listed}"),
+            n => println!("ratio {a}/{b} throughput: median {:.2} over {n} rounds ({listed})", median(&each)),
         }
     }
+    let rows: Vec<&Row> = rounds.iter().flatten().collect();
     if let Some(path) = json {
-        write_json(path, rows)?;
+        write_json(path, &rows)?;
     }
-    Ok(rows.iter().all(Row::is_clean))
+    Ok(rows.iter().all(|row| row.is_clean()))
+}
+
+/// The median of sorted, non-empty `values`.
+fn median(values: &[f64]) -> f64 {
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
 }
 
 /// Writes `{"rows":[...]}` to `path`.
-fn write_json(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
+fn write_json(path: &Path, rows: &[&Row]) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?;
     std::fs::write(path, json + "\n").map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
