@@ -172,22 +172,29 @@ impl Store {
     /// keeps its pool: it has one writer anyway, and an in-memory database exists only there.
     /// Connections are not pinged on checkout: that would double the round trips of the relay's
     /// short statements, and a broken connection fails its statement, which the relay retries.
+    /// PostgreSQL connections get the relay's planner settings.
     pub(crate) fn dedicated(&self, connections: u32) -> Self {
         macro_rules! fork {
-            ($variant:ident, $pool:expr, $options:ty) => {
+            ($variant:ident, $options:ty, $connect:expr) => {
                 Self::$variant(
                     <$options>::new()
                         .max_connections(connections)
                         .test_before_acquire(false)
-                        .connect_lazy_with((*$pool.connect_options()).clone()),
+                        .connect_lazy_with($connect),
                 )
             };
         }
         match self {
             #[cfg(feature = "postgres")]
-            Self::Postgres(pool) => fork!(Postgres, pool, sqlx::postgres::PgPoolOptions),
+            Self::Postgres(pool) => fork!(
+                Postgres,
+                sqlx::postgres::PgPoolOptions,
+                pool.connect_options().as_ref().clone().options(crate::sql::postgres::RELAY_SESSION)
+            ),
             #[cfg(feature = "mysql")]
-            Self::MySql(pool) => fork!(MySql, pool, sqlx::mysql::MySqlPoolOptions),
+            Self::MySql(pool) => {
+                fork!(MySql, sqlx::mysql::MySqlPoolOptions, pool.connect_options().as_ref().clone())
+            }
             #[cfg(feature = "sqlite")]
             Self::Sqlite(_) => self.clone(),
         }

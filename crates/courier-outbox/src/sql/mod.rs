@@ -125,7 +125,8 @@ pub(crate) const MAX_ERROR_LEN: usize = 2000;
 pub(crate) const INSERT_CHUNK: usize = 1000;
 
 /// Expands, inside a database module that defines `Db`, `DbPool`, `DbRow`, `DbConnection`, `NOW_MS` (SQL for
-/// the database clock in milliseconds), `push_ids` (an `IN`-style id list), `push_rows` and
+/// the database clock in milliseconds), `push_ids` and `PREPARE_ID_LISTS` (an `IN`-style id list
+/// and whether statements holding one are prepared), `push_rows` and
 /// `PREPARE_INSERT` (enqueue's rows), `INSERT_IGNORE` /
 /// `ON_CONFLICT_IGNORE`, `upsert_member_sql`, `duplicate_value` and `PENDING_AGGREGATE_HINT` (how
 /// the claim's subquery reaches the pending-aggregate index), the operations
@@ -173,20 +174,30 @@ macro_rules! common_ops {
             after_id: i64,
             limit: i64,
         ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+            let rows = scan_pending_query(after_id, limit).build().fetch_all(pool).await?;
+            rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+        }
+
+        fn scan_pending_query(after_id: i64, limit: i64) -> QueryBuilder<'static, Db> {
             let mut qb = QueryBuilder::<Db>::new(
                 "SELECT id, shard FROM courier_outbox WHERE status = 'pending' AND id > ",
             );
             qb.push_bind(after_id).push(" ORDER BY id LIMIT ").push_bind(limit);
-            let rows = qb.build().fetch_all(pool).await?;
-            rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+            qb
         }
 
         /// Step 2 of a claim: the chosen rows, if still pending and in a partition the database
         /// shows leased to `q.owner` (the fence against a lease lost in the meantime).
         pub(crate) async fn fetch_claimed(pool: &DbPool, q: &ClaimQuery) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+            let rows = fetch_claimed_query(q).build().persistent(PREPARE_ID_LISTS).fetch_all(pool).await?;
+            rows.iter().map(|row| decode_claimed(row).map(RawRow::into_claimed)).collect()
+        }
+
+        fn fetch_claimed_query(q: &ClaimQuery) -> QueryBuilder<'static, Db> {
             let mut qb = QueryBuilder::<Db>::new("SELECT ");
             qb.push(CLAIM_COLUMNS).push(", ").push(previous_pending(PENDING_AGGREGATE_HINT));
-            qb.push(" FROM courier_outbox o WHERE o.status = 'pending' AND o.id");
+            // The status is a parameter (here and in the mark): see `PREPARE_ID_LISTS`.
+            qb.push(" FROM courier_outbox o WHERE o.status = ").push_bind(PENDING).push(" AND o.id");
             push_ids(&mut qb, &q.ids);
             qb.push(" AND EXISTS (SELECT 1 FROM courier_outbox_leases l WHERE l.partition_no = o.shard % ")
                 .push_bind(q.partition_count)
@@ -195,13 +206,7 @@ macro_rules! common_ops {
                 .push(" AND l.lease_until_ms > ")
                 .push(NOW_MS)
                 .push(") ORDER BY o.id");
-            // Planned per call, on every database: with an id list as a placeholder per id
-            // (MySQL, SQLite) each list length is another statement text, and on PostgreSQL a
-            // prepared statement switches to a generic plan, which, made while the outbox was
-            // small, stays cached as it grows: the fetch then scanned a whole index per call
-            // (seconds per claim at 100k rows). The mark below is unprepared for the same reasons.
-            let rows = qb.build().persistent(false).fetch_all(pool).await?;
-            rows.iter().map(|row| decode_claimed(row).map(RawRow::into_claimed)).collect()
+            qb
         }
 
         fn decode_claimed(row: &DbRow) -> Result<RawRow, sqlx::Error> {
@@ -236,17 +241,7 @@ macro_rules! common_ops {
             failures: &[Failure],
         ) -> Result<(), sqlx::Error> {
             if !published.is_empty() {
-                let mut qb = match mark {
-                    Mark::Keep { published_at_us } => {
-                        let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox SET status = ");
-                        qb.push_bind(PUBLISHED).push(", published_at_us = ").push_bind(published_at_us);
-                        qb
-                    }
-                    Mark::Delete => QueryBuilder::<Db>::new("DELETE FROM courier_outbox"),
-                };
-                qb.push(" WHERE status = 'pending' AND id");
-                push_ids(&mut qb, published);
-                qb.build().persistent(false).execute(pool).await?;
+                mark_query(published, mark).build().persistent(PREPARE_ID_LISTS).execute(pool).await?;
             }
             for f in failures {
                 let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox SET status = ");
@@ -257,11 +252,27 @@ macro_rules! common_ops {
                     .push_bind(f.next_attempt_at_us)
                     .push(", last_error = ")
                     .push_bind(f.error.clone())
-                    .push(" WHERE status = 'pending' AND id = ")
+                    .push(" WHERE status = ")
+                    .push_bind(PENDING)
+                    .push(" AND id = ")
                     .push_bind(f.id);
                 qb.build().execute(pool).await?;
             }
             Ok(())
+        }
+
+        fn mark_query(published: &[i64], mark: Mark) -> QueryBuilder<'static, Db> {
+            let mut qb = match mark {
+                Mark::Keep { published_at_us } => {
+                    let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox SET status = ");
+                    qb.push_bind(PUBLISHED).push(", published_at_us = ").push_bind(published_at_us);
+                    qb
+                }
+                Mark::Delete => QueryBuilder::<Db>::new("DELETE FROM courier_outbox"),
+            };
+            qb.push(" WHERE status = ").push_bind(PENDING).push(" AND id");
+            push_ids(&mut qb, published);
+            qb
         }
 
         pub(crate) async fn blocked(

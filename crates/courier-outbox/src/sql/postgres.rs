@@ -26,6 +26,24 @@ fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
     qb.push(" = ANY(").push_bind(ids.to_vec()).push(")");
 }
 
+/// An id list is one array parameter, so the relay's fetch and mark are prepared: planning them
+/// per call cost the database more than running them (0.5 ms to plan a fetch of a few rows).
+/// Prepared, they run on a generic plan made once, possibly while the outbox was nearly empty,
+/// so the relay's connections plan without sequential scans (see [`RELAY_SESSION`]), and the
+/// fetch and mark test the status as a parameter: a generic plan cannot prove a partial index's
+/// `status = 'pending'` from it, which leaves the primary key as their one index. (Planned on a
+/// small table with the status literal, the mark scanned a whole partial index per call.)
+const PREPARE_ID_LISTS: bool = true;
+
+/// Session settings of the relay's own connections: one generic plan per prepared statement
+/// from its first run, and index access wherever an index applies. The relay's statements all
+/// read a few rows through an index; a plan made while the outbox was small must not become a
+/// scan of the whole table once it has grown. No JIT: the penalty a disabled sequential scan
+/// adds to a plan's cost (on the small lease tables, which have no other path) would otherwise
+/// make PostgreSQL compile those statements, 40 to 200 ms each.
+pub(crate) const RELAY_SESSION: [(&str, &str); 3] =
+    [("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off"), ("jit", "off")];
+
 /// Each column is one array parameter, so an insert of any row count has one statement text:
 /// prepared once per connection instead of planned at every call (for a few rows, planning the
 /// multi-row `VALUES` form costs more than inserting).
@@ -156,4 +174,74 @@ pub(crate) async fn purge_published(pool: &DbPool, before_us: i64, chunk: i64) -
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::postgres::PgConnectOptions;
+    use sqlx::{ConnectOptions as _, Connection as _};
+
+    use super::*;
+
+    /// The relay's prepared statements run on generic plans made at their first execution, here
+    /// on a nearly empty, freshly analyzed outbox. Their plans must still be index lookups
+    /// (fetch and mark through the primary key, the scan through the pending index): a plan that
+    /// reads a whole table or partial index would cost seconds per call once the outbox is big.
+    #[tokio::test]
+    async fn relay_statements_keep_index_plans_made_on_a_small_outbox() {
+        let server = "postgres://postgres@127.0.0.1:5432";
+        let name = format!("courier_plans_{:016x}", rand::random::<u64>());
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/test"))
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {server} is required (scripts/services.sh): {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let url = format!("{server}/{name}");
+        let plans = async {
+            let pool = PgPool::connect(&url).await.unwrap();
+            migrate(&pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO courier_outbox (event_id, topic, aggregate_type, aggregate_id, shard, event_type, \
+                 event_version, payload, headers, occurred_at_us, created_at_us) \
+                 SELECT gen_random_uuid()::text, 't', 'a', 'a-' || (g % 5), g, 'E', 1, '\\x00', '{}', 0, 0 \
+                 FROM generate_series(1, 20) g",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query("ANALYZE courier_outbox").execute(&pool).await.unwrap();
+            pool.close().await;
+
+            let options: PgConnectOptions = url.parse().unwrap();
+            let mut relay = options.options(RELAY_SESSION).connect().await.unwrap();
+            let claim = ClaimQuery { ids: vec![1, 2, 3], partition_count: 16, owner: "relay".into() };
+            let statements = [
+                ("fetch", fetch_claimed_query(&claim)),
+                ("mark (delete)", mark_query(&[1, 2], Mark::Delete)),
+                ("mark (keep)", mark_query(&[1, 2], Mark::Keep { published_at_us: 1 })),
+                ("scan", scan_pending_query(0, 1000)),
+            ];
+            let mut plans = Vec::new();
+            for (i, (label, query)) in statements.into_iter().enumerate() {
+                let sql = query.sql().to_owned();
+                let params = (1..).take_while(|n| sql.contains(&format!("${n}"))).count();
+                sqlx::raw_sql(&format!("PREPARE s{i} AS {sql}")).execute(&mut relay).await.unwrap();
+                let nulls = vec!["NULL"; params].join(", ");
+                let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE s{i}({nulls})"))
+                    .fetch_all(&mut relay)
+                    .await
+                    .unwrap();
+                plans.push((label, lines.join("\n")));
+            }
+            relay.close().await.unwrap();
+            plans
+        }
+        .await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+
+        for (label, plan) in &plans {
+            assert!(!plan.contains("Seq Scan on courier_outbox "), "{label} scans the table:\n{plan}");
+            let index = if *label == "scan" { "courier_outbox_pending on" } else { "courier_outbox_pkey on" };
+            assert!(plan.contains(index), "{label} does not use {index}:\n{plan}");
+        }
+    }
 }

@@ -23,6 +23,9 @@ crate::sql::common_ops!();
 /// Every row count is another statement text: too many to keep prepared.
 const PREPARE_INSERT: bool = false;
 
+/// An id list is a placeholder per id, so every list length is another statement text.
+const PREPARE_ID_LISTS: bool = false;
+
 fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
     crate::sql::push_in_list(qb, ids);
 }
