@@ -73,7 +73,7 @@ async fn run_drain<B: Bus>(bus: &B, _url: String, store: Store, load: &OutboxLoa
     enqueue_backlog(&store, &outbox, &envelopes).await?;
     eprintln!("drain: enqueued {} events in {:.2}s", envelopes.len(), t.elapsed().as_secs_f64());
 
-    let acks = Acks::new(&envelopes, load.aggregates);
+    let acks = Acks::new(&envelopes, &[], load.aggregates);
     let start = Instant::now();
     let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
     acks.wait_all(&relay, start + load.timeout).await;
@@ -102,10 +102,21 @@ async fn run_steady<B: Bus>(
     let events = load.events.min((rate * load.duration.as_secs_f64()).ceil() as usize).max(1);
     let envelopes = Arc::new(load.envelopes(events)?);
     let business = writer_pool(&url, &store, load.writers).await.context("connecting the steady writers")?;
+    let tx_events = load.tx_events.clamp(1, load.aggregates.max(1));
+    let warm_up = warm_up_envelopes(load.writers.max(1) * tx_events)?;
 
-    let acks = Acks::new(&envelopes, load.aggregates);
+    let acks = Acks::new(&envelopes, &warm_up, load.aggregates);
     let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
     wait_for_partitions(&relay, load.relay.partitions, load.timeout).await?;
+    // Steady state starts warm, as in a service that has been running: every writer connection
+    // and the relay have run (and prepared) their statements, and the broker knows the stream.
+    let batches = warm_up.chunks(tx_events).map(|chunk| {
+        let batch: Vec<Enqueue<'_>> = chunk.iter().map(Enqueue::new).collect();
+        let (business, outbox) = (&business, &outbox);
+        async move { business.enqueue(outbox, &batch).await }
+    });
+    futures::future::try_join_all(batches).await.context("enqueueing the warm-up events")?;
+    acks.wait_warmed_up(&relay, Instant::now() + load.timeout).await?;
 
     // One lock per aggregate stands in for the business row lock: an aggregate's events are
     // committed one after another, as enqueue order is only defined for serialised writes.
@@ -115,7 +126,6 @@ async fn run_steady<B: Bus>(
     let start = Instant::now() + Duration::from_millis(20);
     let due = move |i: usize| start + Duration::from_secs_f64(i as f64 / rate);
     let committed: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; events]));
-    let tx_events = load.tx_events.clamp(1, load.aggregates.max(1));
     eprintln!(
         "steady: offering {events} events at {rate:.0}/s with {} writers, {tx_events} per transaction",
         load.writers
@@ -311,6 +321,17 @@ async fn enqueue_backlog(store: &Store, outbox: &Outbox, envelopes: &[Envelope])
     Ok(())
 }
 
+/// One event per aggregate of its own, so warming up orders nothing the run measures.
+fn warm_up_envelopes(count: usize) -> anyhow::Result<Vec<Envelope>> {
+    (0..count)
+        .map(|i| {
+            Envelope::builder("bench", format!("warm-up-{i}"), "WarmedUp")
+                .build()
+                .context("building a warm-up envelope")
+        })
+        .collect()
+}
+
 /// Waits until the relay works on all its partitions, so the steady load meets a warm relay.
 async fn wait_for_partitions(
     relay: &courier_outbox::RelayHandle,
@@ -345,12 +366,16 @@ struct AckState {
     duplicates: u64,
     /// Enqueue → ACK as the relay measured it.
     latency: Latency,
+    /// Warm-up events acknowledged.
+    warmed_up: usize,
 }
 
 /// The relay observer of a run: every ACK, checked against the events the run enqueued.
 #[derive(Clone)]
 struct Acks {
     index: Arc<EventIdMap<EventId, usize>>,
+    /// Events published before the measured ones, and not counted.
+    warm_up: Arc<EventIdMap<EventId, ()>>,
     aggregates: usize,
     state: Arc<Mutex<AckState>>,
     all_acked: Arc<Notify>,
@@ -360,6 +385,13 @@ impl RelayObserver for Acks {
     fn acked(&self, event: &AckedEvent<'_>) {
         let at = Instant::now();
         let mut state = self.state.lock().expect("ack state lock");
+        if self.warm_up.contains_key(&event.event_id) {
+            state.warmed_up += 1;
+            if state.warmed_up == self.warm_up.len() {
+                self.all_acked.notify_one();
+            }
+            return;
+        }
         state.latency.record(event.enqueue_to_ack);
         let Some(&i) = self.index.get(&event.event_id) else {
             // Nothing but this run's events is in its fresh database.
@@ -379,10 +411,11 @@ impl RelayObserver for Acks {
 }
 
 impl Acks {
-    fn new(envelopes: &[Envelope], aggregates: usize) -> Self {
+    fn new(envelopes: &[Envelope], warm_up: &[Envelope], aggregates: usize) -> Self {
         let index = envelopes.iter().enumerate().map(|(i, e)| (e.event_id(), i)).collect();
         Self {
             index: Arc::new(index),
+            warm_up: Arc::new(warm_up.iter().map(|e| (e.event_id(), ())).collect()),
             aggregates: aggregates.max(1),
             state: Arc::new(Mutex::new(AckState {
                 first: vec![None; envelopes.len()],
@@ -394,14 +427,41 @@ impl Acks {
 
     /// Returns once every event was acknowledged, the relay stopped, or `deadline` passed.
     async fn wait_all(&self, relay: &courier_outbox::RelayHandle, deadline: Instant) {
+        self.wait(relay, deadline, |state| state.distinct == state.first.len()).await;
+    }
+
+    /// Returns once every warm-up event was acknowledged; fails if the relay stopped or
+    /// `deadline` passed first.
+    async fn wait_warmed_up(
+        &self,
+        relay: &courier_outbox::RelayHandle,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
+        let count = self.warm_up.len();
+        let done = self.wait(relay, deadline, |state| state.warmed_up == count).await;
+        anyhow::ensure!(done, "the relay did not publish the {count} warm-up events");
+        Ok(())
+    }
+
+    /// Waits until `done` holds, the relay stopped, or `deadline` passed; says whether `done`
+    /// held.
+    async fn wait(
+        &self,
+        relay: &courier_outbox::RelayHandle,
+        deadline: Instant,
+        done: impl Fn(&AckState) -> bool,
+    ) -> bool {
         loop {
+            let notified = self.all_acked.notified();
+            if done(&self.state.lock().expect("ack state lock")) {
+                return true;
+            }
+            if relay.is_finished() || Instant::now() >= deadline {
+                return false;
+            }
             tokio::select! {
-                () = self.all_acked.notified() => return,
-                () = tokio::time::sleep(Duration::from_millis(100)) => {
-                    if relay.is_finished() || Instant::now() >= deadline {
-                        return;
-                    }
-                }
+                () = notified => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
         }
     }
