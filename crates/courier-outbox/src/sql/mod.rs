@@ -209,26 +209,28 @@ macro_rules! common_ops {
             qb
         }
 
+        /// Reads the columns by position, in `CLAIM_COLUMNS` order (a lookup by name hashes the
+        /// name, for every column of every row the relay reads).
         fn decode_claimed(row: &DbRow) -> Result<RawRow, sqlx::Error> {
             Ok(RawRow {
-                id: row.try_get("id")?,
-                event_id: row.try_get("event_id")?,
-                topic: row.try_get("topic")?,
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                shard: row.try_get("shard")?,
-                event_type: row.try_get("event_type")?,
-                event_version: row.try_get("event_version")?,
-                payload: row.try_get("payload")?,
-                headers: row.try_get("headers")?,
-                traceparent: row.try_get("traceparent")?,
-                tracestate: row.try_get("tracestate")?,
-                correlation_id: row.try_get("correlation_id")?,
-                tenant: row.try_get("tenant")?,
-                occurred_at_us: row.try_get("occurred_at_us")?,
-                created_at_us: row.try_get("created_at_us")?,
-                attempts: row.try_get("attempts")?,
-                previous_pending_id: row.try_get("previous_pending_id")?,
+                id: row.try_get(0)?,
+                event_id: row.try_get(1)?,
+                topic: row.try_get(2)?,
+                aggregate_type: row.try_get(3)?,
+                aggregate_id: row.try_get(4)?,
+                shard: row.try_get(5)?,
+                event_type: row.try_get(6)?,
+                event_version: row.try_get(7)?,
+                payload: row.try_get(8)?,
+                headers: row.try_get(9)?,
+                traceparent: row.try_get(10)?,
+                tracestate: row.try_get(11)?,
+                correlation_id: row.try_get(12)?,
+                tenant: row.try_get(13)?,
+                occurred_at_us: row.try_get(14)?,
+                created_at_us: row.try_get(15)?,
+                attempts: row.try_get(16)?,
+                previous_pending_id: row.try_get(17)?,
             })
         }
 
