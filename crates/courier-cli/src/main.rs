@@ -299,7 +299,7 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
                 }
                 rounds.push(rows);
             }
-            let ratios = [("courier", "baseline"), ("courier", "baseline-headers")];
+            let ratios = [("courier", "baseline"), ("courier", "baseline-payload-only")];
             report::conclude(&rounds, &ratios, json.as_deref())
         }
         Command::Bench(BenchCommand::Outbox {
