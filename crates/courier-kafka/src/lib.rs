@@ -11,7 +11,7 @@
 //!   [`WireMode::Reference`](courier_core::wire::WireMode::Reference), as the reference JSON
 //!   envelope plus `X-Event-*` headers). A full librdkafka queue makes the publish wait up to
 //!   [`KafkaConfig::queue_full_timeout`], then fail with `Backpressure`: nothing is dropped.
-//! - **Topics**: created through the admin API from [`TopicConfig`](courier_core::TopicConfig)
+//! - **Topics**: created through the admin API from [`TopicConfig`]
 //!   (partitions, replication factor, `retention.ms` from `max_age`, `retention.bytes` from
 //!   `max_bytes` (per partition), `compression.type` from [`KafkaConfig::compression`]), or only
 //!   validated when [`KafkaConfig::provision_topics`] is off.
