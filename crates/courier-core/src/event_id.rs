@@ -84,8 +84,12 @@ pub type EventIdMap<K, V> = HashMap<K, V, BuildHasherDefault<EventIdHasher>>;
 pub struct EventIdHasher(u64);
 
 impl Hasher for EventIdHasher {
+    /// The multiply mixes upwards only, so the low bits (where a hash table takes its bucket
+    /// index) barely depend on a UUIDv7's random half; the rotation brings the well-mixed top
+    /// bits down, as rustc-hash does. Without it 200,000 ids filled 62,000 of 262,144 buckets
+    /// instead of 140,000.
     fn finish(&self) -> u64 {
-        self.0
+        self.0.rotate_left(26)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -95,5 +99,25 @@ impl Hasher for EventIdHasher {
             self.0 =
                 (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    /// Time-ordered ids made in one burst differ mostly in their random half; their hashes must
+    /// still spread over a table's low bits as evenly as random numbers do.
+    #[test]
+    fn hashes_of_v7_ids_spread_over_the_low_bits() {
+        let ids = 200_000;
+        let build = BuildHasherDefault::<EventIdHasher>::default();
+        let buckets: HashSet<u64> =
+            (0..ids).map(|_| build.hash_one(EventId::new()) & ((1 << 18) - 1)).collect();
+        // Random hashes fill 1 - e^(-200000/262144) of the buckets: about 140,000.
+        assert!(buckets.len() > 130_000, "only {} of 262,144 buckets used", buckets.len());
     }
 }
