@@ -102,9 +102,9 @@ impl Transport for KafkaTransport {
         let mut deadline = None;
         let mut pause = Duration::from_micros(200);
         loop {
-            let client = shared.producer.client();
             let code;
-            (code, headers, in_flight) = match native::produce(client, &handle, key, headers, in_flight) {
+            let produced = native::produce(shared.producer.client(), &handle, key, headers, in_flight);
+            (code, headers, in_flight) = match produced {
                 Ok(()) => return,
                 Err(refused) => refused,
             };
