@@ -44,7 +44,7 @@ impl Drop for TopicHandle {
 pub(crate) struct TopicHandles(Mutex<HashMap<Topic, Arc<TopicHandle>>>);
 
 impl TopicHandles {
-    /// `topic`'s handle on the client `rk`, made on first use.
+    /// `topic`'s handle on `client`, made on first use.
     pub(crate) fn get<C: ClientContext>(
         &self,
         client: &Client<C>,
