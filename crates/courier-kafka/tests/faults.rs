@@ -249,3 +249,21 @@ async fn full_queue_waits_for_room_within_the_bound() {
         verdict.unwrap_or_else(|err| panic!("{id} should have waited for room: {err}"));
     }
 }
+
+#[tokio::test]
+async fn publishing_to_a_missing_topic_fails_naming_it() {
+    let bus = KafkaBus::connect(
+        KafkaConfig::mock(1)
+            .producer_set("allow.auto.create.topics", "false")
+            .producer_set("topic.metadata.propagation.max.ms", "500"),
+    )
+    .expect("mock cluster");
+    let topic = Topic::new(format!("fault-missing-{}", uuid::Uuid::now_v7().simple())).unwrap();
+    let events = events(3, 1, 64);
+    let verdicts = publish(&bus, &topic, &events).await;
+    for verdict in verdicts.values() {
+        let err = verdict.as_ref().expect_err("nothing can be stored in a missing topic");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(err.message().contains(topic.as_str()), "{err}");
+    }
+}
