@@ -99,6 +99,11 @@ impl Completion {
         self.event_id
     }
 
+    /// The topic the event was accepted for.
+    pub fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
     pub fn accepted_at(&self) -> Instant {
         self.accepted_at
     }

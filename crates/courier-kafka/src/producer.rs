@@ -28,7 +28,6 @@ pub(crate) type KafkaProducer = ThreadedProducer<DeliveryContext>;
 /// (opaque outside this crate).
 pub struct InFlight {
     completion: Completion,
-    topic: Topic,
     /// The payload librdkafka sends from (lent without a copy; see [`native`](crate::native)).
     pub(crate) body: Bytes,
 }
@@ -50,16 +49,16 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<InFlight>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
-        let InFlight { completion, topic, .. } = *in_flight;
-        let event_id = completion.event_id();
+        let InFlight { completion, .. } = *in_flight;
+        let (event_id, topic) = (completion.event_id(), completion.topic());
         let outcome = match result {
             Ok(message) => {
                 let position =
                     Position::Partition { partition: message.partition(), offset: message.offset() };
-                self.dedup.insert(&topic, event_id, &position);
+                self.dedup.insert(topic, event_id, &position);
                 Ok(Receipt { event_id, position, duplicate: false })
             }
-            Err((err, _)) => Err(delivery_error(&topic, event_id, err)),
+            Err((err, _)) => Err(delivery_error(topic, event_id, err)),
         };
         completion.complete(outcome);
     }
@@ -96,7 +95,7 @@ impl Transport for KafkaTransport {
         };
         let mut headers = Headers::with_capacity(HEADERS_CAPACITY);
         let body = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka, &mut headers);
-        let mut in_flight = Box::new(InFlight { completion, topic: topic.clone(), body });
+        let mut in_flight = Box::new(InFlight { completion, body });
         let key = envelope.aggregate_id().as_bytes();
         // Set when librdkafka first refuses the event for a full queue.
         let mut deadline = None;
@@ -110,8 +109,8 @@ impl Transport for KafkaTransport {
             };
             if code != RDKafkaErrorCode::QueueFull {
                 let err = KafkaError::MessageProduction(code);
-                let InFlight { completion, topic, .. } = *in_flight;
-                completion.complete(Err(delivery_error(&topic, event_id, &err)));
+                let InFlight { completion, .. } = *in_flight;
+                completion.complete(Err(delivery_error(topic, event_id, &err)));
                 return;
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + shared.config.queue_full_timeout);
