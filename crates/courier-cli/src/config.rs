@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,6 +11,29 @@ use courier_core::wire::WireMode;
 use serde::Deserialize;
 
 use crate::bus_url::BusUrl;
+
+/// Where a service command's configuration comes from: defaults, then --config, then COURIER_*
+/// variables, then these flags.
+#[derive(clap::Args)]
+pub struct ServiceArgs {
+    /// TOML configuration file (every key is documented in reference.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Database URL (overrides database.url).
+    #[arg(long, global = true)]
+    db: Option<String>,
+}
+
+impl ServiceArgs {
+    /// The configuration these flags, the file and the environment describe.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(db) = &self.db {
+            config.database.url = db.clone();
+        }
+        Ok(config)
+    }
+}
 
 /// Every key with its default, documented; also the base that a config file is layered onto.
 pub const REFERENCE: &str = include_str!("../config/reference.toml");
@@ -172,6 +195,15 @@ fn apply_env(
 }
 
 impl Config {
+    /// The outbox store of `database.url`, with its tables created or upgraded.
+    pub async fn connect_store(&self) -> anyhow::Result<courier_outbox::Store> {
+        let url = &self.database.url;
+        let store =
+            courier_outbox::Store::connect(url).await.with_context(|| format!("connecting to {url}"))?;
+        store.migrate().await.with_context(|| format!("migrating the outbox tables in {url}"))?;
+        Ok(store)
+    }
+
     /// The relay settings this configuration describes.
     pub fn relay_config(&self) -> courier_outbox::RelayConfig {
         let r = &self.relay;

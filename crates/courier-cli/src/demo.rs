@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use courier_core::dispatch::{self, DispatchConfig};
@@ -14,22 +14,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::QueryBuilder;
 use tokio::sync::Notify;
 
+use crate::args::DemoArgs;
 use crate::bench::bus::{drop_topic, fresh_topic};
+use crate::bus_url::with_bus;
 use crate::report::Latency;
 
 /// Concurrent business writers; each owns a disjoint set of orders, so per-order event order is
 /// the order of its writer's commits.
 const WRITERS: usize = 4;
-
-#[derive(Debug, Clone)]
-pub struct DemoOptions {
-    pub events: usize,
-    pub aggregates: usize,
-    /// Database URL; `None` uses SQLite in a temporary directory.
-    pub db: Option<String>,
-    /// How long to wait for the last event at the consumer.
-    pub timeout: Duration,
-}
 
 /// What the consumer saw.
 #[derive(Default)]
@@ -82,7 +74,14 @@ impl RelayObserver for LatencyObserver {
     }
 }
 
-pub async fn run<B: Bus>(bus: B, options: DemoOptions) -> anyhow::Result<bool> {
+impl DemoArgs {
+    /// Runs the demo on the bus `--bus` names.
+    pub async fn run(self) -> anyhow::Result<bool> {
+        with_bus!(self.bus.clone(), |bus| run(bus, self).await)
+    }
+}
+
+async fn run<B: Bus>(bus: B, options: DemoArgs) -> anyhow::Result<bool> {
     let scratch = tempfile::tempdir().context("creating a temporary directory for the demo database")?;
     let db_url = options
         .db
@@ -219,7 +218,7 @@ async fn write_orders(
     outbox: &Outbox,
     run_id: &str,
     w: usize,
-    options: &DemoOptions,
+    options: &DemoArgs,
 ) -> anyhow::Result<()> {
     // Event i belongs to order i % aggregates; this writer owns the orders congruent to w.
     for i in (0..options.events).filter(|i| (i % options.aggregates) % WRITERS == w) {

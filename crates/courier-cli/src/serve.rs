@@ -8,6 +8,8 @@ use courier_core::{Bus, TopicConfig};
 use courier_outbox::{AckedEvent, FailedEvent, Relay, RelayHandle, RelayObserver, Store};
 use tokio::sync::watch;
 
+use crate::args::RelayArgs;
+use crate::bus_url::with_bus;
 use crate::config::Config;
 use crate::http::{Metrics, OutcomeLabels, Readiness};
 
@@ -72,8 +74,23 @@ impl<B: Bus> Readiness for RelayReadiness<B> {
     }
 }
 
+impl RelayArgs {
+    /// Runs the relay of `config`, with this command line's overrides, until SIGTERM or SIGINT.
+    pub async fn run(self, mut config: Config) -> anyhow::Result<bool> {
+        if let Some(bus) = self.bus {
+            config.bus.url = bus;
+        }
+        if let Some(listen) = self.listen {
+            config.http.listen = listen;
+        }
+        let store = config.connect_store().await?;
+        let (url, wire) = (config.bus.url.clone(), config.bus.wire);
+        with_bus!(url, wire, |bus| run(config, store, bus).await)
+    }
+}
+
 /// Runs the relay until SIGTERM or SIGINT, then drains within the configured timeout.
-pub async fn run<B: Bus>(config: Config, store: Store, bus: B) -> anyhow::Result<bool> {
+async fn run<B: Bus>(config: Config, store: Store, bus: B) -> anyhow::Result<bool> {
     for topic in config.provisioned_topics()? {
         bus.provision(&TopicConfig::new(topic.clone()))
             .await

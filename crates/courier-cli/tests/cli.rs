@@ -87,3 +87,66 @@ fn bad_arguments_are_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("memory bus has none"));
 }
+
+/// Runs `courier` with `args`; returns its exit status and stderr.
+fn status_and_stderr(args: &[&str]) -> (Option<i32>, String) {
+    let out = courier().args(args).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn usage_errors_exit_2_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("courier.toml");
+    std::fs::write(&config, "[relay]\nbatch_sise = 10\n").unwrap();
+    let db = format!("sqlite://{}", dir.path().join("o.db").display());
+    let config = config.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["demo", "--no-such-flag"], "--no-such-flag"),
+        (vec!["demo", "--events", "0"], "--events"),
+        (vec!["demo", "--timeout", "soon"], "--timeout"),
+        (vec!["outbox", "--config", config, "stats"], "relay.batch_sise"),
+        (vec!["outbox", "--db", &db, "requeue"], "requeue needs a filter"),
+        (
+            vec![
+                "outbox",
+                "--db",
+                &db,
+                "enqueue",
+                "--aggregate-id",
+                "a",
+                "--event-type",
+                "E",
+                "--topic",
+                "a b",
+            ],
+            "--topic",
+        ),
+    ] {
+        let (status, stderr) = status_and_stderr(&args);
+        assert_eq!(status, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?} should name {expected:?}: {stderr}");
+    }
+}
+
+#[test]
+fn runtime_errors_exit_3_and_print_each_cause_once() {
+    // Nothing listens on port 1: the connection is refused at once.
+    let (status, stderr) =
+        status_and_stderr(&["outbox", "--db", "postgres://postgres@127.0.0.1:1/postgres", "stats"]);
+    assert_eq!(status, Some(3), "{stderr}");
+    assert!(
+        stderr.starts_with("error: connecting to postgres://postgres@127.0.0.1:1/postgres: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "the cause is repeated: {stderr}");
+}
+
+#[test]
+fn a_run_that_loses_events_exits_1() {
+    // The consumer stops after a millisecond, long before 5,000 events have reached it.
+    let out = courier().args(["demo", "--events", "5000", "--timeout", "1ms"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("verdict:          FAILED"), "{stdout}");
+}

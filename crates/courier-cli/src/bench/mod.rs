@@ -1,21 +1,70 @@
-//! `courier bench`: measured runs reported as rows (DESIGN.md §6), never timed assertions.
+//! `courier bench`: measured runs reported as rows, never timed assertions.
 
 pub mod bus;
 mod kafka_baseline;
 mod nats_baseline;
 pub mod outbox;
 
-use crate::bus_url::BusUrl;
-use crate::report::Row;
+use crate::args::{BenchBusArgs, BenchOutboxArgs};
+use crate::bus_url::{with_bus, BusUrl};
+use crate::report::{self, Row};
+
+impl BenchBusArgs {
+    /// Runs `--rounds` comparisons of Courier (and the bare client with `--baseline`).
+    pub async fn run(self) -> anyhow::Result<bool> {
+        let load = bus::BusLoad {
+            events: self.events,
+            payload: self.payload,
+            window: self.window,
+            aggregates: self.aggregates,
+        };
+        let url = self.bus.unwrap_or_else(|| self.backend.default_url());
+        crate::exit::ensure_usage!(
+            !(self.baseline && url == BusUrl::Memory),
+            "--baseline compares against a broker's bare client; the memory bus has none"
+        );
+        let mut rounds = Vec::new();
+        for _ in 0..self.rounds {
+            let mut rows = vec![with_bus!(url.clone(), |bus| bus::run_courier(&bus, &load).await?)];
+            if self.baseline {
+                rows.extend(run_baseline(&url, &load).await?);
+            }
+            rounds.push(rows);
+        }
+        let ratios = [("courier", "baseline"), ("courier", "baseline-payload-only")];
+        report::conclude(&rounds, &ratios, self.json.as_deref())
+    }
+}
+
+impl BenchOutboxArgs {
+    /// Runs drain, steady and baseline once.
+    pub async fn run(self) -> anyhow::Result<bool> {
+        let mut relay = courier_outbox::RelayConfig::default();
+        relay.poll_interval = self.poll_interval.unwrap_or(relay.poll_interval);
+        relay.busy_poll_interval = self.busy_poll_interval.unwrap_or(relay.busy_poll_interval);
+        relay.retention = self.retention.or(relay.retention);
+        let load = outbox::OutboxLoad {
+            events: self.events,
+            payload: self.payload,
+            aggregates: self.aggregates,
+            rate: self.rate,
+            duration: self.duration,
+            writers: self.writers,
+            tx_events: self.tx_events,
+            relay,
+            timeout: self.timeout,
+        };
+        let rows = with_bus!(self.bus, |bus| outbox::run(&bus, self.db.as_deref(), &load).await?);
+        report::conclude(&[rows], &[("drain", "baseline")], self.json.as_deref())
+    }
+}
 
 /// The same load through the bare client library of `url`'s broker, for ratios in one run: the
 /// first row is the bare client sending key (or subject) and payload only.
-pub async fn run_baseline(url: &BusUrl, load: &bus::BusLoad) -> anyhow::Result<Vec<Row>> {
+async fn run_baseline(url: &BusUrl, load: &bus::BusLoad) -> anyhow::Result<Vec<Row>> {
     match url {
         BusUrl::Nats(nats) => Ok(vec![nats_baseline::run(nats, load).await?]),
-        BusUrl::Memory => {
-            anyhow::bail!("--baseline compares against a broker's bare client; the memory bus has none")
-        }
+        BusUrl::Memory => unreachable!("refused by BenchBusArgs::run"),
         BusUrl::Kafka(servers) => kafka_baseline::run(servers, load).await,
     }
 }

@@ -1,0 +1,368 @@
+//! The command line, as one tree of clap types; each subcommand's `run` lives in the module that
+//! does its work (`demo`, `bench`, `serve`, `admin`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::bus_url::BusUrl;
+use crate::config::ServiceArgs;
+
+/// Event bus with per-event broker ACKs and a transactional outbox.
+#[derive(Parser)]
+#[command(name = "courier", version, after_help = crate::exit::STATUSES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Publish and consume events end to end; exits 1 if any was lost or reordered.
+    Demo(DemoArgs),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run the outbox relay as a service (metrics, health, graceful drain on SIGTERM).
+    Relay(RelayArgs),
+    /// Create or upgrade the outbox tables.
+    Migrate(MigrateArgs),
+    /// Inspect and operate the outbox.
+    Outbox(OutboxArgs),
+}
+
+impl Command {
+    /// Where the configuration of a service command (relay, migrate, outbox) comes from.
+    pub fn service(&self) -> Option<&ServiceArgs> {
+        match self {
+            Self::Relay(args) => Some(&args.service),
+            Self::Migrate(args) => Some(&args.service),
+            Self::Outbox(args) => Some(&args.service),
+            Self::Demo(_) | Self::Bench(_) => None,
+        }
+    }
+
+    /// Runs the command; `Ok(false)` means it finished but found lost or reordered events.
+    /// `config` is the loaded configuration of a service command.
+    pub async fn run(self, config: Option<crate::config::Config>) -> anyhow::Result<bool> {
+        let config = || config.expect("service commands load their configuration first");
+        match self {
+            Self::Demo(args) => args.run().await,
+            Self::Bench(BenchCommand::Bus(args)) => args.run().await,
+            Self::Bench(BenchCommand::Outbox(args)) => args.run().await,
+            Self::Relay(args) => args.run(config()).await,
+            Self::Migrate(_) => crate::admin::migrate(&config()).await,
+            Self::Outbox(args) => args.command.run(&config()).await,
+        }
+    }
+}
+
+/// `courier demo`.
+#[derive(Args, Clone)]
+pub struct DemoArgs {
+    /// Events to publish.
+    #[arg(long, default_value_t = 20_000, value_parser = at_least_one)]
+    pub events: usize,
+    /// Aggregates (orders) the events are spread over.
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
+    pub aggregates: usize,
+    /// Outbox database URL (sqlite://…, postgres://…, mysql://…); default: SQLite in a
+    /// temporary directory.
+    #[arg(long)]
+    pub db: Option<String>,
+    /// Bus URL: memory, nats://host:port or kafka://host:port.
+    #[arg(long, default_value = "memory")]
+    pub bus: BusUrl,
+    /// How long to wait for the last event at the consumer (e.g. 30s, 2m); events not seen by
+    /// then count as lost.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `courier bench …`.
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Publish through a bus with per-event ACK results.
+    Bus(BenchBusArgs),
+    /// Relay an outbox to a bus: backlog drain rate, steady commit→ACK latency at a fixed
+    /// offered rate, and the bare-SQL claim+mark ceiling, each on a fresh database.
+    Outbox(BenchOutboxArgs),
+}
+
+/// `courier bench bus`.
+#[derive(Args)]
+pub struct BenchBusArgs {
+    /// Which bus to measure.
+    #[arg(long, value_enum)]
+    pub backend: Backend,
+    /// Bus URL; defaults to nats://127.0.0.1:4222 or kafka://127.0.0.1:9092 by backend.
+    #[arg(long)]
+    pub bus: Option<BusUrl>,
+    /// Events to publish per run.
+    #[arg(long, default_value_t = 100_000, value_parser = at_least_one)]
+    pub events: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub payload: usize,
+    /// In-flight window: events accepted and awaiting their verdict at once.
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
+    pub window: usize,
+    /// Aggregates the events are spread over (for order checks).
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
+    pub aggregates: usize,
+    /// Also run the same load through the bare client library.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Runs of the whole comparison, one after another; ratios are reported per round and as
+    /// their median.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub rounds: usize,
+    /// Write the rows as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// The buses `courier bench bus` measures.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Backend {
+    /// The in-process memory bus.
+    Memory,
+    /// NATS JetStream.
+    Nats,
+    /// Kafka.
+    Kafka,
+}
+
+impl Backend {
+    /// The broker on this machine that a run without `--bus` measures.
+    pub fn default_url(self) -> BusUrl {
+        match self {
+            Self::Memory => BusUrl::Memory,
+            Self::Nats => BusUrl::Nats("nats://127.0.0.1:4222".into()),
+            Self::Kafka => BusUrl::Kafka("127.0.0.1:9092".into()),
+        }
+    }
+}
+
+/// `courier bench outbox`.
+#[derive(Args)]
+pub struct BenchOutboxArgs {
+    /// Database server or file (postgres://…, mysql://…, sqlite://…); each run creates and
+    /// drops a database of its own there. Default: SQLite in a temporary directory.
+    #[arg(long)]
+    pub db: Option<String>,
+    /// Bus URL: memory, nats://host:port or kafka://host:port.
+    #[arg(long, default_value = "memory")]
+    pub bus: BusUrl,
+    /// Events of the backlog drained, and the most the steady run offers.
+    #[arg(long, default_value_t = 50_000, value_parser = at_least_one)]
+    pub events: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub payload: usize,
+    /// Aggregates the events are spread over (for order checks).
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
+    pub aggregates: usize,
+    /// Offered events/s of the steady run; default half the measured drain rate.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Longest steady run; it offers at most --events events.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrent business writers (and their connections) of the steady run.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
+    pub writers: usize,
+    /// Events per transaction of the steady run (consecutive events, distinct aggregates).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub tx_events: usize,
+    /// The idle relay's polling interval (default: the relay's own).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// The relay's polling interval while rows keep arriving (default: the relay's own).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub busy_poll_interval: Option<Duration>,
+    /// How long the relay keeps published rows (default: the relay's own); 0s deletes each row
+    /// as its ACK is recorded.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub retention: Option<Duration>,
+    /// How long to wait for the last ACK of a run before counting the rest as lost.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Write the rows as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// `courier relay`.
+#[derive(Args)]
+pub struct RelayArgs {
+    /// Where the configuration comes from.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Bus URL (overrides bus.url).
+    #[arg(long)]
+    pub bus: Option<BusUrl>,
+    /// Address of /metrics, /healthz and /readyz (overrides http.listen).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `courier migrate`.
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// Where the configuration comes from.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
+
+/// `courier outbox …`.
+#[derive(Args)]
+pub struct OutboxArgs {
+    /// Where the configuration comes from.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// What to do with the outbox.
+    #[command(subcommand)]
+    pub command: OutboxCommand,
+}
+
+/// The outbox administration commands.
+#[derive(Subcommand)]
+pub enum OutboxCommand {
+    /// Row counts by status and the age of the oldest pending event.
+    Stats,
+    /// List dead events.
+    Dead {
+        /// Which dead events.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Most rows to list.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Put dead events back to pending so the relay publishes them again.
+    Requeue {
+        /// Which dead events.
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Requeue every dead event (required when no filter is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete published rows older than the retention, or dead rows with --dead.
+    Purge {
+        /// Keep published rows younger than this (e.g. 1h, 7d); default: relay.retention.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+        /// Discard dead events matching the filter instead (they will never be published).
+        #[arg(long)]
+        dead: bool,
+        /// Which dead events, with --dead.
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Enqueue events, each in its own transaction (for scripts and smoke tests).
+    Enqueue(EnqueueArgs),
+}
+
+/// `courier outbox enqueue`.
+#[derive(Args)]
+pub struct EnqueueArgs {
+    /// Topic; default: mapped from the aggregate type by the [topics] configuration.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Aggregate type of the events (also what [topics] maps to a topic).
+    #[arg(long, default_value = "cli")]
+    pub aggregate_type: String,
+    /// Aggregate id, the ordering key; with --count > 1 a prefix, see --aggregates.
+    #[arg(long)]
+    pub aggregate_id: String,
+    /// Event type.
+    #[arg(long)]
+    pub event_type: String,
+    /// Payload text; default: a small JSON document with the event's number.
+    #[arg(long)]
+    pub payload: Option<String>,
+    /// Events to generate, spread over --aggregates aggregates named <aggregate-id>-<n>.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    pub count: usize,
+    /// Aggregates the --count events are spread over.
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    pub aggregates: usize,
+    /// W3C trace context to carry to the broker headers (00-<trace id>-<span id>-<flags>).
+    #[arg(long)]
+    pub traceparent: Option<String>,
+}
+
+/// Selects dead events; no flag selects all.
+#[derive(Args, Debug, Default)]
+pub struct FilterArgs {
+    /// Row ids (repeatable).
+    #[arg(long = "id")]
+    pub ids: Vec<i64>,
+    /// Only events of this topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Only events of this aggregate type.
+    #[arg(long = "filter-aggregate-type")]
+    pub aggregate_type: Option<String>,
+    /// Only events of this aggregate id.
+    #[arg(long = "filter-aggregate-id")]
+    pub aggregate_id: Option<String>,
+    /// Only events of this event type.
+    #[arg(long = "filter-event-type")]
+    pub event_type: Option<String>,
+}
+
+/// A count that must be at least 1, refused by clap as a usage error otherwise.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every flag and argument of every subcommand says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "courier", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn counts_below_one_are_usage_errors() {
+        let error = Cli::try_parse_from(["courier", "demo", "--events", "0"]).err().unwrap();
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("--events"), "{error}");
+    }
+}
