@@ -98,7 +98,7 @@ pub fn conclude(rounds: &[Vec<Row>], ratios: &[(&str, &str)], json: Option<&Path
 /// The median of sorted, non-empty `values`.
 fn median(values: &[f64]) -> f64 {
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]
