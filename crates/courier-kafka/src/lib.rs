@@ -14,7 +14,7 @@
 //! - **Topics**: created through the admin API from [`TopicConfig`]
 //!   (partitions, replication factor, `retention.ms` from `max_age`, `retention.bytes` from
 //!   `max_bytes` (per partition), `compression.type` from [`KafkaConfig::compression`]), or only
-//!   validated when [`KafkaConfig::provision_topics`] is off.
+//!   validated when [`KafkaConfig::provision`] is off.
 //! - **Subscribe**: a consumer-group member; offsets are committed by hand and only over the
 //!   contiguous prefix of acknowledged messages of each partition, never past one that is not
 //!   done. Retries, dead-lettering and per-aggregate order come from the shared
