@@ -24,7 +24,7 @@ pub(crate) async fn provision(shared: &Arc<Shared>, config: &TopicConfig) -> Res
     if let Some(created) = mocked {
         return created.map_err(|e| from_kafka(format_args!("creating topic {name} on the mock cluster"), e));
     }
-    if shared.config.provision_topics {
+    if shared.config.provision {
         create(shared, config, partitions, replicas).await?;
     }
     validate(Arc::clone(shared), config.topic.as_str().to_owned(), partitions).await

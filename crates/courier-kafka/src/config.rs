@@ -7,8 +7,8 @@ use courier_core::wire::WireMode;
 use courier_core::{Error, ErrorKind};
 use rdkafka::ClientConfig;
 
-/// Settings of a [`KafkaBus`](crate::KafkaBus). Build with [`KafkaConfig::new`] and the methods
-/// below; every field documents its default.
+/// Settings of a [`KafkaBus`](crate::KafkaBus): [`KafkaConfig::new`] or
+/// [`KafkaConfig::from_url`], then the setters below, each of which documents its default.
 ///
 /// ```
 /// use std::time::Duration;
@@ -19,50 +19,27 @@ use rdkafka::ClientConfig;
 ///     .compression("lz4")
 ///     .set("client.id", "billing")
 ///     .producer_set("linger.ms", "10");
+/// assert!(config.get_provision());
 /// # Ok::<(), courier_core::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
-    /// `bootstrap.servers`. Default `127.0.0.1:9092`.
-    pub bootstrap_servers: String,
-    /// How envelopes are written. Default [`WireMode::CloudEvents`]; consumers detect either.
-    pub wire_mode: WireMode,
-    /// How long a publish waits for room when librdkafka's local queue is full
-    /// (`queue.buffering.max.messages`/`.kbytes`) before it fails with
-    /// [`ErrorKind::Backpressure`]. Default 10 s.
-    pub queue_full_timeout: Duration,
-    /// Create topics through the admin API on [`provision`](courier_core::Bus::provision); when
-    /// off, provisioning only checks that the topic exists. Default on.
-    pub provision_topics: bool,
-    /// `compression.type` set on topics created by provisioning (`producer`, `gzip`, `snappy`,
-    /// `lz4`, `zstd`, `uncompressed`). Default: not set, so the broker's default applies.
-    pub compression: Option<String>,
-    /// Timeout of admin and metadata requests. Default 30 s.
-    pub admin_timeout: Duration,
-    /// How long the producer at least remembers acknowledged event ids so that re-publishing
-    /// one is answered as a duplicate instead of being written again; older ids are forgotten
-    /// as new ones arrive. Kafka has no broker-side de-duplication by event id; this window
-    /// covers re-publishes from the same bus only. Default 2 min; zero turns it off.
-    pub dedup_window: Duration,
-    /// Most event ids remembered for de-duplication. Once half of it arrived within the
-    /// window, the ids older than those are forgotten early. Default 100,000.
-    pub dedup_capacity: usize,
-    /// How often a consumer commits the offsets it may commit. Commits also happen on
-    /// rebalance and when the subscription is dropped. Default 1 s.
-    pub commit_interval: Duration,
-    /// How long [`Transport::flush`](courier_core::Transport::flush) waits for librdkafka to
-    /// deliver what it holds. Default 30 s.
-    pub flush_timeout: Duration,
-    /// librdkafka settings for every client (producer, consumers, admin), applied over
-    /// Courier's defaults. Default: none.
-    pub settings: BTreeMap<String, String>,
-    /// librdkafka settings for the producer only, applied after `settings`. Default: none.
-    /// `enable.idempotence=true` and `acks=all` are always enforced.
-    pub producer_settings: BTreeMap<String, String>,
-    /// librdkafka settings for consumers only, applied after `settings`. Courier defaults
-    /// `auto.offset.reset=earliest` (a new group reads the topic from its start) and always
-    /// enforces `enable.auto.commit=false`. Default: none.
-    pub consumer_settings: BTreeMap<String, String>,
+    pub(crate) bootstrap_servers: String,
+    pub(crate) wire_mode: WireMode,
+    pub(crate) queue_full_timeout: Duration,
+    pub(crate) provision: bool,
+    pub(crate) compression: Option<String>,
+    pub(crate) admin_timeout: Duration,
+    pub(crate) dedup_window: Duration,
+    pub(crate) dedup_capacity: usize,
+    pub(crate) commit_interval: Duration,
+    pub(crate) flush_timeout: Duration,
+    /// librdkafka settings for every client.
+    settings: BTreeMap<String, String>,
+    /// librdkafka settings for the producer only, applied after `settings`.
+    producer_settings: BTreeMap<String, String>,
+    /// librdkafka settings for consumers only, applied after `settings`.
+    consumer_settings: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -71,7 +48,7 @@ impl Default for KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
             wire_mode: WireMode::CloudEvents,
             queue_full_timeout: Duration::from_secs(10),
-            provision_topics: true,
+            provision: true,
             compression: None,
             admin_timeout: Duration::from_secs(30),
             dedup_window: Duration::from_secs(120),
@@ -89,7 +66,8 @@ impl Default for KafkaConfig {
 pub(crate) const MOCK_BROKERS_SETTING: &str = "test.mock.num.brokers";
 
 impl KafkaConfig {
-    /// Defaults with the given `bootstrap.servers` (`host:port[,host:port]`).
+    /// Defaults with the given brokers (`bootstrap.servers`, `host:port[,host:port]`); the
+    /// default is `127.0.0.1:9092`.
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         Self { bootstrap_servers: bootstrap_servers.into(), ..Self::default() }
     }
@@ -114,67 +92,114 @@ impl KafkaConfig {
             .consumer_set("session.timeout.ms", "6000")
     }
 
+    /// How envelopes are written: CloudEvents `ce_*` headers, or the reference system's JSON
+    /// envelope with `X-Event-*` headers for consumers that expect it. Consumers detect either.
+    /// Default [`WireMode::CloudEvents`].
     pub fn wire_mode(mut self, mode: WireMode) -> Self {
         self.wire_mode = mode;
         self
     }
 
+    /// How long a publish waits for room when librdkafka's local queue is full
+    /// (`queue.buffering.max.messages`/`.kbytes`) before its verdict is
+    /// [`ErrorKind::Backpressure`]; longer rides out slower brokers, shorter reports an overload
+    /// sooner. Default 10 s.
     pub fn queue_full_timeout(mut self, timeout: Duration) -> Self {
         self.queue_full_timeout = timeout;
         self
     }
 
-    pub fn provision_topics(mut self, on: bool) -> Self {
-        self.provision_topics = on;
+    /// Whether [`provision`](courier_core::Bus::provision) creates topics through the admin
+    /// API; turn it off where topics are managed elsewhere (or the client may not create them),
+    /// and provisioning only checks that the topic exists. Default on.
+    pub fn provision(mut self, on: bool) -> Self {
+        self.provision = on;
         self
     }
 
+    /// `compression.type` set on topics created by provisioning (`producer`, `gzip`, `snappy`,
+    /// `lz4`, `zstd`, `uncompressed`), to trade broker CPU for disk and network. Default: not
+    /// set, so the broker's default applies.
     pub fn compression(mut self, compression: impl Into<String>) -> Self {
         self.compression = Some(compression.into());
         self
     }
 
+    /// Timeout of admin and metadata requests (provisioning, deletion, topic validation).
+    /// Default 30 s.
     pub fn admin_timeout(mut self, timeout: Duration) -> Self {
         self.admin_timeout = timeout;
         self
     }
 
+    /// How long the producer at least remembers acknowledged event ids, so that re-publishing
+    /// one is answered as a duplicate instead of being written again. Kafka has no broker-side
+    /// de-duplication by event id; this covers re-publishes from the same bus only. Older ids
+    /// are forgotten as new ones arrive; zero turns it off. Default 2 min.
     pub fn dedup_window(mut self, window: Duration) -> Self {
         self.dedup_window = window;
         self
     }
 
+    /// Most event ids remembered for de-duplication, which bounds its memory; once half of it
+    /// arrived within the window, older ids are forgotten early. Default 100,000.
     pub fn dedup_capacity(mut self, capacity: usize) -> Self {
         self.dedup_capacity = capacity;
         self
     }
 
+    /// How often a consumer commits the offsets it may commit: shorter means fewer messages
+    /// delivered again after a crash, at the cost of more commit requests. Commits also happen
+    /// on rebalance and when the subscription is dropped. Default 1 s.
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.commit_interval = interval;
         self
     }
 
+    /// How long [`Transport::flush`](courier_core::Transport::flush) (and so a publisher's
+    /// close) waits for librdkafka to deliver what it holds. Default 30 s.
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
         self.flush_timeout = timeout;
         self
     }
 
-    /// Sets a librdkafka property on every client.
+    /// Sets a librdkafka property on every client (producer, consumers, admin), over Courier's
+    /// defaults: for security, client ids and tuning Courier has no setter for. Default: none.
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.insert(key.into(), value.into());
         self
     }
 
-    /// Sets a librdkafka property on the producer.
+    /// Sets a librdkafka property on the producer only, after [`set`](Self::set)'s, e.g.
+    /// `linger.ms` or `message.max.bytes`. `enable.idempotence=true` and `acks=all` are always
+    /// enforced: the ACK guarantee rests on them. Default: none.
     pub fn producer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.producer_settings.insert(key.into(), value.into());
         self
     }
 
-    /// Sets a librdkafka property on consumers.
+    /// Sets a librdkafka property on consumers only, after [`set`](Self::set)'s.
+    /// `enable.auto.commit=false` is always enforced (Courier commits what was acknowledged).
+    /// Default: none, except `auto.offset.reset=earliest`, so a new group reads the topic from
+    /// its start.
     pub fn consumer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.consumer_settings.insert(key.into(), value.into());
         self
+    }
+
+    /// The brokers the bus connects to (`bootstrap.servers`).
+    pub fn get_bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    /// How envelopes are written.
+    pub fn get_wire_mode(&self) -> WireMode {
+        self.wire_mode
+    }
+
+    /// Whether provisioning creates topics (else it only validates them).
+    pub fn get_provision(&self) -> bool {
+        self.provision
     }
 
     /// The producer's librdkafka configuration.
@@ -228,7 +253,7 @@ mod tests {
 
     #[test]
     fn url_parsing() {
-        assert_eq!(KafkaConfig::from_url("kafka://a:1,b:2").unwrap().bootstrap_servers, "a:1,b:2");
+        assert_eq!(KafkaConfig::from_url("kafka://a:1,b:2").unwrap().get_bootstrap_servers(), "a:1,b:2");
         assert_eq!(KafkaConfig::from_url("nats://a:1").unwrap_err().kind(), ErrorKind::Config);
         assert_eq!(KafkaConfig::from_url("kafka://").unwrap_err().kind(), ErrorKind::Config);
     }

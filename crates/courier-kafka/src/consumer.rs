@@ -43,10 +43,12 @@ pub struct KafkaDelivery {
 }
 
 impl KafkaDelivery {
+    /// The partition the message was read from (all events of one aggregate share it).
     pub fn partition(&self) -> i32 {
         self.partition
     }
 
+    /// The message's offset in its partition.
     pub fn offset(&self) -> i64 {
         self.offset
     }

@@ -5,8 +5,8 @@
 //! Ids are remembered in generations rather than each with its own expiry: a generation ends
 //! after `window` or after half the capacity of new ids, and ids older than the previous
 //! generation are swept out then, in one pass. An insert (once per delivery report, on the
-//! producer's polling thread) is then one map insert; expiring each id separately cost a queue
-//! entry, a removal and a clock read per event.
+//! producer's polling thread) is then one map insert, where expiring each id on its own would add
+//! a queue entry, a removal and a clock read per event.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;

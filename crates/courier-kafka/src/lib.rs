@@ -14,7 +14,7 @@
 //! - **Topics**: created through the admin API from [`TopicConfig`]
 //!   (partitions, replication factor, `retention.ms` from `max_age`, `retention.bytes` from
 //!   `max_bytes` (per partition), `compression.type` from [`KafkaConfig::compression`]), or only
-//!   validated when [`KafkaConfig::provision_topics`] is off.
+//!   validated when [`KafkaConfig::provision`] is off.
 //! - **Subscribe**: a consumer-group member; offsets are committed by hand and only over the
 //!   contiguous prefix of acknowledged messages of each partition, never past one that is not
 //!   done. Retries, dead-lettering and per-aggregate order come from the shared
@@ -34,12 +34,12 @@
 //! re-publish from the same bus as a duplicate. Across processes, consumers must tolerate
 //! duplicates (at-least-once); the event id is the key to de-duplicate them.
 //!
-//! # Throughput
+//! # Allocation
 //! librdkafka allocates every message and each of its headers (seven CloudEvents headers per
-//! event) on the publishing thread and frees them on its delivery-report thread. glibc's malloc
-//! handles that hand-over poorly: it took about a third of the publishing thread's time. An
-//! application publishing at high rates should give the C libraries an allocator built for it,
-//! such as mimalloc with its `override` feature, as the `courier` binary does.
+//! event) on the publishing thread and frees them on its delivery-report thread, a hand-over
+//! glibc's malloc handles poorly. An application publishing at high rates should give the C
+//! libraries an allocator built for it, such as mimalloc with its `override` feature, as the
+//! `courier` binary does.
 //!
 //! ```no_run
 //! use courier_core::{Bus, Envelope, PublisherConfig, Topic, TopicConfig};
@@ -58,6 +58,8 @@
 //! # Ok(())
 //! # }
 //! ```
+
+#![warn(missing_docs)]
 
 mod admin;
 mod config;
@@ -140,6 +142,7 @@ impl KafkaBus {
         Self::connect(KafkaConfig::mock(brokers))
     }
 
+    /// The settings the bus was made with.
     pub fn config(&self) -> &KafkaConfig {
         &self.shared.config
     }
@@ -194,10 +197,9 @@ impl Bus for KafkaBus {
         admin::provision(&self.shared, config).await
     }
 
-    /// Close publishers and subscribers of `topic` first. With a consumer or an open
-    /// publisher of the topic still running, the bundled librdkafka has crashed the process
-    /// (SIGSEGV in its metadata-cache update) after deleting on Tansu. The benches and the demo
-    /// close first and have not crashed.
+    /// Deletes `topic` through the admin API. Close its publishers and subscribers first: the
+    /// bundled librdkafka can crash the process (SIGSEGV in its metadata-cache update) when a
+    /// topic is deleted under a live consumer or publisher.
     async fn delete_topic(&self, topic: &Topic) -> Result<(), Error> {
         self.shared.topics.forget(topic);
         admin::delete(&self.shared, topic).await

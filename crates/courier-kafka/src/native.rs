@@ -1,33 +1,62 @@
-//! The per-message publish call made straight on librdkafka's C API (`rd_kafka_produceva`).
+//! The per-message publish call made straight on librdkafka's C API (`rd_kafka_produceva`),
+//! and [`InFlight`], the delivery opaque it hands librdkafka.
 //!
-//! rust-rdkafka's `BaseProducer::send` does three things per message that Courier does not
-//! need, all on the publishing thread: it allocates a C string of the topic name, librdkafka
-//! then looks that name up in its topic list under a lock, and the payload is copied into the
-//! message (`RD_KAFKA_MSG_F_COPY`), which makes every message a large allocation. Here a send
-//! names its topic by a cached handle and lends librdkafka the payload: the payload belongs to
-//! the message's delivery opaque ([`InFlight`]), which librdkafka hands back with the delivery
-//! report, after its last use of the payload. Measured with `courier bench bus --backend kafka`
-//! (four interleaved pairs against rust-rdkafka's `send`): 167k against 155k events/s.
+//! rust-rdkafka's `BaseProducer::send` allocates a C string of the topic name per message,
+//! makes librdkafka look that name up under a lock, and copies the payload into the message
+//! (`RD_KAFKA_MSG_F_COPY`). Here a send names its topic by a cached handle and lends librdkafka
+//! the payload: the payload belongs to the message's [`InFlight`], which librdkafka hands back
+//! with the delivery report, after its last use of the payload.
+//!
+//! The opaque pointer crosses into C and back, so its type is pinned at compile time:
+//! [`produce`] only accepts clients whose
+//! [`ProducerContext::DeliveryOpaque`] is [`DeliveryOpaque`], and it converts with that type's
+//! own [`IntoOpaque`] pair, the one rust-rdkafka's delivery callback uses to turn the pointer
+//! back. This module imports nothing from the rest of the crate.
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CString};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use courier_core::wire::HeaderSink;
-use courier_core::{Error, ErrorKind, Topic};
+use courier_core::{Completion, Error, ErrorKind, Topic};
 use rdkafka::bindings as rd;
 use rdkafka::client::Client;
+use rdkafka::producer::ProducerContext;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, IntoOpaque};
 
-use crate::producer::InFlight;
+/// What travels through librdkafka with each message and comes back in its delivery report:
+/// the event's pending verdict and the payload librdkafka sends from.
+pub struct InFlight {
+    completion: Completion,
+    /// Lent to librdkafka without a copy; never changed while librdkafka holds the message.
+    body: Bytes,
+}
+
+impl InFlight {
+    pub(crate) fn new(completion: Completion, body: Bytes) -> Self {
+        Self { completion, body }
+    }
+
+    /// The verdict to resolve, once librdkafka is done with the payload.
+    pub(crate) fn into_completion(self) -> Completion {
+        self.completion
+    }
+}
+
+/// The delivery opaque of every message sent through [`produce`]; a producer's context must
+/// declare it as its [`ProducerContext::DeliveryOpaque`]. Boxed: one pointer crosses into C.
+pub(crate) type DeliveryOpaque = Box<InFlight>;
 
 /// librdkafka's handle of one topic, held by the application.
 pub(crate) struct TopicHandle(NonNull<rd::rd_kafka_topic_t>);
 
-// SAFETY: librdkafka topic handles may be used from any thread (its API is thread-safe).
+// SAFETY: librdkafka's API is thread-safe: a topic handle may be used and released from any
+// thread.
 unsafe impl Send for TopicHandle {}
+// SAFETY: as above; the handle is only passed to librdkafka, never mutated from Rust.
 unsafe impl Sync for TopicHandle {}
 
 impl Drop for TopicHandle {
@@ -75,40 +104,49 @@ impl TopicHandles {
 /// taken, and the payload of `in_flight` is lent until the message's delivery report, which
 /// brings `in_flight` back. On refusal, headers and `in_flight` come back with the error code,
 /// so the caller can retry or report it.
-pub(crate) fn produce<C: ClientContext>(
+///
+/// `topic` must be a handle made on `client` (by its [`TopicHandles`]).
+pub(crate) fn produce<C>(
     client: &Client<C>,
     topic: &TopicHandle,
     key: &[u8],
     headers: Headers,
-    in_flight: Box<InFlight>,
-) -> Result<(), (RDKafkaErrorCode, Headers, Box<InFlight>)> {
-    let opaque = Box::into_raw(in_flight);
-    // SAFETY: `opaque` stays allocated until librdkafka returns it (below on refusal, else in
-    // the delivery report), so its body's bytes stay valid and unchanged that long.
-    let payload = unsafe { &(*opaque).body };
+    in_flight: DeliveryOpaque,
+) -> Result<(), (RDKafkaErrorCode, Headers, DeliveryOpaque)>
+where
+    C: ProducerContext<DeliveryOpaque = DeliveryOpaque>,
+{
+    // The payload's bytes live in the `Bytes` storage, not in the box, so turning the box into
+    // a pointer below moves nothing they are in.
+    let payload = mem(&in_flight.body);
+    // The same conversion rust-rdkafka's delivery callback undoes with `C::DeliveryOpaque`.
+    let opaque = C::DeliveryOpaque::into_ptr(in_flight);
     let vus = [
         vu(VType::RD_KAFKA_VTYPE_RKT, Value { rkt: topic.0.as_ptr() }),
         // Neither copy nor free the payload: it is lent (see above).
         vu(VType::RD_KAFKA_VTYPE_MSGFLAGS, Value { i: 0 }),
         vu(VType::RD_KAFKA_VTYPE_KEY, mem(key)),
-        vu(VType::RD_KAFKA_VTYPE_VALUE, mem(payload)),
+        vu(VType::RD_KAFKA_VTYPE_VALUE, payload),
         vu(VType::RD_KAFKA_VTYPE_HEADERS, Value { headers: headers.0.as_ptr() }),
-        vu(VType::RD_KAFKA_VTYPE_OPAQUE, Value { ptr: opaque.cast() }),
+        vu(VType::RD_KAFKA_VTYPE_OPAQUE, Value { ptr: opaque }),
     ];
-    // SAFETY: every pointer in `vus` is valid for the call; librdkafka takes the headers and
-    // the opaque on success and keeps neither on failure.
+    // SAFETY: the client and the topic handle are live (the caller holds both), the key and
+    // headers are valid for the call, and the payload stays valid and unchanged until the
+    // opaque that owns it comes back: on refusal below, else in the delivery report. librdkafka
+    // takes the headers and the opaque on success and keeps neither on failure.
     let failed = unsafe { rd::rd_kafka_produceva(client.native_ptr(), vus.as_ptr(), vus.len()) };
     if failed.is_null() {
         // librdkafka destroys the headers with the message.
         std::mem::forget(headers);
         return Ok(());
     }
-    // SAFETY: `failed` is the error object this call returned; it is destroyed once, and the
-    // opaque librdkafka did not take has this as its only owner again.
+    // SAFETY: `failed` is the error object this call returned and is destroyed once. librdkafka
+    // did not take the message, so `opaque`, made by `into_ptr` above, is turned back exactly
+    // once, here, by the same type's `from_ptr`.
     let (code, in_flight) = unsafe {
         let code = RDKafkaErrorCode::from(rd::rd_kafka_error_code(failed));
         rd::rd_kafka_error_destroy(failed);
-        (code, Box::from_raw(opaque))
+        (code, C::DeliveryOpaque::from_ptr(opaque))
     };
     Err((code, headers, in_flight))
 }

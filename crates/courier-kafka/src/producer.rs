@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use courier_core::wire::{self, HeaderStyle, WireMode};
 use courier_core::{Completion, Envelope, Error, ErrorKind, EventId, Position, Receipt, Topic, Transport};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -14,7 +13,7 @@ use rdkafka::ClientContext;
 
 use crate::dedup::Dedup;
 use crate::error::from_kafka;
-use crate::native::{self, Headers};
+use crate::native::{self, DeliveryOpaque, Headers, InFlight};
 use crate::Shared;
 
 /// Room kept under `message.max.bytes` for headers and record framing.
@@ -23,14 +22,6 @@ const RECORD_OVERHEAD: usize = 16 * 1024;
 const MAX_QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 
 pub(crate) type KafkaProducer = ThreadedProducer<DeliveryContext>;
-
-/// What travels through librdkafka with each message and comes back in its delivery report
-/// (opaque outside this crate).
-pub struct InFlight {
-    completion: Completion,
-    /// The payload librdkafka sends from (lent without a copy; see [`native`](crate::native)).
-    pub(crate) body: Bytes,
-}
 
 /// Turns delivery reports into verdicts; runs on the producer's polling thread.
 pub struct DeliveryContext {
@@ -46,10 +37,12 @@ impl DeliveryContext {
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<InFlight>;
+    // `native::produce` accepts only this type, so what it turns into the pointer is what
+    // rust-rdkafka turns back for this callback.
+    type DeliveryOpaque = DeliveryOpaque;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
-        let InFlight { completion, .. } = *in_flight;
+    fn delivery(&self, result: &DeliveryResult<'_>, in_flight: DeliveryOpaque) {
+        let completion = in_flight.into_completion();
         let (event_id, topic) = (completion.event_id(), completion.topic());
         let outcome = match result {
             Ok(message) => {
@@ -95,7 +88,7 @@ impl Transport for KafkaTransport {
         };
         let mut headers = Headers::with_capacity(HEADERS_CAPACITY);
         let body = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka, &mut headers);
-        let mut in_flight = Box::new(InFlight { completion, body });
+        let mut in_flight = Box::new(InFlight::new(completion, body));
         let key = envelope.aggregate_id().as_bytes();
         // Set when librdkafka first refuses the event for a full queue.
         let mut deadline = None;
@@ -109,13 +102,13 @@ impl Transport for KafkaTransport {
             };
             if code != RDKafkaErrorCode::QueueFull {
                 let err = KafkaError::MessageProduction(code);
-                let InFlight { completion, .. } = *in_flight;
+                let completion = in_flight.into_completion();
                 completion.complete(Err(delivery_error(topic, event_id, &err)));
                 return;
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + shared.config.queue_full_timeout);
             if Instant::now() >= deadline {
-                let InFlight { completion, .. } = *in_flight;
+                let completion = in_flight.into_completion();
                 completion.complete(Err(Error::new(
                     ErrorKind::Backpressure,
                     format!(

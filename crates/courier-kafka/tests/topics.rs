@@ -17,7 +17,7 @@ async fn delete_topic_removes_it_and_a_missing_one_is_fine() {
     bus.provision(&config).await.unwrap();
     bus.delete_topic(&config.topic).await.unwrap();
     // With provisioning off, provision only checks that the topic exists.
-    let checker = KafkaBus::connect(KafkaConfig::new(common::TANSU).provision_topics(false)).unwrap();
+    let checker = KafkaBus::connect(KafkaConfig::new(common::TANSU).provision(false)).unwrap();
     let err = checker.provision(&config).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     bus.delete_topic(&config.topic).await.unwrap();
