@@ -58,8 +58,10 @@ pub struct Database {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusSection {
-    #[serde(deserialize_with = "parse_from_str")]
-    pub url: BusUrl,
+    /// `None` until named: the relay refuses to guess a bus, since the memory bus would mark
+    /// rows published while their events vanish with the process.
+    #[serde(deserialize_with = "parse_optional")]
+    pub url: Option<BusUrl>,
     pub wire: WireMode,
 }
 
@@ -116,13 +118,17 @@ pub struct Log {
     pub level: String,
 }
 
-fn parse_from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+/// A value parsed from a string, where the empty string means "not set".
+fn parse_optional<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: std::str::FromStr<Err = String>,
 {
     let text = String::deserialize(d)?;
-    text.parse().map_err(serde::de::Error::custom)
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 impl Config {
@@ -266,7 +272,7 @@ mod tests {
     #[test]
     fn reference_parses_with_documented_defaults() {
         let c = Config::load(None, []).unwrap();
-        assert_eq!(c.bus.url, BusUrl::Memory);
+        assert_eq!(c.bus.url, None, "no bus until one is named");
         assert_eq!(c.http.listen, "127.0.0.1:9464".parse().unwrap());
         assert_eq!(c.relay.lease, Duration::from_secs(10));
         assert_eq!(c.bus.wire, WireMode::CloudEvents);

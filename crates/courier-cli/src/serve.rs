@@ -9,8 +9,9 @@ use courier_outbox::{AckedEvent, FailedEvent, Relay, RelayHandle, RelayObserver,
 use tokio::sync::watch;
 
 use crate::args::RelayArgs;
-use crate::bus_url::with_bus;
+use crate::bus_url::{with_bus, BusUrl};
 use crate::config::Config;
+use crate::exit::usage;
 use crate::http::{Metrics, OutcomeLabels, Readiness};
 
 /// How often the outbox gauges (pending count, oldest age) are refreshed from the database.
@@ -78,13 +79,25 @@ impl RelayArgs {
     /// Runs the relay of `config`, with this command line's overrides, until SIGTERM or SIGINT.
     pub async fn run(self, mut config: Config) -> anyhow::Result<bool> {
         if let Some(bus) = self.bus {
-            config.bus.url = bus;
+            config.bus.url = Some(bus);
         }
         if let Some(listen) = self.listen {
             config.http.listen = listen;
         }
+        let Some(url) = config.bus.url.clone() else {
+            return Err(usage(
+                "courier relay needs a bus: --bus nats://host:port, --bus kafka://host:port, or bus.url \
+                 (COURIER_BUS_URL); `memory` only when named",
+            ));
+        };
+        if url == BusUrl::Memory {
+            tracing::warn!(
+                "relaying to the in-process memory bus: rows are marked published, and their events \
+                 vanish when this process exits"
+            );
+        }
         let store = config.connect_store().await?;
-        let (url, wire) = (config.bus.url.clone(), config.bus.wire);
+        let wire = config.bus.wire;
         with_bus!(url, wire, |bus| run(config, store, bus).await)
     }
 }

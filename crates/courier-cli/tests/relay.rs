@@ -291,6 +291,33 @@ async fn sigterm_mid_stream_loses_nothing() {
     assert_eq!(stream_messages(SHARED_NATS, &topic).await, 3000, "every event once in the stream");
 }
 
+/// The relay must be told where to publish: a default memory bus would mark every row published
+/// while the events vanish with the process.
+#[test]
+fn the_relay_refuses_to_start_without_a_bus_and_warns_about_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    let mut child = courier().args(["relay", "--db", &db]).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("courier relay without a bus started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("courier relay needs a bus"), "{stderr}");
+
+    let relay = RelayProcess::start(&db, "memory", "explicit-memory", &[]);
+    let out = relay.terminate();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("vanish when this process exits"), "no warning about the memory bus: {stderr}");
+}
+
 fn relay_with_config(config: &Path) -> Output {
     courier().args(["relay", "--config"]).arg(config).output().unwrap()
 }
