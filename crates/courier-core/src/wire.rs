@@ -81,8 +81,6 @@ pub const ORIGINAL_EVENT_ID_HEADER: &str = "courier-original-event-id";
 
 /// `source` is this prefix plus the aggregate type, so decode recovers the type from it.
 const SOURCE_PREFIX: &str = "/courier/";
-/// The attribute that carried the aggregate type (a copy of `source`'s) before; still read.
-const LEGACY_AGGREGATE_TYPE: &str = "aggregatetype";
 
 /// Declares the CloudEvents attributes Courier writes: their header names in each protocol
 /// binding, and the list that decode recognises as its own.
@@ -94,7 +92,7 @@ macro_rules! ce_attributes {
         }
         const KAFKA_NAMES: CeNames = CeNames { $($field: concat!("ce_", $attr),)* };
         const NATS_NAMES: CeNames = CeNames { $($field: concat!("ce-", $attr),)* };
-        const CE_ATTRIBUTES: &[&str] = &[$($attr,)* LEGACY_AGGREGATE_TYPE];
+        const CE_ATTRIBUTES: &[&str] = &[$($attr,)*];
     };
 }
 
@@ -224,8 +222,7 @@ fn decode_cloudevents(headers: &[(String, String)], body: Bytes, p: &str) -> Res
     let required = |name: &str| attr(name).ok_or_else(|| malformed(format!("missing header {p}{name}")));
     let event_id: EventId =
         required("id")?.parse().map_err(|e| malformed(format!("header {p}id is not a UUID: {e}")))?;
-    let aggregate_type =
-        attr(LEGACY_AGGREGATE_TYPE).or_else(|| attr("source").map(aggregate_type_of)).unwrap_or("unknown");
+    let aggregate_type = attr("source").map(aggregate_type_of).unwrap_or("unknown");
     let mut builder = Envelope::builder(aggregate_type, required("subject")?, required("type")?)
         .event_id(event_id)
         .payload(body);
@@ -456,20 +453,6 @@ mod tests {
         let body = encode(&e, WireMode::CloudEvents, HeaderStyle::Nats, &mut headers);
         assert!(headers.contains(&("ce-source".into(), "/courier/billing/order v2".into())));
         assert_eq!(decode(&headers, body).unwrap(), e);
-    }
-
-    #[test]
-    fn messages_with_the_legacy_aggregatetype_header_still_decode() {
-        let e = sample();
-        let mut headers = Vec::new();
-        let body = encode(&e, WireMode::CloudEvents, HeaderStyle::Kafka, &mut headers);
-        for (name, value) in &mut headers {
-            if name == "ce_source" {
-                *value = "/elsewhere".into();
-            }
-        }
-        headers.push(("ce_aggregatetype".into(), "order".into()));
-        assert_eq!(decode(&headers, body).unwrap(), e, "the header is read, not kept as a custom one");
     }
 
     #[test]
