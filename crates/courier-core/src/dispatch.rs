@@ -64,23 +64,55 @@ pub trait DeadLetter: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
-/// Subscriber settings.
+/// Settings of one [`dispatch`] run: build with [`DispatchConfig::default`] and the setters.
+///
+/// ```
+/// use courier_core::dispatch::DispatchConfig;
+///
+/// let config = DispatchConfig::default().max_concurrency(8).max_attempts(3);
+/// ```
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
-    /// Handlers running at once, across aggregates. Default 64.
-    pub max_concurrency: usize,
-    /// Deliveries received but not yet acknowledged; when reached, the engine stops pulling from
-    /// the broker. Default 1024.
-    pub max_buffered: usize,
-    /// Handler attempts per event before it is dead-lettered. Default 5.
-    pub max_attempts: u32,
-    /// Delay between attempts. Default [`Backoff::default`].
-    pub backoff: Backoff,
+    max_concurrency: usize,
+    max_buffered: usize,
+    max_attempts: u32,
+    backoff: Backoff,
 }
 
 impl Default for DispatchConfig {
     fn default() -> Self {
         Self { max_concurrency: 64, max_buffered: 1024, max_attempts: 5, backoff: Backoff::default() }
+    }
+}
+
+impl DispatchConfig {
+    /// Handlers running at once, across aggregates (one aggregate never runs two at once).
+    /// Raise it for handlers that mostly wait on I/O; lower it to protect what they call.
+    /// Values below 1 count as 1. Default 64.
+    pub fn max_concurrency(mut self, max: usize) -> Self {
+        self.max_concurrency = max;
+        self
+    }
+
+    /// Deliveries received but not yet acknowledged; when reached, the engine stops pulling from
+    /// the broker, which bounds memory. Keep the broker's own limit (e.g. JetStream
+    /// `max_ack_pending`) above it. Values below 1 count as 1. Default 1024.
+    pub fn max_buffered(mut self, max: usize) -> Self {
+        self.max_buffered = max;
+        self
+    }
+
+    /// Handler attempts per event before it is dead-lettered; errors that are not retryable
+    /// dead-letter at once. Default 5.
+    pub fn max_attempts(mut self, max: u32) -> Self {
+        self.max_attempts = max;
+        self
+    }
+
+    /// Delay between handler attempts. Default [`Backoff::default`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
     }
 }
 

@@ -183,15 +183,20 @@ impl Pending {
     }
 }
 
-/// Publisher settings.
+/// Publisher settings: build with [`PublisherConfig::default`] and the setters below.
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_core::PublisherConfig;
+///
+/// let config = PublisherConfig::default().window(4_096).close_timeout(Duration::from_secs(5));
+/// assert_eq!(config.get_window(), 4_096);
+/// ```
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
-    /// Most events accepted but not yet consumed as results. Default 1024.
-    pub window: usize,
-    /// Largest payload accepted; the transport's limit applies if lower. Default 1 MiB.
-    pub max_payload: usize,
-    /// How long [`Publisher::close`] waits for outstanding verdicts. Default 30 s.
-    pub close_timeout: Duration,
+    window: usize,
+    max_payload: usize,
+    close_timeout: Duration,
 }
 
 impl Default for PublisherConfig {
@@ -201,17 +206,43 @@ impl Default for PublisherConfig {
 }
 
 impl PublisherConfig {
+    /// Most events accepted whose verdict has not been consumed yet (awaited as an [`Ack`] or
+    /// read from [`Results`]); a publish waits while the window is full. A larger window keeps
+    /// more events in flight for throughput at the cost of memory. Values below 1 count as 1.
+    /// Default 1024.
     pub fn window(mut self, window: usize) -> Self {
         self.window = window;
         self
     }
+
+    /// Largest payload accepted, in bytes; larger events are refused before acceptance. The
+    /// transport's own limit applies when it is lower. Default 1 MiB.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
         self
     }
+
+    /// How long [`Publisher::close`] waits for the verdicts of events already accepted before
+    /// it fails with [`ErrorKind::Timeout`]. Default 30 s.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
         self
+    }
+
+    /// The in-flight window; see [`window`](Self::window). Backends size their clients' own
+    /// in-flight limits by it.
+    pub fn get_window(&self) -> usize {
+        self.window
+    }
+
+    /// The payload limit; see [`max_payload`](Self::max_payload).
+    pub fn get_max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// The close timeout; see [`close_timeout`](Self::close_timeout).
+    pub fn get_close_timeout(&self) -> Duration {
+        self.close_timeout
     }
 }
 

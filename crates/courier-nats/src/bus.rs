@@ -120,7 +120,7 @@ impl Bus for NatsBus {
             inner.config.wire_mode,
             Arc::clone(&inner.limit),
             inner.config.ack_timeout,
-            config.window,
+            config.get_window(),
         );
         Publisher::new(transport, config)
     }
