@@ -76,7 +76,7 @@ impl NatsConfig {
     }
 
     /// How envelopes are written: [`WireMode::CloudEvents`] puts `ce-*` headers around the
-    /// untouched payload; [`WireMode::Reference`] writes the reference system's JSON envelope, for
+    /// untouched payload; [`WireMode::JsonEnvelope`] writes the reference system's JSON envelope, for
     /// consumers that read that format. Subscribers read both. Default
     /// [`WireMode::CloudEvents`].
     pub fn wire_mode(mut self, mode: WireMode) -> Self {
