@@ -5,7 +5,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{fresh_topic, shared_bus, SHARED_URL};
+use common::{shared_bus, SHARED_URL};
+use courier_conformance::fresh_topic;
 use courier_core::wire::{json_envelope_payload, WireMode};
 use courier_core::{Bus, Envelope, PublisherConfig, Topic, TraceContext};
 use courier_nats::NatsBus;
