@@ -10,6 +10,8 @@
 //! courier_conformance::conformance_tests!(Memory);
 //! ```
 
+#![warn(missing_docs)]
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -26,6 +28,7 @@ use tokio::sync::oneshot;
 
 /// Connects the suite to one backend.
 pub trait Harness: Send + Sync + 'static {
+    /// The backend under test.
     type Bus: Bus;
 
     /// A connected bus; called once per test.

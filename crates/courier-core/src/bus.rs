@@ -10,7 +10,9 @@ use crate::{Envelope, Error, Publisher, PublisherConfig, Topic, Transport};
 
 /// A message broker: publishes through a [`Transport`], subscribes as a consumer group.
 pub trait Bus: Clone + Send + Sync + 'static {
+    /// Hands this bus's publishers' events to the broker.
     type Transport: Transport;
+    /// One message received by this bus's subscriptions.
     type Delivery: Delivery;
 
     /// Short backend name for logs, metrics and benchmark rows (`memory`, `nats`, `kafka`).
@@ -171,6 +173,7 @@ pub struct DeadLetterTopic<T> {
 }
 
 impl<T: Transport> DeadLetterTopic<T> {
+    /// Dead-letters to `topic` through `publisher`, waiting for each event's broker ACK.
     pub fn new(publisher: Publisher<T>, topic: Topic) -> Self {
         Self { publisher, topic }
     }

@@ -20,6 +20,7 @@ use crate::{Backoff, Envelope, Error, HandlerError};
 
 /// One message received from a broker, acknowledged once handled or dead-lettered.
 pub trait Delivery: Send + Sync + 'static {
+    /// The received event.
     fn envelope(&self) -> &Envelope;
 
     /// Tells the broker the message is done (NATS ACK, Kafka offset marked, memory cursor).
@@ -34,6 +35,7 @@ pub trait Delivery: Send + Sync + 'static {
 
 /// Application code that processes one event.
 pub trait Handler: Send + Sync + 'static {
+    /// Processes `envelope`; an error says whether a retry may help ([`HandlerError`]).
     fn handle(&self, envelope: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
@@ -52,11 +54,14 @@ where
 pub struct DeadLetterReason {
     /// Handler attempts made, including the last failed one.
     pub attempts: u32,
+    /// The last attempt's error.
     pub error: HandlerError,
 }
 
 /// Where events go after their last failed attempt.
 pub trait DeadLetter: Send + Sync + 'static {
+    /// Stores `envelope` with `reason` somewhere durable. The delivery is acknowledged only
+    /// after this succeeds; an error makes the engine try again.
     fn dead_letter(
         &self,
         envelope: &Envelope,
@@ -119,8 +124,11 @@ impl DispatchConfig {
 /// What a dispatch run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DispatchStats {
+    /// Events whose handler succeeded.
     pub handled: u64,
+    /// Handler attempts that failed and were tried again.
     pub retries: u64,
+    /// Events sent to the dead-letter destination.
     pub dead_lettered: u64,
 }
 

@@ -90,6 +90,7 @@ struct GroupState {
 }
 
 impl MemoryBus {
+    /// An empty bus with `config`'s limits; [`MemoryBus::default`] uses the default ones.
     pub fn new(config: MemoryConfig) -> Self {
         Self { inner: Arc::new(Shared { config, ..Shared::default() }) }
     }
@@ -208,6 +209,7 @@ pub struct MemoryDelivery {
 }
 
 impl MemoryDelivery {
+    /// The event's position in its topic, as in its [`Position::Memory`] receipt.
     pub fn sequence(&self) -> u64 {
         self.sequence
     }

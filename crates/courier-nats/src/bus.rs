@@ -71,6 +71,7 @@ impl NatsBus {
         Ok(Self { inner: Arc::new(Inner { client, admin, config: Arc::new(config), limit }) })
     }
 
+    /// The settings the bus was connected with, e.g. to name a topic's dead-letter topic.
     pub fn config(&self) -> &NatsConfig {
         &self.inner.config
     }

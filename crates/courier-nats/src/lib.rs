@@ -56,6 +56,8 @@
 //! [`Bus::provision`]: courier_core::Bus::provision
 //! [`TopicConfig`]: courier_core::TopicConfig
 
+#![warn(missing_docs)]
+
 mod bus;
 mod config;
 mod publish;
