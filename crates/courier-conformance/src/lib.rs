@@ -1,13 +1,21 @@
 //! The conformance suite: behaviour every [`Bus`] must show, run by each backend's tests through
 //! [`conformance_tests!`]. Every test uses fresh, randomly named topics so tests run in parallel.
 //!
-//! ```ignore
+//! In a backend's `tests/conformance.rs`:
+//!
+//! ```
 //! struct Memory;
+//!
 //! impl courier_conformance::Harness for Memory {
 //!     type Bus = courier_core::MemoryBus;
-//!     async fn bus(&self) -> Self::Bus { courier_core::MemoryBus::default() }
+//!
+//!     async fn bus(&self) -> Self::Bus {
+//!         courier_core::MemoryBus::default()
+//!     }
 //! }
+//!
 //! courier_conformance::conformance_tests!(Memory);
+//! # fn main() {}
 //! ```
 
 #![warn(missing_docs)]
