@@ -287,14 +287,8 @@ fn decode_json_envelope(headers: &[(String, String)], body: &[u8]) -> Result<Env
     if let Some(id) = reference.correlation_id.filter(|id| !id.is_empty()) {
         builder = builder.correlation_id(id);
     }
-    let envelope_headers = [
-        X_EVENT_ID,
-        X_AGGREGATE_ID,
-        X_EVENT_TYPE,
-        X_EVENT_VERSION,
-        X_AGGREGATE_TYPE,
-        "traceparent",
-    ];
+    let envelope_headers =
+        [X_EVENT_ID, X_AGGREGATE_ID, X_EVENT_TYPE, X_EVENT_VERSION, X_AGGREGATE_TYPE, "traceparent"];
     for (k, v) in headers {
         if !envelope_headers.iter().any(|r| k.eq_ignore_ascii_case(r)) && !is_broker_header(k) {
             builder = builder.header(k, v);

@@ -41,7 +41,8 @@ async fn create(shared: &Shared, config: &TopicConfig, partitions: i32, replicas
     let admin =
         shared.admin.as_ref().expect("an admin client exists unless the bus runs on the mock cluster");
     // Kafka's retention.bytes applies per partition; -1 keeps everything.
-    let retention_ms = config.get_max_age().map_or_else(|| "-1".to_owned(), |age| age.as_millis().to_string());
+    let retention_ms =
+        config.get_max_age().map_or_else(|| "-1".to_owned(), |age| age.as_millis().to_string());
     let retention_bytes = config.get_max_bytes().map_or_else(|| "-1".to_owned(), |bytes| bytes.to_string());
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas))
         .set("retention.ms", &retention_ms)

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use courier_core::dispatch::{dispatch, Delivery, DispatchConfig};
 use courier_core::{
-    Bus, Envelope, Error, EventId, HandlerError, PublisherConfig, Topic, TopicConfig, DEAD_LETTER_REASON_HEADER,
+    Bus, Envelope, Error, EventId, HandlerError, PublisherConfig, Topic, TopicConfig,
+    DEAD_LETTER_REASON_HEADER,
 };
 use courier_nats::{NatsBus, NatsConfig};
 use futures::StreamExt;

@@ -41,8 +41,8 @@ fn desired(config: &NatsConfig, topic: &TopicConfig) -> stream::Config {
     let limit = |value: Option<u64>| value.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
     let max_age = topic.get_max_age().unwrap_or(Duration::ZERO);
     // The server refuses a duplicate window longer than the age limit.
-    let duplicate_window =
-        if max_age.is_zero() { topic.get_duplicate_window() } else { topic.get_duplicate_window().min(max_age) };
+    let window = topic.get_duplicate_window();
+    let duplicate_window = if max_age.is_zero() { window } else { window.min(max_age) };
     stream::Config {
         name: stream_name(topic.get_topic()),
         subjects: vec![topic.get_topic().to_string()],

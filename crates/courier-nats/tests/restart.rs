@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{event, stored_messages, PrivateServer};
-use courier_core::dispatch::Delivery;
 use courier_conformance::fresh_topic;
+use courier_core::dispatch::Delivery;
 use courier_core::{Bus, EventId, PublisherConfig, Topic};
 use courier_nats::{NatsBus, NatsConfig};
 use futures::StreamExt;
