@@ -1,14 +1,24 @@
 //! The conformance suite: behaviour every [`Bus`] must show, run by each backend's tests through
 //! [`conformance_tests!`]. Every test uses fresh, randomly named topics so tests run in parallel.
 //!
-//! ```ignore
+//! In a backend's `tests/conformance.rs`:
+//!
+//! ```
 //! struct Memory;
+//!
 //! impl courier_conformance::Harness for Memory {
 //!     type Bus = courier_core::MemoryBus;
-//!     async fn bus(&self) -> Self::Bus { courier_core::MemoryBus::default() }
+//!
+//!     async fn bus(&self) -> Self::Bus {
+//!         courier_core::MemoryBus::default()
+//!     }
 //! }
+//!
 //! courier_conformance::conformance_tests!(Memory);
+//! # fn main() {}
 //! ```
+
+#![warn(missing_docs)]
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -26,6 +36,7 @@ use tokio::sync::oneshot;
 
 /// Connects the suite to one backend.
 pub trait Harness: Send + Sync + 'static {
+    /// The backend under test.
     type Bus: Bus;
 
     /// A connected bus; called once per test.
@@ -234,16 +245,12 @@ pub async fn failing_handler_is_retried_then_dead_lettered<H: Harness>(harness: 
             }
         }
     };
-    let config = DispatchConfig {
-        max_attempts: 4,
-        backoff: Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_secs(1),
-            multiplier: 2.0,
-            jitter: 0.0,
-        },
-        ..DispatchConfig::default()
-    };
+    let config = DispatchConfig::default().max_attempts(4).backoff(Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_secs(1),
+        multiplier: 2.0,
+        jitter: 0.0,
+    });
     let dead_letter = DeadLetterTopic::new(bus.publisher(PublisherConfig::default()), dlq.clone());
     let dead = Arc::new(Mutex::new(None));
     let recorder = RecordingDeadLetter { inner: dead_letter, seen: dead.clone() };

@@ -10,7 +10,9 @@ use crate::{Envelope, Error, Publisher, PublisherConfig, Topic, Transport};
 
 /// A message broker: publishes through a [`Transport`], subscribes as a consumer group.
 pub trait Bus: Clone + Send + Sync + 'static {
+    /// Hands this bus's publishers' events to the broker.
     type Transport: Transport;
+    /// One message received by this bus's subscriptions.
     type Delivery: Delivery;
 
     /// Short backend name for logs, metrics and benchmark rows (`memory`, `nats`, `kafka`).
@@ -42,25 +44,34 @@ pub trait Bus: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<BoxStream<'static, Self::Delivery>, Error>> + Send;
 }
 
-/// Backend-neutral topic settings; each backend maps what it supports and documents the rest.
+/// Backend-neutral topic settings for [`Bus::provision`]: build with [`TopicConfig::new`] and
+/// the setters. Each backend maps what it supports and documents what it ignores.
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_core::{Topic, TopicConfig};
+///
+/// # fn main() -> Result<(), courier_core::Error> {
+/// let config = TopicConfig::new(Topic::new("orders")?)
+///     .partitions(6)
+///     .max_age(Some(Duration::from_secs(7 * 24 * 3600)));
+/// assert_eq!(config.get_partitions(), 6);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct TopicConfig {
-    pub topic: Topic,
-    /// Kafka partitions. Default 1.
-    pub partitions: u32,
-    /// Copies kept by the broker (JetStream replicas, Kafka replication factor). Default 1.
-    pub replicas: u32,
-    /// Drop events older than this. Default: keep forever.
-    pub max_age: Option<Duration>,
-    /// Drop the oldest events beyond this many bytes. Default: unlimited.
-    pub max_bytes: Option<u64>,
-    /// Drop the oldest events beyond this many messages. Default: unlimited.
-    pub max_messages: Option<u64>,
-    /// How long the broker remembers event ids to drop re-publishes. Default 2 min.
-    pub duplicate_window: Duration,
+    topic: Topic,
+    partitions: u32,
+    replicas: u32,
+    max_age: Option<Duration>,
+    max_bytes: Option<u64>,
+    max_messages: Option<u64>,
+    duplicate_window: Duration,
 }
 
 impl TopicConfig {
+    /// Settings for `topic`, every other setting at its default.
     pub fn new(topic: Topic) -> Self {
         Self {
             topic,
@@ -71,6 +82,82 @@ impl TopicConfig {
             max_messages: None,
             duplicate_window: Duration::from_secs(120),
         }
+    }
+
+    /// Kafka partitions: order holds per aggregate within one partition, and more partitions
+    /// let more consumers of a group share the work. No meaning for JetStream. Default 1.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Copies kept by the broker (JetStream replicas, Kafka replication factor), so an
+    /// acknowledged event survives the loss of a broker. Default 1.
+    pub fn replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Drops events older than this, bounding storage by time. Default `None`: keep forever.
+    pub fn max_age(mut self, max_age: Option<Duration>) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
+    /// Drops the oldest events beyond this many bytes (Kafka: per partition). Default `None`:
+    /// unlimited.
+    pub fn max_bytes(mut self, max_bytes: Option<u64>) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Drops the oldest events beyond this many messages (Kafka has no such limit and ignores
+    /// it). Default `None`: unlimited.
+    pub fn max_messages(mut self, max_messages: Option<u64>) -> Self {
+        self.max_messages = max_messages;
+        self
+    }
+
+    /// How long the broker remembers event ids to drop re-publishes, i.e. how late a retried
+    /// publish is still recognised as a duplicate. Default 2 min.
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// The topic these settings are for.
+    pub fn get_topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    /// See [`partitions`](Self::partitions).
+    pub fn get_partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// See [`replicas`](Self::replicas).
+    pub fn get_replicas(&self) -> u32 {
+        self.replicas
+    }
+
+    /// See [`max_age`](Self::max_age).
+    pub fn get_max_age(&self) -> Option<Duration> {
+        self.max_age
+    }
+
+    /// See [`max_bytes`](Self::max_bytes).
+    pub fn get_max_bytes(&self) -> Option<u64> {
+        self.max_bytes
+    }
+
+    /// See [`max_messages`](Self::max_messages).
+    pub fn get_max_messages(&self) -> Option<u64> {
+        self.max_messages
+    }
+
+    /// See [`duplicate_window`](Self::duplicate_window).
+    pub fn get_duplicate_window(&self) -> Duration {
+        self.duplicate_window
     }
 }
 
@@ -86,6 +173,7 @@ pub struct DeadLetterTopic<T> {
 }
 
 impl<T: Transport> DeadLetterTopic<T> {
+    /// Dead-letters to `topic` through `publisher`, waiting for each event's broker ACK.
     pub fn new(publisher: Publisher<T>, topic: Topic) -> Self {
         Self { publisher, topic }
     }

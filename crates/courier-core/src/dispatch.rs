@@ -20,6 +20,7 @@ use crate::{Backoff, Envelope, Error, HandlerError};
 
 /// One message received from a broker, acknowledged once handled or dead-lettered.
 pub trait Delivery: Send + Sync + 'static {
+    /// The received event.
     fn envelope(&self) -> &Envelope;
 
     /// Tells the broker the message is done (NATS ACK, Kafka offset marked, memory cursor).
@@ -34,6 +35,7 @@ pub trait Delivery: Send + Sync + 'static {
 
 /// Application code that processes one event.
 pub trait Handler: Send + Sync + 'static {
+    /// Processes `envelope`; an error says whether a retry may help ([`HandlerError`]).
     fn handle(&self, envelope: &Envelope) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
@@ -52,11 +54,14 @@ where
 pub struct DeadLetterReason {
     /// Handler attempts made, including the last failed one.
     pub attempts: u32,
+    /// The last attempt's error.
     pub error: HandlerError,
 }
 
 /// Where events go after their last failed attempt.
 pub trait DeadLetter: Send + Sync + 'static {
+    /// Stores `envelope` with `reason` somewhere durable. The delivery is acknowledged only
+    /// after this succeeds; an error makes the engine try again.
     fn dead_letter(
         &self,
         envelope: &Envelope,
@@ -64,18 +69,19 @@ pub trait DeadLetter: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
-/// Subscriber settings.
+/// Settings of one [`dispatch`] run: build with [`DispatchConfig::default`] and the setters.
+///
+/// ```
+/// use courier_core::dispatch::DispatchConfig;
+///
+/// let config = DispatchConfig::default().max_concurrency(8).max_attempts(3);
+/// ```
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
-    /// Handlers running at once, across aggregates. Default 64.
-    pub max_concurrency: usize,
-    /// Deliveries received but not yet acknowledged; when reached, the engine stops pulling from
-    /// the broker. Default 1024.
-    pub max_buffered: usize,
-    /// Handler attempts per event before it is dead-lettered. Default 5.
-    pub max_attempts: u32,
-    /// Delay between attempts. Default [`Backoff::default`].
-    pub backoff: Backoff,
+    max_concurrency: usize,
+    max_buffered: usize,
+    max_attempts: u32,
+    backoff: Backoff,
 }
 
 impl Default for DispatchConfig {
@@ -84,11 +90,45 @@ impl Default for DispatchConfig {
     }
 }
 
+impl DispatchConfig {
+    /// Handlers running at once, across aggregates (one aggregate never runs two at once).
+    /// Raise it for handlers that mostly wait on I/O; lower it to protect what they call.
+    /// Values below 1 count as 1. Default 64.
+    pub fn max_concurrency(mut self, max: usize) -> Self {
+        self.max_concurrency = max;
+        self
+    }
+
+    /// Deliveries received but not yet acknowledged; when reached, the engine stops pulling from
+    /// the broker, which bounds memory. Keep the broker's own limit (e.g. JetStream
+    /// `max_ack_pending`) above it. Values below 1 count as 1. Default 1024.
+    pub fn max_buffered(mut self, max: usize) -> Self {
+        self.max_buffered = max;
+        self
+    }
+
+    /// Handler attempts per event before it is dead-lettered; errors that are not retryable
+    /// dead-letter at once. Default 5.
+    pub fn max_attempts(mut self, max: u32) -> Self {
+        self.max_attempts = max;
+        self
+    }
+
+    /// Delay between handler attempts. Default [`Backoff::default`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+}
+
 /// What a dispatch run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DispatchStats {
+    /// Events whose handler succeeded.
     pub handled: u64,
+    /// Handler attempts that failed and were tried again.
     pub retries: u64,
+    /// Events sent to the dead-letter destination.
     pub dead_lettered: u64,
 }
 

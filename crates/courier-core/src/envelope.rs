@@ -60,9 +60,12 @@ impl Envelope {
         }
     }
 
+    /// The event's unique id; brokers drop re-publishes of the same id, consumers can
+    /// de-duplicate by it.
     pub fn event_id(&self) -> EventId {
         self.event_id
     }
+    /// The kind of aggregate the event belongs to (e.g. `order`).
     pub fn aggregate_type(&self) -> &str {
         &self.aggregate_type
     }
@@ -70,27 +73,36 @@ impl Envelope {
     pub fn aggregate_id(&self) -> &str {
         &self.aggregate_id
     }
+    /// What happened (e.g. `OrderPlaced`); consumers route on it.
     pub fn event_type(&self) -> &str {
         &self.event_type
     }
+    /// The version of the event type's payload schema, so consumers can read old and new
+    /// payloads side by side.
     pub fn event_version(&self) -> i64 {
         self.event_version
     }
+    /// The event body, opaque to Courier.
     pub fn payload(&self) -> &Bytes {
         &self.payload
     }
+    /// When the event happened.
     pub fn timestamp(&self) -> DateTime<Utc> {
         self.timestamp
     }
+    /// The W3C trace context the event carries from producer to consumers.
     pub fn trace(&self) -> Option<&TraceContext> {
         self.trace.as_ref()
     }
+    /// Ties together events caused by one request or workflow.
     pub fn correlation_id(&self) -> Option<&str> {
         self.correlation_id.as_deref()
     }
+    /// The tenant the event belongs to, for multi-tenant consumers.
     pub fn tenant(&self) -> Option<&str> {
         self.tenant.as_deref()
     }
+    /// Free-form headers, carried to the broker as message headers.
     pub fn headers(&self) -> &BTreeMap<String, String> {
         &self.headers
     }
@@ -142,34 +154,44 @@ pub struct EnvelopeBuilder {
 }
 
 impl EnvelopeBuilder {
+    /// Sets the event id, e.g. to rebuild a stored event under its original id so a
+    /// re-publish is recognised as a duplicate. Default: a new UUIDv7.
     pub fn event_id(mut self, id: EventId) -> Self {
         self.event_id = Some(id);
         self
     }
+    /// Sets the payload schema version; must be positive. Default 1.
     pub fn event_version(mut self, version: i64) -> Self {
         self.envelope.event_version = version;
         self
     }
+    /// Sets the body. Default empty.
     pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
         self.envelope.payload = payload.into();
         self
     }
+    /// Sets when the event happened. Default: the time of [`build`](Self::build).
     pub fn timestamp(mut self, timestamp: DateTime<Utc>) -> Self {
         self.timestamp = Some(timestamp);
         self
     }
+    /// Sets the trace context. Default: none, or with the `otel` feature the current span's.
     pub fn trace(mut self, trace: TraceContext) -> Self {
         self.envelope.trace = Some(trace);
         self
     }
+    /// Sets the correlation id; must not be empty. Default: none.
     pub fn correlation_id(mut self, id: impl Into<String>) -> Self {
         self.envelope.correlation_id = Some(id.into());
         self
     }
+    /// Sets the tenant; must not be empty. Default: none.
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.envelope.tenant = Some(tenant.into());
         self
     }
+    /// Adds a free-form header, replacing one of the same name. Names must be non-empty without
+    /// `:`, spaces or control characters; values without line breaks.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.envelope.headers.insert(name.into(), value.into());
         self
@@ -292,6 +314,7 @@ impl Topic {
         Ok(Self(name.into()))
     }
 
+    /// The topic name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -346,10 +369,12 @@ impl TraceContext {
         Ok(Self { traceparent, tracestate })
     }
 
+    /// The `traceparent` value: version, trace id, parent span id and flags.
     pub fn traceparent(&self) -> &str {
         &self.traceparent
     }
 
+    /// The vendor-specific `tracestate` value, if any.
     pub fn tracestate(&self) -> Option<&str> {
         self.tracestate.as_deref()
     }

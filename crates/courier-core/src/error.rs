@@ -75,6 +75,7 @@ pub struct Error {
 }
 
 impl Error {
+    /// An error of `kind` described by `message`, which should name what failed and why.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self { kind, message: message.into().into(), source: None }
     }
@@ -88,14 +89,17 @@ impl Error {
         Self { kind, message: message.into().into(), source: Some(Arc::new(source)) }
     }
 
+    /// What kind of failure this is; callers decide on retries by it.
     pub const fn kind(&self) -> ErrorKind {
         self.kind
     }
 
+    /// The human-readable description, without the kind.
     pub fn message(&self) -> &str {
         &self.message
     }
 
+    /// Whether the same operation may succeed if tried again; see [`ErrorKind::is_retryable`].
     pub const fn is_retryable(&self) -> bool {
         self.kind.is_retryable()
     }
@@ -117,10 +121,12 @@ impl From<ValidationError> for Error {
 pub struct ValidationError {
     /// The envelope field or option that is invalid, e.g. `aggregate_id`.
     pub field: &'static str,
+    /// Why the value was refused.
     pub reason: String,
 }
 
 impl ValidationError {
+    /// Refuses `field` for `reason`.
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self { field, reason: reason.into() }
     }
@@ -146,10 +152,12 @@ impl HandlerError {
         Self { message: message.into(), retryable: false }
     }
 
+    /// Whether the dispatch engine retries the handler (until `max_attempts`).
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
 
+    /// The description, carried into the dead-letter reason header.
     pub fn message(&self) -> &str {
         &self.message
     }

@@ -27,6 +27,7 @@ impl EventId {
         Self(uuid)
     }
 
+    /// The id as a UUID, e.g. to store it in a database's UUID column.
     pub const fn as_uuid(&self) -> &Uuid {
         &self.0
     }

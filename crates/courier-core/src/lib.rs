@@ -20,6 +20,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod backoff;
 mod bus;
 pub mod dispatch;

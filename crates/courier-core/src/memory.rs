@@ -15,19 +15,39 @@ use crate::{
     PublisherConfig, Receipt, Topic, Transport, DEFAULT_MAX_PAYLOAD,
 };
 
-/// Memory bus settings.
+/// Settings of a [`MemoryBus`]: build with [`MemoryConfig::default`] and the setters.
+///
+/// ```
+/// use courier_core::{MemoryBus, MemoryConfig};
+///
+/// let bus = MemoryBus::new(MemoryConfig::default().max_payload(64 * 1024));
+/// ```
 #[derive(Debug, Clone)]
 pub struct MemoryConfig {
-    /// Largest payload accepted. Default 1 MiB.
-    pub max_payload: usize,
-    /// Events kept per topic before the oldest are dropped (like a stream's `max_msgs`).
-    /// Default 1,000,000.
-    pub max_messages: usize,
+    max_payload: usize,
+    max_messages: usize,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self { max_payload: DEFAULT_MAX_PAYLOAD, max_messages: 1_000_000 }
+    }
+}
+
+impl MemoryConfig {
+    /// Largest payload accepted, in bytes, like a broker's message size limit; lower it to test
+    /// how callers handle [`ErrorKind::PayloadTooLarge`]. Default 1 MiB.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Events kept per topic before the oldest are dropped (like a stream's `max_msgs`), which
+    /// bounds the memory a long-running process uses. A topic's own
+    /// [`TopicConfig::max_messages`] applies when lower. Default 1,000,000.
+    pub fn max_messages(mut self, max: usize) -> Self {
+        self.max_messages = max;
+        self
     }
 }
 
@@ -70,6 +90,7 @@ struct GroupState {
 }
 
 impl MemoryBus {
+    /// An empty bus with `config`'s limits; [`MemoryBus::default`] uses the default ones.
     pub fn new(config: MemoryConfig) -> Self {
         Self { inner: Arc::new(Shared { config, ..Shared::default() }) }
     }
@@ -103,14 +124,14 @@ impl Shared {
 impl TopicLog {
     fn new(config: &TopicConfig, bus: &MemoryConfig) -> Self {
         let max_messages = config
-            .max_messages
+            .get_max_messages()
             .map_or(bus.max_messages, |m| usize::try_from(m).unwrap_or(usize::MAX).min(bus.max_messages));
         Self {
             state: Mutex::new(LogState {
                 first_seq: 1,
                 messages: VecDeque::new(),
                 max_messages: max_messages.max(1),
-                duplicate_window: config.duplicate_window,
+                duplicate_window: config.get_duplicate_window(),
                 seen: EventIdMap::default(),
                 seen_order: VecDeque::new(),
                 groups: HashMap::new(),
@@ -188,6 +209,7 @@ pub struct MemoryDelivery {
 }
 
 impl MemoryDelivery {
+    /// The event's position in its topic, as in its [`Position::Memory`] receipt.
     pub fn sequence(&self) -> u64 {
         self.sequence
     }
@@ -233,7 +255,7 @@ impl Bus for MemoryBus {
     async fn provision(&self, config: &TopicConfig) -> Result<(), Error> {
         let mut topics = self.inner.topics.lock().expect("topics lock");
         topics
-            .entry(config.topic.clone())
+            .entry(config.get_topic().clone())
             .or_insert_with(|| Arc::new(TopicLog::new(config, &self.inner.config)));
         Ok(())
     }

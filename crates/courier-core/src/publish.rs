@@ -24,17 +24,32 @@ use crate::{Envelope, Error, ErrorKind, EventId, Topic, DEFAULT_MAX_PAYLOAD};
 #[non_exhaustive]
 pub enum Position {
     /// In-memory bus: the sequence within the topic.
-    Memory { sequence: u64 },
+    Memory {
+        /// Position in the topic's log, starting at 1.
+        sequence: u64,
+    },
     /// NATS JetStream: stream name and stream sequence.
-    Stream { stream: String, sequence: u64 },
+    Stream {
+        /// The stream that stored the event.
+        stream: String,
+        /// The event's sequence in that stream.
+        sequence: u64,
+    },
     /// Kafka: partition and offset.
-    Partition { partition: i32, offset: i64 },
+    Partition {
+        /// The partition the event's key mapped to.
+        partition: i32,
+        /// The event's offset in that partition.
+        offset: i64,
+    },
 }
 
 /// A successful broker verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
+    /// The event the verdict is for.
     pub event_id: EventId,
+    /// Where the broker stored it (for a duplicate: where the first copy is).
     pub position: Position,
     /// The broker had already stored this event id and did not store it again.
     pub duplicate: bool,
@@ -43,10 +58,14 @@ pub struct Receipt {
 /// The verdict for one accepted event, as read from [`Results`].
 #[derive(Debug)]
 pub struct PublishResult {
+    /// The event the verdict is for.
     pub event_id: EventId,
+    /// The topic it was published to.
     pub topic: Topic,
     /// When the event was accepted; `accepted_at.elapsed()` on receipt is the ACK latency.
     pub accepted_at: Instant,
+    /// The broker's verdict: where the event is stored, or why it is not (see
+    /// [`Error::is_retryable`]).
     pub outcome: Result<Receipt, Error>,
     /// The window slot, released when the result is dropped by its reader.
     _slot: OwnedSemaphorePermit,
@@ -95,6 +114,7 @@ enum Sink {
 }
 
 impl Completion {
+    /// The accepted event, to match it with the broker's acknowledgement.
     pub fn event_id(&self) -> EventId {
         self.event_id
     }
@@ -104,6 +124,7 @@ impl Completion {
         &self.topic
     }
 
+    /// When the event was accepted, e.g. to measure ACK latency.
     pub fn accepted_at(&self) -> Instant {
         self.accepted_at
     }
@@ -183,15 +204,20 @@ impl Pending {
     }
 }
 
-/// Publisher settings.
+/// Publisher settings: build with [`PublisherConfig::default`] and the setters below.
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_core::PublisherConfig;
+///
+/// let config = PublisherConfig::default().window(4_096).close_timeout(Duration::from_secs(5));
+/// assert_eq!(config.get_window(), 4_096);
+/// ```
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
-    /// Most events accepted but not yet consumed as results. Default 1024.
-    pub window: usize,
-    /// Largest payload accepted; the transport's limit applies if lower. Default 1 MiB.
-    pub max_payload: usize,
-    /// How long [`Publisher::close`] waits for outstanding verdicts. Default 30 s.
-    pub close_timeout: Duration,
+    window: usize,
+    max_payload: usize,
+    close_timeout: Duration,
 }
 
 impl Default for PublisherConfig {
@@ -201,17 +227,43 @@ impl Default for PublisherConfig {
 }
 
 impl PublisherConfig {
+    /// Most events accepted whose verdict has not been consumed yet (awaited as an [`Ack`] or
+    /// read from [`Results`]); a publish waits while the window is full. A larger window keeps
+    /// more events in flight for throughput at the cost of memory. Values below 1 count as 1.
+    /// Default 1024.
     pub fn window(mut self, window: usize) -> Self {
         self.window = window;
         self
     }
+
+    /// Largest payload accepted, in bytes; larger events are refused before acceptance. The
+    /// transport's own limit applies when it is lower. Default 1 MiB.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
         self
     }
+
+    /// How long [`Publisher::close`] waits for the verdicts of events already accepted before
+    /// it fails with [`ErrorKind::Timeout`]. Default 30 s.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
         self
+    }
+
+    /// The in-flight window; see [`window`](Self::window). Backends size their clients' own
+    /// in-flight limits by it.
+    pub fn get_window(&self) -> usize {
+        self.window
+    }
+
+    /// The payload limit; see [`max_payload`](Self::max_payload).
+    pub fn get_max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// The close timeout; see [`close_timeout`](Self::close_timeout).
+    pub fn get_close_timeout(&self) -> Duration {
+        self.close_timeout
     }
 }
 
@@ -241,6 +293,7 @@ struct Inner<T> {
 }
 
 impl<T: Transport> Publisher<T> {
+    /// A publisher over `transport`; usually made by [`Bus::publisher`](crate::Bus::publisher).
     pub fn new(transport: T, config: PublisherConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let max_payload = config.max_payload.min(transport.max_payload());
@@ -259,6 +312,7 @@ impl<T: Transport> Publisher<T> {
         }
     }
 
+    /// The transport, for backend-specific inspection (e.g. its payload limit).
     pub fn transport(&self) -> &T {
         &self.inner.transport
     }
@@ -356,6 +410,7 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// The event whose verdict this Ack awaits.
     pub fn event_id(&self) -> EventId {
         self.event_id
     }

@@ -19,8 +19,9 @@ pub enum WireMode {
     /// CloudEvents binary content mode: `ce*` headers, the payload untouched as the body.
     #[default]
     CloudEvents,
-    /// The reference system's JSON envelope as the body, plus its `X-Event-*` headers.
-    Reference,
+    /// The reference system's JSON envelope as the body, plus its `X-Event-*` headers, for
+    /// consumers that read that format.
+    JsonEnvelope,
 }
 
 /// The header prefix of the CloudEvents protocol binding in use.
@@ -66,23 +67,22 @@ impl HeaderSink for Vec<(String, String)> {
     }
 }
 
-/// Reference header carrying the event id.
-pub const REF_EVENT_ID: &str = "X-Event-ID";
-/// Reference header carrying the aggregate id.
-pub const REF_AGGREGATE_ID: &str = "X-Aggregate-ID";
-/// Reference header carrying the event type.
-pub const REF_EVENT_TYPE: &str = "X-Event-Type";
-/// Reference header carrying the event version.
-pub const REF_EVENT_VERSION: &str = "X-Event-Version";
-/// Courier's addition to the reference headers: the envelope field the reference lacks.
-pub const REF_AGGREGATE_TYPE: &str = "X-Aggregate-Type";
-/// Set when a decoded reference event id was not a UUID; holds the original string.
+/// JSON-envelope mode header carrying the event id.
+pub const X_EVENT_ID: &str = "X-Event-ID";
+/// JSON-envelope mode header carrying the aggregate id.
+pub const X_AGGREGATE_ID: &str = "X-Aggregate-ID";
+/// JSON-envelope mode header carrying the event type.
+pub const X_EVENT_TYPE: &str = "X-Event-Type";
+/// JSON-envelope mode header carrying the event version.
+pub const X_EVENT_VERSION: &str = "X-Event-Version";
+/// JSON-envelope mode header carrying the aggregate type, which the JSON envelope itself lacks
+/// (Courier's addition to the reference system's headers).
+pub const X_AGGREGATE_TYPE: &str = "X-Aggregate-Type";
+/// Set when a decoded JSON envelope's event id was not a UUID; holds the original string.
 pub const ORIGINAL_EVENT_ID_HEADER: &str = "courier-original-event-id";
 
 /// `source` is this prefix plus the aggregate type, so decode recovers the type from it.
 const SOURCE_PREFIX: &str = "/courier/";
-/// The attribute that carried the aggregate type (a copy of `source`'s) before; still read.
-const LEGACY_AGGREGATE_TYPE: &str = "aggregatetype";
 
 /// Declares the CloudEvents attributes Courier writes: their header names in each protocol
 /// binding, and the list that decode recognises as its own.
@@ -94,7 +94,7 @@ macro_rules! ce_attributes {
         }
         const KAFKA_NAMES: CeNames = CeNames { $($field: concat!("ce_", $attr),)* };
         const NATS_NAMES: CeNames = CeNames { $($field: concat!("ce-", $attr),)* };
-        const CE_ATTRIBUTES: &[&str] = &[$($attr,)* LEGACY_AGGREGATE_TYPE];
+        const CE_ATTRIBUTES: &[&str] = &[$($attr,)*];
     };
 }
 
@@ -114,7 +114,7 @@ ce_attributes! {
 
 /// The reference system's JSON envelope (Go `[]byte` payload, so base64 in JSON).
 #[derive(Debug, Serialize, Deserialize)]
-struct ReferenceEnvelope {
+struct JsonEnvelope {
     event_id: String,
     aggregate_id: String,
     event_type: String,
@@ -177,16 +177,16 @@ pub fn encode(envelope: &Envelope, mode: WireMode, style: HeaderStyle, sink: &mu
             }
             envelope.payload().clone()
         }
-        WireMode::Reference => {
-            sink.put_static(REF_EVENT_ID, event_id);
-            sink.put_static(REF_AGGREGATE_ID, envelope.aggregate_id());
-            sink.put_static(REF_EVENT_TYPE, envelope.event_type());
-            sink.put_static(REF_EVENT_VERSION, version);
-            sink.put_static(REF_AGGREGATE_TYPE, envelope.aggregate_type());
+        WireMode::JsonEnvelope => {
+            sink.put_static(X_EVENT_ID, event_id);
+            sink.put_static(X_AGGREGATE_ID, envelope.aggregate_id());
+            sink.put_static(X_EVENT_TYPE, envelope.event_type());
+            sink.put_static(X_EVENT_VERSION, version);
+            sink.put_static(X_AGGREGATE_TYPE, envelope.aggregate_type());
             if let Some(trace) = envelope.trace() {
                 sink.put_static("traceparent", trace.traceparent());
             }
-            let reference = ReferenceEnvelope {
+            let reference = JsonEnvelope {
                 event_id: event_id.to_owned(),
                 aggregate_id: envelope.aggregate_id().into(),
                 event_type: envelope.event_type().into(),
@@ -212,7 +212,7 @@ pub fn decode(headers: &[(String, String)], body: Bytes) -> Result<Envelope, Err
         .find(|s| find(&format!("{}specversion", s.prefix())).is_some());
     match style {
         Some(style) => decode_cloudevents(headers, body, style.prefix()),
-        None => decode_reference(headers, &body),
+        None => decode_json_envelope(headers, &body),
     }
 }
 
@@ -224,8 +224,7 @@ fn decode_cloudevents(headers: &[(String, String)], body: Bytes, p: &str) -> Res
     let required = |name: &str| attr(name).ok_or_else(|| malformed(format!("missing header {p}{name}")));
     let event_id: EventId =
         required("id")?.parse().map_err(|e| malformed(format!("header {p}id is not a UUID: {e}")))?;
-    let aggregate_type =
-        attr(LEGACY_AGGREGATE_TYPE).or_else(|| attr("source").map(aggregate_type_of)).unwrap_or("unknown");
+    let aggregate_type = attr("source").map(aggregate_type_of).unwrap_or("unknown");
     let mut builder = Envelope::builder(aggregate_type, required("subject")?, required("type")?)
         .event_id(event_id)
         .payload(body);
@@ -261,13 +260,13 @@ fn aggregate_type_of(source: &str) -> &str {
     source.strip_prefix(SOURCE_PREFIX).unwrap_or_else(|| source.rsplit('/').next().unwrap_or(source))
 }
 
-fn decode_reference(headers: &[(String, String)], body: &[u8]) -> Result<Envelope, Error> {
-    let reference: ReferenceEnvelope = serde_json::from_slice(body)
+fn decode_json_envelope(headers: &[(String, String)], body: &[u8]) -> Result<Envelope, Error> {
+    let reference: JsonEnvelope = serde_json::from_slice(body)
         .map_err(|e| malformed(format!("body is neither CloudEvents nor a reference JSON envelope: {e}")))?;
     let header =
         |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
     let mut builder = Envelope::builder(
-        header(REF_AGGREGATE_TYPE).unwrap_or("unknown"),
+        header(X_AGGREGATE_TYPE).unwrap_or("unknown"),
         reference.aggregate_id,
         reference.event_type,
     )
@@ -288,16 +287,10 @@ fn decode_reference(headers: &[(String, String)], body: &[u8]) -> Result<Envelop
     if let Some(id) = reference.correlation_id.filter(|id| !id.is_empty()) {
         builder = builder.correlation_id(id);
     }
-    let reference_headers = [
-        REF_EVENT_ID,
-        REF_AGGREGATE_ID,
-        REF_EVENT_TYPE,
-        REF_EVENT_VERSION,
-        REF_AGGREGATE_TYPE,
-        "traceparent",
-    ];
+    let envelope_headers =
+        [X_EVENT_ID, X_AGGREGATE_ID, X_EVENT_TYPE, X_EVENT_VERSION, X_AGGREGATE_TYPE, "traceparent"];
     for (k, v) in headers {
-        if !reference_headers.iter().any(|r| k.eq_ignore_ascii_case(r)) && !is_broker_header(k) {
+        if !envelope_headers.iter().any(|r| k.eq_ignore_ascii_case(r)) && !is_broker_header(k) {
             builder = builder.header(k, v);
         }
     }
@@ -374,8 +367,8 @@ fn malformed(message: String) -> Error {
     Error::new(ErrorKind::InvalidInput, format!("malformed message: {message}"))
 }
 
-/// Base64 of `bytes` as the reference envelope writes payloads; for tests and interop checks.
-pub fn reference_payload(bytes: &[u8]) -> String {
+/// Base64 of `bytes` as the JSON envelope writes payloads; for tests and interop checks.
+pub fn json_envelope_payload(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -459,33 +452,19 @@ mod tests {
     }
 
     #[test]
-    fn messages_with_the_legacy_aggregatetype_header_still_decode() {
+    fn json_envelope_mode_writes_the_reference_envelope() {
         let e = sample();
         let mut headers = Vec::new();
-        let body = encode(&e, WireMode::CloudEvents, HeaderStyle::Kafka, &mut headers);
-        for (name, value) in &mut headers {
-            if name == "ce_source" {
-                *value = "/elsewhere".into();
-            }
-        }
-        headers.push(("ce_aggregatetype".into(), "order".into()));
-        assert_eq!(decode(&headers, body).unwrap(), e, "the header is read, not kept as a custom one");
-    }
-
-    #[test]
-    fn reference_mode_writes_the_reference_envelope() {
-        let e = sample();
-        let mut headers = Vec::new();
-        let body = encode(&e, WireMode::Reference, HeaderStyle::Kafka, &mut headers);
+        let body = encode(&e, WireMode::JsonEnvelope, HeaderStyle::Kafka, &mut headers);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["event_id"], e.event_id().to_string());
         assert_eq!(json["aggregate_id"], "order-7");
         assert_eq!(json["event_type"], "OrderPlaced");
         assert_eq!(json["event_version"], 3);
-        assert_eq!(json["payload"], reference_payload(br#"{"total":7}"#));
+        assert_eq!(json["payload"], json_envelope_payload(br#"{"total":7}"#));
         assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(json["correlation_id"], "corr-1");
-        assert!(headers.contains(&(REF_EVENT_ID.into(), e.event_id().to_string())));
+        assert!(headers.contains(&(X_EVENT_ID.into(), e.event_id().to_string())));
         let back = decode(&headers, body).unwrap();
         assert_eq!(
             (back.event_id(), back.payload(), back.aggregate_type()),
@@ -494,7 +473,13 @@ mod tests {
     }
 
     #[test]
-    fn reference_ids_that_are_not_uuids_map_to_stable_ids() {
+    fn wire_modes_have_their_configuration_names() {
+        assert_eq!(serde_json::to_string(&WireMode::CloudEvents).unwrap(), r#""cloud_events""#);
+        assert_eq!(serde_json::to_string(&WireMode::JsonEnvelope).unwrap(), r#""json_envelope""#);
+    }
+
+    #[test]
+    fn json_envelope_ids_that_are_not_uuids_map_to_stable_ids() {
         let body = br#"{"event_id":"order-1:Placed:1:1700000000","aggregate_id":"order-1","event_type":"Placed","event_version":1,"payload":"e30=","timestamp":"2024-01-01T00:00:00Z"}"#;
         let a = decode(&[], Bytes::from_static(body)).unwrap();
         let b = decode(&[], Bytes::from_static(body)).unwrap();

@@ -42,7 +42,7 @@ async fn a_stuck_aggregate_does_not_block_the_others() {
             }
         }
     };
-    let config = DispatchConfig { max_concurrency: 4, max_buffered: 64, ..DispatchConfig::default() };
+    let config = DispatchConfig::default().max_concurrency(4).max_buffered(64);
     let dlq =
         DeadLetterTopic::new(bus.publisher(PublisherConfig::default()), Topic::new("stuck-dlq").unwrap());
     let source = bus.subscribe(&topic, "g").await.unwrap();

@@ -12,10 +12,10 @@ use crate::error::{from_kafka, kind_of};
 use crate::Shared;
 
 pub(crate) async fn provision(shared: &Arc<Shared>, config: &TopicConfig) -> Result<(), Error> {
-    let name = config.topic.as_str();
-    let partitions = to_i32("partitions", config.partitions)?;
-    let replicas = to_i32("replicas", config.replicas)?;
-    if config.max_messages.is_some() {
+    let name = config.get_topic().as_str();
+    let partitions = to_i32("partitions", config.get_partitions())?;
+    let replicas = to_i32("replicas", config.get_replicas())?;
+    if config.get_max_messages().is_some() {
         tracing::warn!(topic = name, "Kafka has no message-count retention; max_messages is ignored");
     }
     // The mock cluster does not implement the CreateTopics request; it has its own call.
@@ -27,7 +27,7 @@ pub(crate) async fn provision(shared: &Arc<Shared>, config: &TopicConfig) -> Res
     if shared.config.provision {
         create(shared, config, partitions, replicas).await?;
     }
-    validate(Arc::clone(shared), config.topic.as_str().to_owned(), partitions).await
+    validate(Arc::clone(shared), config.get_topic().as_str().to_owned(), partitions).await
 }
 
 fn to_i32(field: &str, value: u32) -> Result<i32, Error> {
@@ -37,12 +37,13 @@ fn to_i32(field: &str, value: u32) -> Result<i32, Error> {
 }
 
 async fn create(shared: &Shared, config: &TopicConfig, partitions: i32, replicas: i32) -> Result<(), Error> {
-    let name = config.topic.as_str();
+    let name = config.get_topic().as_str();
     let admin =
         shared.admin.as_ref().expect("an admin client exists unless the bus runs on the mock cluster");
     // Kafka's retention.bytes applies per partition; -1 keeps everything.
-    let retention_ms = config.max_age.map_or_else(|| "-1".to_owned(), |age| age.as_millis().to_string());
-    let retention_bytes = config.max_bytes.map_or_else(|| "-1".to_owned(), |bytes| bytes.to_string());
+    let retention_ms =
+        config.get_max_age().map_or_else(|| "-1".to_owned(), |age| age.as_millis().to_string());
+    let retention_bytes = config.get_max_bytes().map_or_else(|| "-1".to_owned(), |bytes| bytes.to_string());
     let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replicas))
         .set("retention.ms", &retention_ms)
         .set("retention.bytes", &retention_bytes);

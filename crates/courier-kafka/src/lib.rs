@@ -8,7 +8,7 @@
 //!   [`is_retryable`](courier_core::Error::is_retryable) says whether re-publishing can help.
 //!   The record key is the `aggregate_id`, so an aggregate's events share one partition and keep
 //!   their order; metadata travels as CloudEvents `ce_*` headers (or, in
-//!   [`WireMode::Reference`](courier_core::wire::WireMode::Reference), as the reference JSON
+//!   [`WireMode::JsonEnvelope`](courier_core::wire::WireMode::JsonEnvelope), as the reference JSON
 //!   envelope plus `X-Event-*` headers). A full librdkafka queue makes the publish wait up to
 //!   [`KafkaConfig::queue_full_timeout`], then fail with `Backpressure`: nothing is dropped.
 //! - **Topics**: created through the admin API from [`TopicConfig`]

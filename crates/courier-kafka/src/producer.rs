@@ -139,7 +139,7 @@ impl Transport for KafkaTransport {
         match self.shared.config.wire_mode {
             WireMode::CloudEvents => room,
             // The reference envelope carries the payload as base64 inside JSON.
-            WireMode::Reference => room / 4 * 3,
+            WireMode::JsonEnvelope => room / 4 * 3,
         }
     }
 }

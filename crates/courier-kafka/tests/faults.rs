@@ -19,9 +19,7 @@ const BROKERS: i32 = 3;
 /// A fresh topic with three partitions, replicated on `replicas` brokers.
 async fn topic_on(bus: &KafkaBus, test: &str, replicas: u32) -> Topic {
     let topic = Topic::new(format!("fault-{test}-{}", uuid::Uuid::now_v7().simple())).unwrap();
-    let mut config = TopicConfig::new(topic.clone());
-    config.partitions = 3;
-    config.replicas = replicas;
+    let config = TopicConfig::new(topic.clone()).partitions(3).replicas(replicas);
     bus.provision(&config).await.expect("provision");
     topic
 }

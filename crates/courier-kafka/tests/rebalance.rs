@@ -48,8 +48,7 @@ impl Member {
 async fn revoked_work_stays_uncommitted_and_late_acks_commit_nothing() {
     let bus = KafkaBus::mock(3).expect("mock cluster");
     let topic = Topic::new(format!("rebalance-{}", uuid::Uuid::now_v7().simple())).unwrap();
-    let mut config = TopicConfig::new(topic.clone());
-    config.partitions = 2;
+    let config = TopicConfig::new(topic.clone()).partitions(2);
     bus.provision(&config).await.unwrap();
     let publisher = bus.publisher(PublisherConfig::default());
     let total = 60;

@@ -15,12 +15,12 @@ async fn delete_topic_removes_it_and_a_missing_one_is_fine() {
     let bus = KafkaBus::connect(KafkaConfig::new(common::TANSU)).unwrap();
     let config = fresh("delete");
     bus.provision(&config).await.unwrap();
-    bus.delete_topic(&config.topic).await.unwrap();
+    bus.delete_topic(config.get_topic()).await.unwrap();
     // With provisioning off, provision only checks that the topic exists.
     let checker = KafkaBus::connect(KafkaConfig::new(common::TANSU).provision(false)).unwrap();
     let err = checker.provision(&config).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    bus.delete_topic(&config.topic).await.unwrap();
+    bus.delete_topic(config.get_topic()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +28,7 @@ async fn the_mock_cluster_refuses_to_delete_naming_why() {
     let bus = KafkaBus::mock(1).unwrap();
     let config = fresh("mock-delete");
     bus.provision(&config).await.unwrap();
-    let err = bus.delete_topic(&config.topic).await.unwrap_err();
+    let err = bus.delete_topic(config.get_topic()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config, "{err}");
     assert!(err.message().contains("mock cluster"), "{err}");
 }

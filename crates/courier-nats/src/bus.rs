@@ -71,6 +71,7 @@ impl NatsBus {
         Ok(Self { inner: Arc::new(Inner { client, admin, config: Arc::new(config), limit }) })
     }
 
+    /// The settings the bus was connected with, e.g. to name a topic's dead-letter topic.
     pub fn config(&self) -> &NatsConfig {
         &self.inner.config
     }
@@ -120,7 +121,7 @@ impl Bus for NatsBus {
             inner.config.wire_mode,
             Arc::clone(&inner.limit),
             inner.config.ack_timeout,
-            config.window,
+            config.get_window(),
         );
         Publisher::new(transport, config)
     }

@@ -38,7 +38,7 @@ pub enum Retention {
 /// let config = NatsConfig::new("nats://127.0.0.1:4222")
 ///     .ack_timeout(Duration::from_secs(10))
 ///     .storage(Storage::Memory);
-/// assert!(config.provisioning());
+/// assert!(config.get_provision());
 /// ```
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
@@ -75,9 +75,10 @@ impl NatsConfig {
         }
     }
 
-    /// How envelopes are written. Default [`WireMode::CloudEvents`] (`ce-*` headers, payload as
-    /// the body); [`WireMode::Reference`] writes the reference system's JSON envelope.
-    /// Subscribers read both.
+    /// How envelopes are written: [`WireMode::CloudEvents`] puts `ce-*` headers around the
+    /// untouched payload; [`WireMode::JsonEnvelope`] writes the reference system's JSON envelope, for
+    /// consumers that read that format. Subscribers read both. Default
+    /// [`WireMode::CloudEvents`].
     pub fn wire_mode(mut self, mode: WireMode) -> Self {
         self.wire_mode = mode;
         self
@@ -91,8 +92,8 @@ impl NatsConfig {
     }
 
     /// Whether [`Bus::provision`](courier_core::Bus::provision) creates or updates streams
-    /// (`true`, the default) or only checks that a stream holds the topic's subject (`false`,
-    /// for servers whose streams are managed elsewhere).
+    /// (`true`) or only checks that a stream holds the topic's subject (`false`, for servers
+    /// whose streams are managed elsewhere). Default `true`.
     pub fn provision(mut self, provision: bool) -> Self {
         self.provision = provision;
         self
@@ -110,8 +111,8 @@ impl NatsConfig {
         self
     }
 
-    /// Appended to a topic's name to name its dead-letter topic. Default `.dlq`, so `orders`
-    /// dead-letters to `orders.dlq` (its own stream, `orders_dlq`).
+    /// Appended to a topic's name to name its dead-letter topic: with `.dlq`, `orders`
+    /// dead-letters to `orders.dlq` (its own stream, `orders_dlq`). Default `.dlq`.
     pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
         self.dead_letter_suffix = suffix.into();
         self
@@ -126,8 +127,8 @@ impl NatsConfig {
 
     /// Deliveries of one message (JetStream's `delivered` count) after which the subscriber
     /// dead-letters it instead of handing it out again, e.g. a message whose handler crashes the
-    /// process. Default `None`: no limit. (The dispatch engine's `max_attempts` governs ordinary
-    /// handler failures; this limit only catches messages that never get acknowledged at all.)
+    /// process. The dispatch engine's `max_attempts` governs ordinary handler failures; this
+    /// limit only catches messages that never get acknowledged at all. Default `None`: no limit.
     pub fn max_deliveries(mut self, max: Option<u32>) -> Self {
         self.max_deliveries = max;
         self
@@ -140,7 +141,8 @@ impl NatsConfig {
         self
     }
 
-    /// Messages requested per pull. Default 256.
+    /// Messages requested per pull: larger batches mean fewer round trips, smaller ones hand
+    /// out fewer messages ahead of the handlers. Values below 1 count as 1. Default 256.
     pub fn pull_batch(mut self, batch: usize) -> Self {
         self.pull_batch = batch.max(1);
         self
@@ -152,11 +154,23 @@ impl NatsConfig {
         self
     }
 
-    pub fn url(&self) -> &str {
+    /// The server URL(s); see [`new`](Self::new).
+    pub fn get_url(&self) -> &str {
         &self.url
     }
 
-    pub fn provisioning(&self) -> bool {
+    /// The wire format; see [`wire_mode`](Self::wire_mode).
+    pub fn get_wire_mode(&self) -> WireMode {
+        self.wire_mode
+    }
+
+    /// The PubAck timeout; see [`ack_timeout`](Self::ack_timeout).
+    pub fn get_ack_timeout(&self) -> Duration {
+        self.ack_timeout
+    }
+
+    /// Whether streams are provisioned; see [`provision`](Self::provision).
+    pub fn get_provision(&self) -> bool {
         self.provision
     }
 

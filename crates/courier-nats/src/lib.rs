@@ -3,7 +3,7 @@
 //! * **Publishing**: every event is a JetStream publish whose `Nats-Msg-Id` header is the event
 //!   id, so the server drops re-publishes within the stream's duplicate window and answers them
 //!   with `duplicate: true` and the original sequence. Envelope metadata travels as CloudEvents
-//!   `ce-*` headers with the payload as the body, or, in [`WireMode::Reference`], as the
+//!   `ce-*` headers with the payload as the body, or, in [`WireMode::JsonEnvelope`], as the
 //!   reference system's JSON envelope. One task per publisher awaits all PubAcks; each accepted
 //!   event gets exactly one result: [`Position::Stream`] with the duplicate flag, or an error
 //!   whose kind says whether to retry (no PubAck within the ack timeout: `Timeout`; no stream for
@@ -51,10 +51,12 @@
 //! # }
 //! ```
 //!
-//! [`WireMode::Reference`]: courier_core::wire::WireMode::Reference
+//! [`WireMode::JsonEnvelope`]: courier_core::wire::WireMode::JsonEnvelope
 //! [`Position::Stream`]: courier_core::Position::Stream
 //! [`Bus::provision`]: courier_core::Bus::provision
 //! [`TopicConfig`]: courier_core::TopicConfig
+
+#![warn(missing_docs)]
 
 mod bus;
 mod config;

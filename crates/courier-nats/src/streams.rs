@@ -39,13 +39,13 @@ fn stream_error(what: String, err: GetStreamError) -> Error {
 /// The stream config `topic` should have under `config`.
 fn desired(config: &NatsConfig, topic: &TopicConfig) -> stream::Config {
     let limit = |value: Option<u64>| value.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
-    let max_age = topic.max_age.unwrap_or(Duration::ZERO);
+    let max_age = topic.get_max_age().unwrap_or(Duration::ZERO);
     // The server refuses a duplicate window longer than the age limit.
-    let duplicate_window =
-        if max_age.is_zero() { topic.duplicate_window } else { topic.duplicate_window.min(max_age) };
+    let window = topic.get_duplicate_window();
+    let duplicate_window = if max_age.is_zero() { window } else { window.min(max_age) };
     stream::Config {
-        name: stream_name(&topic.topic),
-        subjects: vec![topic.topic.to_string()],
+        name: stream_name(topic.get_topic()),
+        subjects: vec![topic.get_topic().to_string()],
         storage: match config.storage {
             Storage::File => StorageType::File,
             Storage::Memory => StorageType::Memory,
@@ -57,10 +57,10 @@ fn desired(config: &NatsConfig, topic: &TopicConfig) -> stream::Config {
         },
         discard: DiscardPolicy::Old,
         max_age,
-        max_bytes: limit(topic.max_bytes),
-        max_messages: limit(topic.max_messages),
+        max_bytes: limit(topic.get_max_bytes()),
+        max_messages: limit(topic.get_max_messages()),
         duplicate_window,
-        num_replicas: usize::try_from(topic.replicas.max(1)).unwrap_or(1),
+        num_replicas: usize::try_from(topic.get_replicas().max(1)).unwrap_or(1),
         description: Some("provisioned by courier".into()),
         ..stream::Config::default()
     }
@@ -96,18 +96,18 @@ pub(crate) async fn stream_for(js: &Context, topic: &Topic) -> Result<jetstream:
 /// with provisioning off, checks that some stream holds the subject.
 pub(crate) async fn provision(js: &Context, config: &NatsConfig, topic: &TopicConfig) -> Result<(), Error> {
     let want = desired(config, topic);
-    let existing = stream_holding(js, &topic.topic).await?;
+    let existing = stream_holding(js, topic.get_topic()).await?;
     if !config.provision {
         return match existing {
             Some(name) => {
-                tracing::debug!(stream = %name, topic = %topic.topic, "topic is held by an existing stream");
+                tracing::debug!(stream = %name, topic = %topic.get_topic(), "topic is held by an existing stream");
                 Ok(())
             }
             None => Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
                     "no JetStream stream holds subject {:?} and provisioning is off: create a stream for it",
-                    topic.topic
+                    topic.get_topic()
                 ),
             )),
         };
@@ -116,7 +116,7 @@ pub(crate) async fn provision(js: &Context, config: &NatsConfig, topic: &TopicCo
         None => create(js, want).await,
         Some(name) if name == want.name => update_limits(js, want).await,
         Some(name) => {
-            tracing::info!(stream = %name, topic = %topic.topic, "topic is held by a stream Courier does not manage; leaving it as is");
+            tracing::info!(stream = %name, topic = %topic.get_topic(), "topic is held by a stream Courier does not manage; leaving it as is");
             Ok(())
         }
     }

@@ -5,8 +5,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{fresh_topic, shared_bus, SHARED_URL};
-use courier_core::wire::{reference_payload, WireMode};
+use common::{shared_bus, SHARED_URL};
+use courier_conformance::fresh_topic;
+use courier_core::wire::{json_envelope_payload, WireMode};
 use courier_core::{Bus, Envelope, PublisherConfig, Topic, TraceContext};
 use courier_nats::NatsBus;
 use serde_json::Value;
@@ -93,7 +94,7 @@ async fn nats_py_reads_cloudevents() {
 
 #[tokio::test]
 async fn nats_py_reads_the_reference_envelope() {
-    let bus = shared_bus(|c| c.wire_mode(WireMode::Reference)).await;
+    let bus = shared_bus(|c| c.wire_mode(WireMode::JsonEnvelope)).await;
     let topic = fresh_topic(&bus, "interop-ref").await;
     let events: Vec<_> = (0..2).map(sample).collect();
     publish(&bus, &topic, &events).await;
@@ -111,7 +112,7 @@ async fn nats_py_reads_the_reference_envelope() {
         assert_eq!(json["aggregate_id"], e.aggregate_id());
         assert_eq!(json["event_type"], "OrderPlaced");
         assert_eq!(json["event_version"], 2);
-        assert_eq!(json["payload"], reference_payload(e.payload()));
+        assert_eq!(json["payload"], json_envelope_payload(e.payload()));
         assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(json["correlation_id"], e.correlation_id().unwrap());
         let timestamp = json["timestamp"].as_str().unwrap();

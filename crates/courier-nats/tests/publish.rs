@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use async_nats::jetstream::stream;
-use common::{event, fresh_topic, shared_bus, stored_messages};
+use common::{event, shared_bus, stored_messages};
+use courier_conformance::fresh_topic;
 use courier_core::{Bus, ErrorKind, Position, PublisherConfig, Topic, Transport};
 
 #[tokio::test]

@@ -8,8 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{event, stored_messages, PrivateServer};
+use courier_conformance::fresh_topic;
 use courier_core::dispatch::Delivery;
-use courier_core::{Bus, EventId, PublisherConfig, Topic, TopicConfig};
+use courier_core::{Bus, EventId, PublisherConfig, Topic};
 use courier_nats::{NatsBus, NatsConfig};
 use futures::StreamExt;
 
@@ -20,8 +21,7 @@ async fn server_restart_mid_stream_loses_no_result_and_no_event() {
     let mut server = PrivateServer::start("");
     let config = NatsConfig::new(server.url()).ack_timeout(Duration::from_secs(2));
     let bus = NatsBus::connect(config).await.expect("connect to the private server");
-    let topic = Topic::new(format!("restart-{}", uuid::Uuid::now_v7().simple())).unwrap();
-    bus.provision(&TopicConfig::new(topic.clone())).await.unwrap();
+    let topic = fresh_topic(&bus, "restart").await;
 
     let publisher =
         bus.publisher(PublisherConfig::default().window(1_024).close_timeout(Duration::from_secs(60)));

@@ -5,7 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{event, fresh_topic, shared_bus};
+use common::{event, shared_bus};
+use courier_conformance::fresh_topic;
 use courier_core::dispatch::Delivery;
 use courier_core::{Bus, PublisherConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER};
 use futures::StreamExt;

@@ -191,7 +191,7 @@ async fn failed_acks_are_retried_then_dead_then_requeued(kind: Kind) {
 
 async fn poison_event_parks_only_its_aggregate(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
-    let bus = MemoryBus::new(MemoryConfig { max_payload: 1024, ..MemoryConfig::default() });
+    let bus = MemoryBus::new(MemoryConfig::default().max_payload(1024));
     let topic = topic();
     let poison =
         Envelope::builder("order", "poisoned", "OrderChanged").payload(vec![b'x'; 4096]).build().unwrap();

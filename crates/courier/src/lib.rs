@@ -5,6 +5,8 @@
 //! model, publisher, subscriber dispatch, memory bus) is always present; `nats`, `kafka` and
 //! `outbox` (with `postgres`, `mysql`, `sqlite` for its databases) add the rest.
 
+#![warn(missing_docs)]
+
 pub use courier_core::*;
 
 /// NATS JetStream backend (feature `nats`).

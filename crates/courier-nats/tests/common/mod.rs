@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use courier_core::{Bus, Envelope, Topic, TopicConfig};
+use courier_core::{Envelope, Topic};
 use courier_nats::{NatsBus, NatsConfig};
 
 pub const SHARED_URL: &str = "nats://127.0.0.1:4222";
@@ -18,13 +18,6 @@ pub async fn shared_bus(config: impl FnOnce(NatsConfig) -> NatsConfig) -> NatsBu
     NatsBus::connect(config(NatsConfig::new(SHARED_URL)))
         .await
         .expect("nats-server with JetStream on 127.0.0.1:4222 (start it with scripts/services.sh)")
-}
-
-/// A fresh, provisioned topic named after the test.
-pub async fn fresh_topic(bus: &NatsBus, test: &str) -> Topic {
-    let topic = Topic::new(format!("nats-{test}-{}", uuid::Uuid::now_v7().simple())).unwrap();
-    bus.provision(&TopicConfig::new(topic.clone())).await.expect("provision");
-    topic
 }
 
 pub fn event(aggregate: &str, payload: impl Into<bytes::Bytes>) -> Envelope {
