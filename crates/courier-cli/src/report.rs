@@ -1,4 +1,4 @@
-//! Benchmark rows (DESIGN.md §6 JSON) and latency summaries.
+//! Benchmark rows (the JSON of `--json FILE`) and latency summaries.
 
 use std::path::Path;
 use std::time::Duration;

@@ -65,28 +65,45 @@ impl fmt::Display for ErrorKind {
 /// A Courier error: a kind plus a human message, optionally wrapping the client library's error.
 ///
 /// Cheap to clone so one broker failure can be reported for every event it affected.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind}: {message}")]
+///
+/// A wrapped error's text is part of the message, so `to_string()` (what logs and the outbox's
+/// `last_error` record) says everything. As with [`std::io::Error`], [`source`] then continues
+/// with the wrapped error's own source, so that printing the chain (`{:#}` with anyhow) shows
+/// each cause once; [`get_ref`](Self::get_ref) gives the wrapped error itself.
+///
+/// [`source`]: std::error::Error::source
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: Arc<str>,
-    #[source]
-    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    wrapped: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.wrapped.as_deref()?.source()
+    }
 }
 
 impl Error {
     /// An error of `kind` described by `message`, which should name what failed and why.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into().into(), source: None }
+        Self { kind, message: message.into().into(), wrapped: None }
     }
 
-    /// Wraps a client library error, keeping it as the [`std::error::Error::source`].
+    /// Wraps a client library error: the message is `context: <the error's text>`.
     pub fn with_source(
         kind: ErrorKind,
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
+        context: impl fmt::Display,
+        error: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        Self { kind, message: message.into().into(), source: Some(Arc::new(source)) }
+        Self { kind, message: format!("{context}: {error}").into(), wrapped: Some(Arc::new(error)) }
     }
 
     /// What kind of failure this is; callers decide on retries by it.
@@ -97,6 +114,11 @@ impl Error {
     /// The human-readable description, without the kind.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The client library's error this one wraps, e.g. to downcast it.
+    pub fn get_ref(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.wrapped.as_deref()
     }
 
     /// Whether the same operation may succeed if tried again; see [`ErrorKind::is_retryable`].
@@ -111,7 +133,7 @@ impl From<ValidationError> for Error {
             "payload" => ErrorKind::PayloadTooLarge,
             _ => ErrorKind::InvalidInput,
         };
-        Self::with_source(kind, err.to_string(), err)
+        Self { kind, message: err.to_string().into(), wrapped: Some(Arc::new(err)) }
     }
 }
 
@@ -160,5 +182,41 @@ impl HandlerError {
     /// The description, carried into the dead-letter reason header.
     pub fn message(&self) -> &str {
         &self.message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// Every message in the chain, outermost first.
+    fn chain(error: &Error) -> Vec<String> {
+        let mut texts = vec![error.to_string()];
+        let mut next = error.source();
+        while let Some(cause) = next {
+            texts.push(cause.to_string());
+            next = cause.source();
+        }
+        texts
+    }
+
+    #[test]
+    fn a_wrapped_error_is_printed_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = Error::with_source(ErrorKind::Connection, "connecting to NATS at nats://h:4222", refused);
+        assert_eq!(
+            chain(&error),
+            ["connection error: connecting to NATS at nats://h:4222: connection refused"]
+        );
+        assert!(error.get_ref().unwrap().downcast_ref::<std::io::Error>().is_some());
+    }
+
+    #[test]
+    fn a_validation_error_is_printed_once_and_still_reachable() {
+        let error = Error::from(ValidationError::new("aggregate_id", "must not be empty"));
+        assert_eq!(chain(&error), ["invalid input: invalid aggregate_id: must not be empty"]);
+        assert_eq!(error.get_ref().unwrap().downcast_ref::<ValidationError>().unwrap().field, "aggregate_id");
     }
 }

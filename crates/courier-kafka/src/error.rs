@@ -56,7 +56,7 @@ pub(crate) fn from_kafka(context: impl std::fmt::Display, err: KafkaError) -> Er
         KafkaError::Canceled => ErrorKind::Closed,
         other => other.rdkafka_error_code().map_or(ErrorKind::Unavailable, kind_of),
     };
-    Error::with_source(kind, format!("{context}: {err}"), err)
+    Error::with_source(kind, context, err)
 }
 
 #[cfg(test)]

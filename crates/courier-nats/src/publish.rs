@@ -237,7 +237,7 @@ fn publish_error(err: PublishError, topic: &Topic, ack_timeout: Duration) -> Err
             let kind = std::error::Error::source(&err)
                 .and_then(|source| source.downcast_ref::<jetstream::Error>())
                 .map_or(ErrorKind::Connection, api_error_kind);
-            (kind, format!("publishing to subject {topic:?} failed: {err}"))
+            (kind, format!("publishing to subject {topic:?} failed"))
         }
     };
     Error::with_source(kind, message, err)

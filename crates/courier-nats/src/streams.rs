@@ -24,7 +24,7 @@ pub(crate) fn admin_error(
         Some(ErrorKind::Rejected) => ErrorKind::Config,
         Some(kind) => kind,
     };
-    Error::with_source(kind, format!("{what}: {err}"), err)
+    Error::with_source(kind, what, err)
 }
 
 /// A failed read or delete of one stream (async-nats gives both the same error type).

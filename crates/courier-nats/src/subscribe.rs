@@ -350,7 +350,7 @@ impl Puller {
                 Err(err) => {
                     return Err(Error::with_source(
                         ErrorKind::Unavailable,
-                        format!("publishing to dead-letter subject {dlq:?}: {err}"),
+                        format!("publishing to dead-letter subject {dlq:?}"),
                         err,
                     ))
                 }
