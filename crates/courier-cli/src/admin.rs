@@ -7,6 +7,7 @@ use courier_outbox::{DeadFilter, Enqueue, Outbox, Store};
 use crate::args::{EnqueueArgs, FilterArgs, OutboxCommand};
 use crate::config::Config;
 use crate::exit::ensure_usage;
+use crate::redact::redact_url;
 
 impl FilterArgs {
     fn is_empty(&self) -> bool {
@@ -31,7 +32,7 @@ impl FilterArgs {
 /// `courier migrate`: connecting creates or upgrades the tables.
 pub async fn migrate(config: &Config) -> anyhow::Result<bool> {
     config.connect_store().await?;
-    println!("outbox tables are up to date in {}", config.database.url);
+    println!("outbox tables are up to date in {}", redact_url(&config.database.url));
     Ok(true)
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::args::DemoArgs;
 use crate::bench::bus::{drop_topic, fresh_topic};
 use crate::bus_url::with_bus;
+use crate::redact::redact_url;
 use crate::report::Latency;
 
 /// Concurrent business writers; each owns a disjoint set of orders, so per-order event order is
@@ -87,7 +88,8 @@ async fn run<B: Bus>(bus: B, options: DemoArgs) -> anyhow::Result<bool> {
         .db
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", scratch.path().join("courier-demo.db").display()));
-    let store = Store::connect(&db_url).await.with_context(|| format!("connecting to {db_url}"))?;
+    let store =
+        Store::connect(&db_url).await.with_context(|| format!("connecting to {}", redact_url(&db_url)))?;
     store.migrate().await?;
     create_business_tables(&store).await?;
 

@@ -109,9 +109,18 @@ struct AppState<R> {
     readiness: R,
 }
 
+/// Binds the listener, so that an address in use fails the command at once.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
+    Ok(listener)
+}
+
 /// Serves until `shutdown` resolves.
 pub async fn serve<R: Readiness>(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     readiness: R,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -122,10 +131,6 @@ pub async fn serve<R: Readiness>(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler::<R>))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }

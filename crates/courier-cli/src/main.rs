@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod exit;
 mod http;
+mod redact;
 mod report;
 mod serve;
 mod telemetry;

@@ -1,21 +1,28 @@
 //! `courier relay`: the outbox relay as a service, with Prometheus metrics, health and
 //! readiness endpoints, and a graceful drain on SIGTERM/SIGINT.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use courier_core::{Bus, TopicConfig};
+use courier_core::{Backoff, Bus, MemoryBus, Topic, TopicConfig};
+use courier_kafka::{KafkaBus, KafkaConfig};
+use courier_nats::{NatsBus, NatsConfig};
 use courier_outbox::{AckedEvent, FailedEvent, Relay, RelayHandle, RelayObserver, Store};
 use tokio::sync::watch;
 
 use crate::args::RelayArgs;
-use crate::bus_url::{with_bus, BusUrl};
+use crate::bus_url::BusUrl;
 use crate::config::Config;
-use crate::exit::usage;
+use crate::exit::{usage, UsageError};
 use crate::http::{Metrics, OutcomeLabels, Readiness};
+use crate::redact::redact_url;
 
 /// How often the outbox gauges (pending count, oldest age) are refreshed from the database.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a readiness probe waits for the database or the broker.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Feeds relay events into the metrics.
 struct MetricsObserver {
@@ -49,6 +56,41 @@ impl RelayObserver for MetricsObserver {
     }
 }
 
+/// What `/readyz` answers: while the relay starts, what it still waits for; once it runs, live
+/// checks of the database, the broker and the relay task.
+#[derive(Clone)]
+struct Ready(Arc<RwLock<Phase>>);
+
+enum Phase {
+    Starting(String),
+    Running(Arc<dyn LiveCheck>),
+}
+
+impl Ready {
+    fn starting(&self, waiting_for: String) {
+        *self.0.write().expect("readiness lock") = Phase::Starting(waiting_for);
+    }
+
+    fn running(&self, check: impl LiveCheck) {
+        *self.0.write().expect("readiness lock") = Phase::Running(Arc::new(check));
+    }
+}
+
+impl Readiness for Ready {
+    async fn check(&self) -> Result<(), String> {
+        let phase = match &*self.0.read().expect("readiness lock") {
+            Phase::Starting(waiting_for) => Err(waiting_for.clone()),
+            Phase::Running(check) => Ok(Arc::clone(check)),
+        };
+        phase?.check().await
+    }
+}
+
+/// The checks of a running relay; object-safe so that [`Ready`] need not know the bus type.
+trait LiveCheck: Send + Sync + 'static {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
 /// Ready when the database answers, the broker is reachable and the relay task runs.
 struct RelayReadiness<B> {
     store: Store,
@@ -56,27 +98,33 @@ struct RelayReadiness<B> {
     running: watch::Receiver<bool>,
 }
 
-impl<B: Bus> Readiness for RelayReadiness<B> {
-    async fn check(&self) -> Result<(), String> {
-        if !*self.running.borrow() {
-            return Err("the relay is not running".into());
-        }
-        let db = tokio::time::timeout(Duration::from_secs(2), self.store.stats()).await;
-        match db {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("database: {e}")),
-            Err(_) => return Err("database: no answer within 2s".into()),
-        }
-        match tokio::time::timeout(Duration::from_secs(2), self.bus.health()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("{} broker: {e}", self.bus.name())),
-            Err(_) => Err(format!("{} broker: no answer within 2s", self.bus.name())),
-        }
+impl<B: Bus> LiveCheck for RelayReadiness<B> {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            if !*self.running.borrow() {
+                return Err("the relay is not running".into());
+            }
+            let db = tokio::time::timeout(CHECK_TIMEOUT, self.store.stats()).await;
+            match db {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("database: {e}")),
+                Err(_) => return Err("database: no answer within 2s".into()),
+            }
+            match tokio::time::timeout(CHECK_TIMEOUT, self.bus.health()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("{} broker: {e}", self.bus.name())),
+                Err(_) => Err(format!("{} broker: no answer within 2s", self.bus.name())),
+            }
+        })
     }
 }
 
 impl RelayArgs {
     /// Runs the relay of `config`, with this command line's overrides, until SIGTERM or SIGINT.
+    ///
+    /// The HTTP listener comes up first. A database or broker that cannot be reached yet is
+    /// retried with backoff while `/healthz` answers and `/readyz` names what is missing, as an
+    /// orchestrator expects of a service whose dependencies start in any order.
     pub async fn run(self, mut config: Config) -> anyhow::Result<bool> {
         if let Some(bus) = self.bus {
             config.bus.url = Some(bus);
@@ -90,55 +138,144 @@ impl RelayArgs {
                  (COURIER_BUS_URL); `memory` only when named",
             ));
         };
+        let topics = config.provisioned_topics().map_err(|e| anyhow::Error::from(UsageError(e)))?;
         if url == BusUrl::Memory {
             tracing::warn!(
                 "relaying to the in-process memory bus: rows are marked published, and their events \
                  vanish when this process exits"
             );
         }
-        let store = config.connect_store().await?;
-        let wire = config.bus.wire;
-        with_bus!(url, wire, |bus| run(config, store, bus).await)
+        let metrics = Arc::new(Metrics::default());
+        let ready = Ready(Arc::new(RwLock::new(Phase::Starting("starting".into()))));
+        let (stop_http, mut http_stop) = watch::channel(false);
+        let listener = crate::http::bind(config.http.listen).await?;
+        let server =
+            tokio::spawn(crate::http::serve(listener, Arc::clone(&metrics), ready.clone(), async move {
+                let _ = http_stop.wait_for(|stop| *stop).await;
+            }));
+        let stop = stop_on_signal()?;
+        let started = Started { config, metrics, ready, server, stop };
+        let outcome = started.connect_and_run(url, topics).await;
+        let _ = stop_http.send(true);
+        outcome
     }
 }
 
-/// Runs the relay until SIGTERM or SIGINT, then drains within the configured timeout.
-async fn run<B: Bus>(config: Config, store: Store, bus: B) -> anyhow::Result<bool> {
-    for topic in config.provisioned_topics()? {
-        bus.provision(&TopicConfig::new(topic.clone()))
-            .await
-            .map_err(|e| anyhow::anyhow!("provisioning topic {topic}: {e}"))?;
-    }
-    let metrics = Arc::new(Metrics::default());
-    let observer = MetricsObserver { metrics: Arc::clone(&metrics), backend: bus.name() };
-    let relay = Relay::new(store.clone(), bus.clone(), config.relay_config()).observer(observer).start();
-    tracing::info!(
-        instance = relay.instance_id(),
-        database = store.backend(),
-        bus = bus.name(),
-        "relay started"
-    );
+/// The relay's process once its HTTP listener serves.
+struct Started {
+    config: Config,
+    metrics: Arc<Metrics>,
+    ready: Ready,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Turns true on SIGTERM or SIGINT.
+    stop: watch::Receiver<bool>,
+}
 
-    let (running_tx, running) = watch::channel(true);
-    let (stop_http, mut http_stop) = watch::channel(false);
-    let readiness = RelayReadiness { store: store.clone(), bus, running };
-    let mut server =
-        tokio::spawn(crate::http::serve(config.http.listen, Arc::clone(&metrics), readiness, async move {
-            let _ = http_stop.wait_for(|stop| *stop).await;
-        }));
-
-    let supervised = supervise(&relay, &store, &metrics, &mut server).await;
-    let _ = running_tx.send(false);
-    tracing::info!(timeout = ?config.relay.drain_timeout, "draining in-flight ACKs");
-    let drained = relay.shutdown().await;
-    let _ = stop_http.send(true);
-    if !server.is_finished() {
-        let _ = server.await;
+impl Started {
+    /// Connects to the database and the broker (retrying until both answer), provisions the
+    /// configured topics, then relays until SIGTERM or SIGINT. A signal while it is still
+    /// connecting ends it at once: nothing was claimed yet.
+    async fn connect_and_run(self, url: BusUrl, topics: Vec<Topic>) -> anyhow::Result<bool> {
+        let database = redact_url(&self.config.database.url);
+        let Some(store) = self.retry(&format!("database {database}"), || self.config.connect_store()).await
+        else {
+            return Ok(true);
+        };
+        let wire = self.config.bus.wire;
+        match url {
+            BusUrl::Memory => self.run(store, MemoryBus::default(), &topics).await,
+            BusUrl::Nats(nats) => {
+                let nats_config = NatsConfig::new(nats.as_str()).wire_mode(wire);
+                let what = format!("NATS at {}", redact_url(&nats));
+                let bus = self.retry(&what, || async { Ok(NatsBus::connect(nats_config.clone()).await?) });
+                let Some(bus) = bus.await else { return Ok(true) };
+                self.run(store, bus, &topics).await
+            }
+            BusUrl::Kafka(servers) => {
+                let kafka_config = KafkaConfig::new(servers.as_str()).wire_mode(wire);
+                let what = format!("Kafka at {servers}");
+                let bus = self.retry(&what, || async { Ok(KafkaBus::connect(kafka_config.clone())?) });
+                let Some(bus) = bus.await else { return Ok(true) };
+                self.run(store, bus, &topics).await
+            }
+        }
     }
-    supervised?;
-    drained.map_err(|e| anyhow::anyhow!("relay shutdown: {e}"))?;
-    tracing::info!("relay drained and stopped");
-    Ok(true)
+
+    /// Calls `connect` until it succeeds, with backoff; `/readyz` names `what` and the last
+    /// error meanwhile. `None` when SIGTERM or SIGINT came first.
+    async fn retry<T, F: Future<Output = anyhow::Result<T>>>(
+        &self,
+        what: &str,
+        connect: impl Fn() -> F,
+    ) -> Option<T> {
+        let backoff = Backoff::default();
+        let mut stop = self.stop.clone();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = tokio::select! {
+                connected = connect() => match connected {
+                    Ok(connected) => return Some(connected),
+                    Err(error) => crate::exit::render(&error),
+                },
+                _ = stop.wait_for(|stop| *stop) => return None,
+            };
+            let delay = backoff.delay(attempt);
+            tracing::warn!(%error, ?delay, "waiting for {what}");
+            self.ready.starting(format!("waiting for {what}: {error}"));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|stop| *stop) => return None,
+            }
+        }
+    }
+
+    /// Provisions `topics` (retrying while the broker refuses), then relays until SIGTERM or
+    /// SIGINT and drains within the configured timeout.
+    async fn run<B: Bus>(self, store: Store, bus: B, topics: &[Topic]) -> anyhow::Result<bool> {
+        for topic in topics {
+            let what = format!("provisioning topic {topic} on the {} broker", bus.name());
+            let provisioned =
+                self.retry(&what, || async { Ok(bus.provision(&TopicConfig::new(topic.clone())).await?) });
+            if provisioned.await.is_none() {
+                return Ok(true);
+            }
+        }
+        let Self { config, metrics, ready, mut server, mut stop } = self;
+        let observer = MetricsObserver { metrics: Arc::clone(&metrics), backend: bus.name() };
+        let relay = Relay::new(store.clone(), bus.clone(), config.relay_config()).observer(observer).start();
+        tracing::info!(
+            instance = relay.instance_id(),
+            database = store.backend(),
+            bus = bus.name(),
+            "relay started"
+        );
+        let (running_tx, running) = watch::channel(true);
+        ready.running(RelayReadiness { store: store.clone(), bus, running });
+
+        let supervised = supervise(&relay, &store, &metrics, &mut server, &mut stop).await;
+        let _ = running_tx.send(false);
+        tracing::info!(timeout = ?config.relay.drain_timeout, "draining in-flight ACKs");
+        let drained = relay.shutdown().await;
+        supervised?;
+        drained.map_err(|e| anyhow::anyhow!("relay shutdown: {e}"))?;
+        tracing::info!("relay drained and stopped");
+        Ok(true)
+    }
+}
+
+/// A flag that turns true on SIGTERM or SIGINT.
+fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        let _ = stop_tx.send(true);
+    });
+    Ok(stop)
 }
 
 /// Refreshes the gauges until SIGTERM/SIGINT (`Ok`), or until the relay or the HTTP listener
@@ -148,19 +285,12 @@ async fn supervise(
     store: &Store,
     metrics: &Metrics,
     server: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut ticker = tokio::time::interval(STATS_INTERVAL);
     loop {
         tokio::select! {
-            _ = sigterm.recv() => {
-                tracing::info!("SIGTERM received");
-                return Ok(());
-            }
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("SIGINT received");
-                return Ok(());
-            }
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
             served = &mut *server => {
                 return Err(match served {
                     Ok(Ok(())) => anyhow::anyhow!("the HTTP listener stopped"),

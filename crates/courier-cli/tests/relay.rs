@@ -57,9 +57,14 @@ struct PrivateNats {
 
 impl PrivateNats {
     fn start() -> Self {
-        let mut nats = Self { port: free_port(), store: tempfile::tempdir().unwrap(), child: None };
+        let mut nats = Self::stopped();
         nats.up();
         nats
+    }
+
+    /// A server with its port and store chosen, not running until `up`.
+    fn stopped() -> Self {
+        Self { port: free_port(), store: tempfile::tempdir().unwrap(), child: None }
     }
 
     fn url(&self) -> String {
@@ -260,6 +265,41 @@ async fn readiness_follows_the_broker_and_nothing_is_lost_while_it_is_down() {
     assert!(relay.terminate().status.success());
     assert_eq!(stats(&db.url), (0, 50, 0));
     assert_eq!(stream_messages(&nats.url(), &topic).await, 50);
+}
+
+/// Under an orchestrator the relay may start before its dependencies: it stays alive, says on
+/// `/readyz` which one it waits for (never showing a password), and starts once they answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_waits_for_an_unreachable_database_and_broker_naming_them() {
+    // Nothing listens on port 1; the password must not show anywhere.
+    let secret_db = "postgres://courier:pw-that-must-not-show@127.0.0.1:1/courier";
+    let relay = RelayProcess::start(secret_db, SHARED_NATS, "never-used", &[]);
+    wait_until(Duration::from_secs(30), "/readyz naming the database", || {
+        relay.get("/readyz").is_some_and(|(s, body)| s == 503 && body.contains("waiting for database"))
+    });
+    let (_, body) = relay.get("/readyz").unwrap();
+    assert!(body.contains("postgres://courier:***@127.0.0.1:1/courier"), "{body}");
+    assert_eq!(relay.get("/healthz").map(|(s, _)| s), Some(200));
+    let out = relay.terminate();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SIGTERM while waiting ends the relay cleanly: {stderr}");
+    assert!(!stderr.contains("pw-that-must-not-show") && !body.contains("pw-that-must-not-show"), "{stderr}");
+
+    let db = TestDb::new().await;
+    let mut nats = PrivateNats::stopped();
+    let topic = unique("relay-late-broker").replace('_', "-");
+    enqueue(&db.url, &topic, 20);
+    let relay = RelayProcess::start(&db.url, &nats.url(), &topic, &[]);
+    wait_until(Duration::from_secs(30), "/readyz naming the broker", || {
+        relay.get("/readyz").is_some_and(|(s, body)| s == 503 && body.contains("waiting for NATS at"))
+    });
+    nats.up();
+    wait_until(Duration::from_secs(60), "ready once the broker is up", || {
+        relay.get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    wait_until(Duration::from_secs(60), "all relayed", || stats(&db.url).1 == 20);
+    assert!(relay.terminate().status.success());
+    assert_eq!(stream_messages(&nats.url(), &topic).await, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,10 +12,12 @@ use courier_core::EventId;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::bus::{BusLoad, Tally};
+use crate::redact::redact_url;
 use crate::report::Row;
 
 pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Row> {
-    let client = async_nats::connect(url).await.with_context(|| format!("connecting to {url}"))?;
+    let client =
+        async_nats::connect(url).await.with_context(|| format!("connecting to {}", redact_url(url)))?;
     let js = jetstream::ContextBuilder::new()
         .max_ack_inflight(load.window)
         .backpressure_on_inflight(true)

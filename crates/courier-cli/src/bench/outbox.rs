@@ -22,6 +22,7 @@ use sqlx::{Connection as _, QueryBuilder, Row as _};
 use tokio::sync::Notify;
 
 use crate::bench::bus::{drop_topic, fresh_topic, position_key, BusLoad};
+use crate::redact::redact_url;
 use crate::report::{peak_rss_bytes, Latency, Row};
 
 /// Events per enqueue transaction when building the backlog (the batch-insert maximum).
@@ -593,7 +594,8 @@ impl Server {
             }
         };
         let outcome = async {
-            let store = Store::connect(&url).await.with_context(|| format!("connecting to {url}"))?;
+            let store =
+                Store::connect(&url).await.with_context(|| format!("connecting to {}", redact_url(&url)))?;
             store.migrate().await?;
             let outcome = f(url.clone(), store.clone()).await;
             close(&store).await;
