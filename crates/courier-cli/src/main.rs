@@ -320,9 +320,15 @@ async fn run(cli: Cli, service: Option<config::Config>) -> anyhow::Result<bool> 
         }) => {
             anyhow::ensure!(events > 0 && aggregates > 0, "--events and --aggregates must be at least 1");
             let mut relay = courier_outbox::RelayConfig::default();
-            relay.poll_interval = poll_interval.unwrap_or(relay.poll_interval);
-            relay.busy_poll_interval = busy_poll_interval.unwrap_or(relay.busy_poll_interval);
-            relay.retention = retention.or(relay.retention);
+            if let Some(interval) = poll_interval {
+                relay = relay.poll_interval(interval);
+            }
+            if let Some(interval) = busy_poll_interval {
+                relay = relay.busy_poll_interval(interval);
+            }
+            if let Some(retention) = retention {
+                relay = relay.retention(Some(retention));
+            }
             let load = bench::outbox::OutboxLoad {
                 events,
                 payload,

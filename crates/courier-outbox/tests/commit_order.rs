@@ -29,11 +29,7 @@ per_database!(
 /// Relay settings that keep it reading by cursor over a backlog: small batches, and no sweep
 /// to go back for a row the cursor passed.
 fn cursor_config() -> RelayConfig {
-    let mut config = fast_config();
-    config.batch_size = 10;
-    config.partitions = 1;
-    config.sweep_interval = Duration::from_secs(3600);
-    config
+    fast_config().batch_size(10).partitions(1).sweep_interval(Duration::from_secs(3600))
 }
 
 /// Enqueues `late` in a transaction that commits only once a relay, started over a `backlog`
@@ -116,9 +112,7 @@ async fn late_commit_behind_an_unmarked_row_is_not_overtaken(kind: Kind) {
 async fn late_commit_is_found_without_a_sweep(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
-    let mut config = fast_config();
-    config.partitions = 1;
-    config.sweep_interval = Duration::from_secs(3600);
+    let config = fast_config().partitions(1).sweep_interval(Duration::from_secs(3600));
     enqueue_many(&store, &topic, 10, 5, 2).await;
     let relay = Relay::new(store.clone(), bus.clone(), config).start();
     eventually(WAIT, "the first rows to be published", || async { relay.stats().published >= 50 }).await;

@@ -149,8 +149,7 @@ async fn invalid_events_are_refused_before_writing(kind: Kind) {
 async fn failed_acks_are_retried_then_dead_then_requeued(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
-    let mut config = fast_config();
-    config.max_attempts = 3;
+    let config = fast_config().max_attempts(3);
     // Two failed ACKs, then success: published on the third attempt.
     bus.inject_faults(ErrorKind::Unavailable, 2);
     let retried = event("order-1", 0);
@@ -362,8 +361,7 @@ async fn shutdown_drains_and_releases_leases(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
     enqueue_many(&store, &topic, 50, 20, 1).await;
-    let mut config = fast_config();
-    config.lease_ttl = Duration::from_secs(3600);
+    let config = fast_config().lease_ttl(Duration::from_secs(3600));
     let relay = Relay::new(store.clone(), bus.clone(), config.clone()).start();
     eventually(WAIT, "the relay to publish", || async { relay.stats().published > 0 }).await;
     relay.shutdown().await.unwrap();
@@ -397,9 +395,7 @@ async fn stats_and_retention_purge(kind: Kind) {
 async fn zero_retention_deletes_acked_rows_only(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
-    let mut config = fast_config();
-    config.retention = Some(Duration::ZERO);
-    config.max_attempts = 1;
+    let config = fast_config().retention(Some(Duration::ZERO)).max_attempts(1);
     bus.inject_faults(ErrorKind::Timeout, 1);
     let doomed = event("doomed", 0);
     enqueue_tx(&store, &topic, std::slice::from_ref(&doomed), true).await.unwrap();

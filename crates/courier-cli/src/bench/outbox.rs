@@ -107,7 +107,7 @@ async fn run_steady<B: Bus>(
 
     let acks = Acks::new(&envelopes, &warm_up, load.aggregates);
     let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
-    wait_for_partitions(&relay, load.relay.partitions, load.timeout).await?;
+    wait_for_partitions(&relay, load.relay.get_partitions(), load.timeout).await?;
     // Steady state starts warm, as in a service that has been running: every writer connection
     // and the relay have run (and prepared) their statements, and the broker knows the stream.
     let batches = warm_up.chunks(tx_events).map(|chunk| {
@@ -199,7 +199,7 @@ async fn run_baseline(_url: String, store: Store, load: &OutboxLoad) -> anyhow::
     let outbox = Outbox::default();
     let envelopes = load.envelopes(load.events)?;
     enqueue_backlog(&store, &outbox, &envelopes).await?;
-    let batch = load.relay.batch_size.max(1);
+    let batch = load.relay.get_batch_size().max(1);
     // Marks as the relay does: an update, or a delete at retention zero.
     let delete = load.relay.deletes_published();
     let claim = |lock: &str| {
@@ -523,7 +523,7 @@ impl Acks {
             e2e_p50_ms: e2e.as_ref().map(|l| l.quantile_ms(0.5)),
             e2e_p99_ms: e2e.as_ref().map(|l| l.quantile_ms(0.99)),
             peak_rss_bytes: peak_rss_bytes(),
-            window: Some(load.relay.max_in_flight as u64),
+            window: Some(load.relay.get_max_in_flight() as u64),
             ..Row::default()
         }
     }

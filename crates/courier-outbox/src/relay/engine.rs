@@ -119,7 +119,7 @@ pub(crate) async fn run<T: Transport>(
             () = wake.notified() => engine.wake_pending = true,
             () = tokio::time::sleep_until(timer) => engine.on_timer(),
             _ = stop.changed(), if stop_deadline.is_none() => {
-                stop_deadline = Some(Instant::now() + engine.config.shutdown_timeout);
+                stop_deadline = Some(Instant::now() + engine.config.drain_timeout);
                 engine.stop();
             }
         }

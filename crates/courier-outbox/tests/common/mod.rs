@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use courier_core::{Bus, Envelope, EventId, Topic};
+use courier_core::{Backoff, Bus, Envelope, EventId, Topic};
 use courier_outbox::{Enqueue, Outbox, OutboxError, RelayConfig, Store};
 use futures::StreamExt;
 
@@ -112,15 +112,17 @@ impl Drop for TestDb {
 
 /// A relay configuration with short timings so failure and takeover tests finish quickly.
 pub fn fast_config() -> RelayConfig {
-    let mut config = RelayConfig::default();
-    config.lease_ttl = Duration::from_secs(2);
-    config.lease_renew_interval = Duration::from_millis(250);
-    config.poll_interval = Duration::from_millis(50);
-    config.sweep_interval = Duration::from_millis(500);
-    config.backoff.initial = Duration::from_millis(20);
-    config.backoff.max = Duration::from_millis(200);
-    config.shutdown_timeout = Duration::from_secs(10);
-    config
+    RelayConfig::default()
+        .lease_ttl(Duration::from_secs(2))
+        .lease_renew_interval(Duration::from_millis(250))
+        .poll_interval(Duration::from_millis(50))
+        .sweep_interval(Duration::from_millis(500))
+        .backoff(Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            ..Backoff::default()
+        })
+        .drain_timeout(Duration::from_secs(10))
 }
 
 pub fn topic() -> Topic {
