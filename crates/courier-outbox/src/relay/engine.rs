@@ -150,11 +150,7 @@ fn spawn_listener(
     wake: &Arc<Notify>,
     mut idle: watch::Receiver<bool>,
 ) {
-    #[allow(irrefutable_let_patterns)]
-    let Store::Postgres(pool) = store
-    else {
-        return;
-    };
+    let Some(pool) = store.postgres_pool() else { return };
     let (pool, member, wake) = (pool.clone(), member.to_owned(), Arc::clone(wake));
     tasks.spawn(async move {
         loop {

@@ -134,29 +134,19 @@ pub fn event(aggregate: &str, seq: u64) -> Envelope {
     Envelope::builder("order", aggregate, "OrderChanged").payload(seq.to_string()).build().unwrap()
 }
 
-/// Runs `$body` with `$tx` bound to a fresh transaction of `$store`'s database, committing if
-/// `$commit` is true and rolling back otherwise.
+/// Runs `$body` with `$tx` bound to a fresh transaction of `$store`, committing if `$commit` is
+/// true and rolling back otherwise.
 #[macro_export]
 macro_rules! with_tx {
     ($store:expr, $commit:expr, |$tx:ident| $body:expr) => {{
-        macro_rules! run {
-            ($pool:expr) => {{
-                let mut $tx = $pool.begin().await.unwrap();
-                let out = $body;
-                if $commit {
-                    $tx.commit().await.unwrap();
-                } else {
-                    $tx.rollback().await.unwrap();
-                }
-                out
-            }};
+        let mut $tx = $store.begin().await.unwrap();
+        let out = $body;
+        if $commit {
+            $tx.commit().await.unwrap();
+        } else {
+            $tx.rollback().await.unwrap();
         }
-        match $store {
-            Store::Postgres(pool) => run!(pool),
-            Store::MySql(pool) => run!(pool),
-            Store::Sqlite(pool) => run!(pool),
-            _ => unreachable!(),
-        }
+        out
     }};
 }
 
@@ -169,7 +159,7 @@ pub async fn enqueue_tx(
 ) -> Result<(), OutboxError> {
     let outbox = Outbox::default();
     let items: Vec<Enqueue<'_>> = events.iter().map(|e| Enqueue::new(e).topic(topic)).collect();
-    with_tx!(store, commit, |tx| outbox.enqueue_batch(&mut *tx, items.iter().copied()).await.map(drop))
+    with_tx!(store, commit, |tx| outbox.enqueue_batch(&mut tx, items.iter().copied()).await.map(drop))
 }
 
 /// Enqueues `per_aggregate` events for each of `aggregates` aggregates, `batch` events per
