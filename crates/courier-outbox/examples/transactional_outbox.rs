@@ -21,12 +21,10 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| {
-        let file = std::env::temp_dir().join(format!("courier-outbox-example-{}.db", std::process::id()));
-        format!("sqlite://{}", file.display())
-    });
+    let scratch = std::env::temp_dir().join(format!("courier-outbox-example-{}.db", std::process::id()));
+    let url = std::env::args().nth(1).unwrap_or_else(|| format!("sqlite://{}", scratch.display()));
     // An application knows its database; this example picks the pool type from the URL.
-    match url.split(':').next().unwrap_or_default() {
+    let outcome = match url.split(':').next().unwrap_or_default() {
         "postgres" | "postgresql" => run(sqlx::PgPool::connect(&url).await?).await,
         "mysql" | "mariadb" => {
             run(sqlx::MySqlPool::connect(&url.replacen("mariadb:", "mysql:", 1)).await?).await
@@ -38,7 +36,11 @@ async fn main() -> Result<(), Error> {
             run(sqlx::SqlitePool::connect_with(options).await?).await
         }
         _ => Err(format!("unsupported database URL {url:?}").into()),
+    };
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", scratch.display()));
     }
+    outcome
 }
 
 /// Everything below is the same for each database.
