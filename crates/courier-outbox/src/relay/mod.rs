@@ -249,7 +249,9 @@ impl Default for RelayConfig {
 /// Receives relay events, e.g. to feed metrics (commit→ACK latency histogram, outcome counters).
 /// Called on the relay's task: keep it quick and non-blocking.
 pub trait RelayObserver: Send + Sync + 'static {
+    /// The broker acknowledged an event; its row is marked published in the next mark.
     fn acked(&self, _event: &AckedEvent<'_>) {}
+    /// A publish attempt failed; the row is retried later or is dead.
     fn failed(&self, _event: &FailedEvent<'_>) {}
 }
 
@@ -260,10 +262,15 @@ impl RelayObserver for () {}
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct AckedEvent<'a> {
+    /// The outbox row id.
     pub row_id: i64,
+    /// The event's id.
     pub event_id: EventId,
+    /// The topic it was published to.
     pub topic: &'a Topic,
+    /// Its aggregate.
     pub aggregate_id: &'a str,
+    /// Where the broker stored it.
     pub position: &'a Position,
     /// The broker already had this event (a re-publish after a takeover or lost ACK).
     pub duplicate: bool,
@@ -275,8 +282,11 @@ pub struct AckedEvent<'a> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct FailedEvent<'a> {
+    /// The outbox row id.
     pub row_id: i64,
+    /// Its aggregate, parked until the retry (or, dead, until an operator acts).
     pub aggregate_id: &'a str,
+    /// Why the attempt failed.
     pub error: &'a Error,
     /// Attempts made so far, including this one.
     pub attempts: u32,
@@ -348,10 +358,12 @@ pub struct Relay<B> {
 }
 
 impl<B: Bus> Relay<B> {
+    /// A relay publishing `store`'s pending events to `bus`; [`start`](Self::start) runs it.
     pub fn new(store: Store, bus: B, config: RelayConfig) -> Self {
         Self { store, bus, config, observer: Arc::new(()) }
     }
 
+    /// Reports every ACK and failed attempt to `observer`, e.g. for metrics. Default: none.
     pub fn observer(mut self, observer: impl RelayObserver) -> Self {
         self.observer = Arc::new(observer);
         self
@@ -390,10 +402,12 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
+    /// The name this relay uses in lease rows and logs.
     pub fn instance_id(&self) -> &str {
         &self.instance_id
     }
 
+    /// The relay's counters since it started.
     pub fn stats(&self) -> RelayStats {
         self.counters.snapshot()
     }

@@ -18,9 +18,9 @@ impl Dialect for MySql {
     const NOW_MS: &'static str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
     const INSERT_IGNORE: &'static str = "INSERT IGNORE";
     const ON_CONFLICT_IGNORE: &'static str = "";
-    /// MariaDB answered `ORDER BY p.id DESC LIMIT 1` by walking the primary key down from the row
-    /// (20,000 rows read per claimed row once most of the outbox was published) instead of one
-    /// step on `(aggregate_id, status, id)`.
+    /// Without the hint MariaDB may answer `ORDER BY p.id DESC LIMIT 1` by walking the primary
+    /// key down from the row, through every published row, instead of one step on
+    /// `(aggregate_id, status, id)`.
     const PENDING_AGGREGATE_HINT: &'static str = " FORCE INDEX (courier_outbox_pending_aggregate)";
     /// Every row count is another statement text: too many to keep prepared.
     const PREPARE_INSERT: bool = false;

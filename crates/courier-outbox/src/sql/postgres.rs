@@ -108,12 +108,12 @@ impl OutboxConnection for PgConnection {
 }
 
 /// An id list is one array parameter, so the relay's fetch and mark are prepared: planning them
-/// per call cost the database more than running them (0.5 ms to plan a fetch of a few rows).
-/// Prepared, they run on a generic plan made once, possibly while the outbox was nearly empty,
-/// so the relay's connections plan without sequential scans (see [`RELAY_SESSION`]), and the
-/// fetch and mark test the status as a parameter: a generic plan cannot prove a partial index's
-/// `status = 'pending'` from it, which leaves the primary key as their one index. (Planned on a
-/// small table with the status literal, the mark scanned a whole partial index per call.)
+/// per call costs the database more than running them. Prepared, they run on a generic plan
+/// made once, possibly while the outbox was nearly empty, so the relay's connections plan
+/// without sequential scans (see [`RELAY_SESSION`]), and the fetch and mark test the status as
+/// a parameter: a generic plan cannot prove a partial index's `status = 'pending'` from it,
+/// which leaves the primary key as their one index (with the status literal, a plan made on a
+/// small table may scan a whole partial index per call).
 const PREPARE_ID_LISTS: bool = true;
 
 /// Session settings of the relay's own connections: one generic plan per prepared statement
@@ -121,7 +121,7 @@ const PREPARE_ID_LISTS: bool = true;
 /// read a few rows through an index; a plan made while the outbox was small must not become a
 /// scan of the whole table once it has grown. No JIT: the penalty a disabled sequential scan
 /// adds to a plan's cost (on the small lease tables, which have no other path) would otherwise
-/// make PostgreSQL compile those statements, 40 to 200 ms each.
+/// make PostgreSQL JIT-compile those short statements, which takes far longer than running them.
 pub(crate) const RELAY_SESSION: [(&str, &str); 3] =
     [("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off"), ("jit", "off")];
 
