@@ -77,7 +77,7 @@ pub struct Relay {
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
     #[serde(with = "humantime_serde")]
-    pub lease: Duration,
+    pub lease_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -214,24 +214,23 @@ impl Config {
     /// The relay settings this configuration describes.
     pub fn relay_config(&self) -> courier_outbox::RelayConfig {
         let r = &self.relay;
-        let mut config = courier_outbox::RelayConfig::default();
-        config.batch_size = r.batch_size;
-        config.max_in_flight = r.max_in_flight;
-        config.partitions = r.partitions;
-        config.max_attempts = r.max_attempts;
-        config.backoff = courier_core::Backoff {
-            initial: r.backoff_initial,
-            max: r.backoff_max,
-            ..courier_core::Backoff::default()
-        };
-        config.lease_ttl = r.lease;
-        config.lease_renew_interval = r.lease / 5;
-        config.poll_interval = r.poll_interval;
-        config.busy_poll_interval = r.busy_poll_interval;
-        config.idle_after = r.idle_after;
-        config.retention = Some(r.retention);
-        config.shutdown_timeout = r.drain_timeout;
-        config
+        courier_outbox::RelayConfig::default()
+            .batch_size(r.batch_size)
+            .max_in_flight(r.max_in_flight)
+            .partitions(r.partitions)
+            .max_attempts(r.max_attempts)
+            .backoff(courier_core::Backoff {
+                initial: r.backoff_initial,
+                max: r.backoff_max,
+                ..courier_core::Backoff::default()
+            })
+            .lease_ttl(r.lease_ttl)
+            .lease_renew_interval(r.lease_ttl / 5)
+            .poll_interval(r.poll_interval)
+            .busy_poll_interval(r.busy_poll_interval)
+            .idle_after(r.idle_after)
+            .retention(Some(r.retention))
+            .drain_timeout(r.drain_timeout)
     }
 
     /// Maps aggregate types to topics for `courier outbox enqueue`.
@@ -275,7 +274,7 @@ mod tests {
         let c = Config::load(None, []).unwrap();
         assert_eq!(c.bus.url, None, "no bus until one is named");
         assert_eq!(c.http.listen, "127.0.0.1:9464".parse().unwrap());
-        assert_eq!(c.relay.lease, Duration::from_secs(10));
+        assert_eq!(c.relay.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.bus.wire, WireMode::CloudEvents);
         assert_eq!(c.log.format, LogFormat::Human);
     }
@@ -301,8 +300,8 @@ mod tests {
     fn unknown_keys_and_bad_values_name_the_key() {
         let err = load_str("[relay]\nbatch_sise = 5\n", &[]).unwrap_err().to_string();
         assert!(err.contains("unknown configuration key `relay.batch_sise`"), "{err}");
-        let err = load_str("[relay]\nlease = \"soon\"\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("lease"), "{err}");
+        let err = load_str("[relay]\nlease_ttl = \"soon\"\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("lease_ttl"), "{err}");
         let err = load_str("[bus]\nurl = \"redis://x\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("unsupported bus URL"), "{err}");
         let err = load_str("", &[("COURIER_RELAY_BOGUS", "1")]).unwrap_err().to_string();

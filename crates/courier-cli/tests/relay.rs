@@ -367,7 +367,7 @@ fn invalid_config_files_are_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
         ("[relay]\nbatch_sise = 5\n", "unknown configuration key `relay.batch_sise`"),
-        ("[relay]\nlease = \"soon\"\n", "key `relay.lease`"),
+        ("[relay]\nlease_ttl = \"soon\"\n", "key `relay.lease_ttl`"),
         ("[bus]\nurl = \"redis://x\"\n", "unsupported bus URL \"redis://x\""),
         ("[http]\nlisten = 9464\n", "key `http.listen`"),
         ("[relay\n", "is not valid TOML"),

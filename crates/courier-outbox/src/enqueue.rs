@@ -53,6 +53,7 @@ pub struct Enqueue<'a> {
 }
 
 impl<'a> Enqueue<'a> {
+    /// `envelope`, to the topic the [`Outbox`]'s [`TopicMapper`] picks, without idempotency key.
     pub fn new(envelope: &'a Envelope) -> Self {
         Self { envelope, topic: None, idempotency_key: None }
     }
@@ -108,6 +109,7 @@ impl Default for Outbox {
 }
 
 impl Outbox {
+    /// An outbox whose events without an explicit topic go where `mapper` says.
     pub fn new(mapper: TopicMapper) -> Self {
         Self { mapper, ..Self::default() }
     }
@@ -120,6 +122,7 @@ impl Outbox {
         self
     }
 
+    /// How event topics are chosen.
     pub fn mapper(&self) -> &TopicMapper {
         &self.mapper
     }

@@ -12,14 +12,20 @@ pub enum OutboxError {
     /// An event with this idempotency key is already in the outbox. The caller's transaction
     /// should be rolled back.
     #[error("duplicate idempotency key {key:?}: an event with this key was already enqueued")]
-    DuplicateKey { key: String },
+    DuplicateKey {
+        /// The duplicate key.
+        key: String,
+    },
+    /// The database refused an operation or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// Creating or upgrading the outbox tables failed.
     #[error("outbox migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// Missing or inconsistent configuration (unknown URL scheme, partition count mismatch).
     #[error("outbox configuration error: {0}")]
     Config(String),
+    /// The bus failed, e.g. closing the relay's publisher at shutdown.
     #[error(transparent)]
     Bus(#[from] courier_core::Error),
     /// The relay task panicked or was aborted.

@@ -13,6 +13,11 @@
 //! [`RelayConfig::max_attempts`], or at once for a non-retryable error, the row is `dead`.
 //! See [`relay`] for ordering and multi-relay guarantees.
 
+#![warn(missing_docs)]
+// Without a database feature there is no backend: the crate builds (e.g. for documentation) but
+// every database operation is unreachable.
+#![cfg_attr(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")), allow(unused))]
+
 mod admin;
 mod enqueue;
 mod error;
@@ -26,4 +31,4 @@ pub use enqueue::{Enqueue, Outbox, TopicMapper};
 pub use error::OutboxError;
 pub use relay::{AckedEvent, FailedEvent, Relay, RelayConfig, RelayHandle, RelayObserver, RelayStats};
 pub use sql::OutboxConnection;
-pub use store::Store;
+pub use store::{Store, StoreTransaction};

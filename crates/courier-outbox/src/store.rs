@@ -3,16 +3,27 @@
 use std::time::Duration;
 
 use courier_core::EventId;
+use sqlx::Executor as _;
 
 use crate::admin::{DeadEvent, DeadFilter, OutboxStats};
 use crate::row::{now_us, ClaimedRow, DEAD, PENDING, PUBLISHED};
-use crate::sql::{BlockedRow, ClaimQuery, Failure, Mark};
+use crate::sql::queries::Queries;
+use crate::sql::{BlockedRow, ClaimQuery, Dialect, Failure, Mark, OutboxConnection};
 use crate::{Enqueue, Outbox, OutboxError};
 
 /// A connection pool to a database holding the outbox tables. Cheap to clone.
+///
+/// Made by [`Store::connect`] from a URL, or from an application's own sqlx pool
+/// (`Store::from(pool)`), so that the relay and the business share it.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Store {
+pub struct Store {
+    backend: Backend,
+}
+
+/// The pool of each database, behind its cargo feature. Empty without one: the crate then
+/// builds, but [`Store::connect`] refuses every URL.
+#[derive(Debug, Clone)]
+enum Backend {
     #[cfg(feature = "postgres")]
     Postgres(sqlx::PgPool),
     #[cfg(feature = "mysql")]
@@ -21,37 +32,90 @@ pub enum Store {
     Sqlite(sqlx::SqlitePool),
 }
 
-/// Runs `$call` from the module of the store's database with its pool as first argument.
-macro_rules! on_db {
-    ($store:expr, $f:ident($($arg:expr),*)) => {
-        match $store {
+/// The one place that picks the database: matches `$value` (a [`Backend`] or a [`Tx`]) and
+/// evaluates `$body` with `$binding` bound to that database's pool or transaction. Bodies call
+/// code generic over the database ([`Queries`], [`Dialect`]), so each arm is the same text with
+/// another type.
+macro_rules! dispatch {
+    ($value:expr, $enum:ident, $binding:pat => $body:expr) => {
+        match $value {
             #[cfg(feature = "postgres")]
-            Store::Postgres(pool) => crate::sql::postgres::$f(pool $(, $arg)*).await,
+            $enum::Postgres($binding) => $body,
             #[cfg(feature = "mysql")]
-            Store::MySql(pool) => crate::sql::mysql::$f(pool $(, $arg)*).await,
+            $enum::MySql($binding) => $body,
             #[cfg(feature = "sqlite")]
-            Store::Sqlite(pool) => crate::sql::sqlite::$f(pool $(, $arg)*).await,
+            $enum::Sqlite($binding) => $body,
         }
     };
+}
+
+/// The database name of a pool, for [`Store::backend`].
+fn name_of<D: Dialect>(_: &sqlx::Pool<D>) -> &'static str {
+    D::BACKEND
 }
 
 /// Purge deletes in chunks so it never holds long locks.
 const PURGE_CHUNK: i64 = 5000;
 
+#[cfg(feature = "postgres")]
+impl From<sqlx::PgPool> for Store {
+    /// Uses an existing PostgreSQL pool, e.g. the application's.
+    fn from(pool: sqlx::PgPool) -> Self {
+        Self { backend: Backend::Postgres(pool) }
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl From<sqlx::MySqlPool> for Store {
+    /// Uses an existing MySQL / MariaDB pool, e.g. the application's.
+    fn from(pool: sqlx::MySqlPool) -> Self {
+        Self { backend: Backend::MySql(pool) }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl From<sqlx::SqlitePool> for Store {
+    /// Uses an existing SQLite pool, e.g. the application's. Open it in WAL mode (as
+    /// [`Store::connect`] does) so the relay's reads never wait for a writer.
+    fn from(pool: sqlx::SqlitePool) -> Self {
+        Self { backend: Backend::Sqlite(pool) }
+    }
+}
+
 impl Store {
-    /// Connects to `url` (`postgres://`, `mysql://`/`mariadb://`, `sqlite://`). SQLite files are
-    /// created if missing and opened in WAL mode so readers never wait for the writer.
+    /// Connects to `url` (`postgres://`, `mysql://`/`mariadb://`, `sqlite://`) with a pool of
+    /// 16 connections (8 for SQLite). SQLite files are created if missing and opened in WAL
+    /// mode so readers never wait for the writer.
     pub async fn connect(url: &str) -> Result<Self, OutboxError> {
+        Self::open(url, None).await
+    }
+
+    /// Like [`connect`](Self::connect), with a pool of at most `max_connections`: size it to the
+    /// tasks that use the store at once, so they never queue for a connection.
+    pub async fn connect_with(url: &str, max_connections: u32) -> Result<Self, OutboxError> {
+        Self::open(url, Some(max_connections)).await
+    }
+
+    async fn open(url: &str, max_connections: Option<u32>) -> Result<Self, OutboxError> {
         let scheme = url.split(':').next().unwrap_or_default();
+        let _ = max_connections; // unused without a database feature
         match scheme {
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => Ok(Self::Postgres(
-                sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(url).await?,
+            "postgres" | "postgresql" => Ok(Self::from(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(max_connections.unwrap_or(16))
+                    .connect(url)
+                    .await?,
             )),
             #[cfg(feature = "mysql")]
             "mysql" | "mariadb" => {
                 let url = url.replacen("mariadb:", "mysql:", 1);
-                Ok(Self::MySql(sqlx::mysql::MySqlPoolOptions::new().max_connections(16).connect(&url).await?))
+                Ok(Self::from(
+                    sqlx::mysql::MySqlPoolOptions::new()
+                        .max_connections(max_connections.unwrap_or(16))
+                        .connect(&url)
+                        .await?,
+                ))
             }
             #[cfg(feature = "sqlite")]
             "sqlite" => {
@@ -61,8 +125,11 @@ impl Store {
                     .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
                     .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(30));
-                Ok(Self::Sqlite(
-                    sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect_with(options).await?,
+                Ok(Self::from(
+                    sqlx::sqlite::SqlitePoolOptions::new()
+                        .max_connections(max_connections.unwrap_or(8))
+                        .connect_with(options)
+                        .await?,
                 ))
             }
             _ => Err(OutboxError::Config(format!(
@@ -74,20 +141,33 @@ impl Store {
 
     /// Short database name for logs and metrics (`postgres`, `mysql`, `sqlite`).
     pub fn backend(&self) -> &'static str {
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(_) => "postgres",
-            #[cfg(feature = "mysql")]
-            Self::MySql(_) => "mysql",
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(_) => "sqlite",
-        }
+        dispatch!(self.backend, Backend, ref pool => name_of(pool))
     }
 
     /// Creates or upgrades the outbox tables. The migrations are recorded in sqlx's
     /// `_sqlx_migrations` table next to the application's own (unknown versions are ignored).
     pub async fn migrate(&self) -> Result<(), OutboxError> {
-        on_db!(self, migrate())
+        dispatch!(self.backend, Backend, ref pool => Queries::migrate(pool).await)
+    }
+
+    /// Closes the pool: waits for connections in use to be returned and closes them all.
+    pub async fn close(&self) {
+        dispatch!(self.backend, Backend, ref pool => pool.close().await)
+    }
+
+    /// Starts a transaction on the store's database, for tools and tests that enqueue with a
+    /// `Store` rather than a pool of their own. Dropping it uncommitted rolls it back.
+    pub async fn begin(&self) -> Result<StoreTransaction, OutboxError> {
+        let tx: Tx = dispatch!(self.backend, Backend, ref pool => pool.begin().await?.into());
+        Ok(StoreTransaction { tx })
+    }
+
+    /// Runs SQL text without parameters (one or more statements), e.g. the DDL of tables that
+    /// live next to the outbox. Returns the rows affected.
+    pub async fn execute_raw(&self, sql: &str) -> Result<u64, OutboxError> {
+        // `Executor::execute` returns a boxed future: `RawSql::execute`'s own future is not
+        // `Send` for every lifetime, which spawned callers need.
+        dispatch!(self.backend, Backend, ref pool => Ok(pool.execute(sqlx::raw_sql(sql)).await?.rows_affected()))
     }
 
     /// Enqueues `events` in a transaction of their own (for scripts and tools; applications
@@ -97,27 +177,17 @@ impl Store {
         outbox: &Outbox,
         events: &[Enqueue<'_>],
     ) -> Result<Vec<EventId>, OutboxError> {
-        macro_rules! in_tx {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await?;
-                let ids = outbox.enqueue_batch(&mut *tx, events.iter().copied()).await?;
-                tx.commit().await?;
-                Ok(ids)
-            }};
-        }
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(pool) => in_tx!(pool),
-            #[cfg(feature = "mysql")]
-            Self::MySql(pool) => in_tx!(pool),
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(pool) => in_tx!(pool),
-        }
+        let mut tx = self.begin().await?;
+        let ids = outbox.enqueue_batch(&mut tx, events.iter().copied()).await?;
+        tx.commit().await?;
+        Ok(ids)
     }
 
     /// Counts by status and the age of the oldest pending event.
     pub async fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        let rows = on_db!(self, stats())?;
+        let rows: Result<Vec<(String, i64, Option<i64>)>, sqlx::Error> =
+            dispatch!(self.backend, Backend, ref pool => Queries::stats(pool).await);
+        let rows = rows?;
         let mut stats = OutboxStats::default();
         for (status, count, oldest_us) in rows {
             let count = u64::try_from(count).unwrap_or_default();
@@ -137,7 +207,8 @@ impl Store {
 
     /// Dead events matching `filter`, oldest first, at most `limit`.
     pub async fn list_dead(&self, filter: &DeadFilter, limit: u32) -> Result<Vec<DeadEvent>, OutboxError> {
-        Ok(on_db!(self, list_dead(filter, i64::from(limit)))?)
+        let limit = i64::from(limit);
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::list_dead(pool, filter, limit).await?))
     }
 
     /// Makes the dead events matching `filter` pending again with a fresh attempt budget; their
@@ -145,13 +216,14 @@ impl Store {
     /// Returns how many were requeued.
     pub async fn requeue(&self, filter: &DeadFilter) -> Result<u64, OutboxError> {
         let set = "UPDATE courier_outbox SET status = 'pending', attempts = 0, next_attempt_at_us = NULL";
-        Ok(on_db!(self, change_dead(set, filter))?)
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::change_dead(pool, set, filter).await?))
     }
 
     /// Deletes the dead events matching `filter`, giving up on them; aggregates they blocked
     /// resume with their next event. Returns how many were deleted.
     pub async fn discard_dead(&self, filter: &DeadFilter) -> Result<u64, OutboxError> {
-        Ok(on_db!(self, change_dead("DELETE FROM courier_outbox", filter))?)
+        let delete = "DELETE FROM courier_outbox";
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::change_dead(pool, delete, filter).await?))
     }
 
     /// Deletes published rows older than `retention` (by publish time); returns how many.
@@ -159,12 +231,32 @@ impl Store {
         let before_us = now_us() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
         let mut total = 0;
         loop {
-            let deleted = on_db!(self, purge_published(before_us, PURGE_CHUNK))?;
+            let deleted: Result<u64, sqlx::Error> = dispatch!(self.backend, Backend, ref pool => {
+                Dialect::purge_published(pool, before_us, PURGE_CHUNK).await
+            });
+            let deleted = deleted?;
             total += deleted;
             if deleted < PURGE_CHUNK as u64 {
                 return Ok(total);
             }
         }
+    }
+
+    /// Refreshes the database's planner statistics of the outbox table, as its automatic
+    /// analysis would on a long-lived table: after a bulk load into an empty table, plans are
+    /// otherwise made for an empty table.
+    pub async fn analyze(&self) -> Result<(), OutboxError> {
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::analyze(pool).await?))
+    }
+
+    /// The relay's claim+mark loop in bare SQL, without publishing: the ceiling `courier bench
+    /// outbox` compares the relay to. Claims the next `batch` pending rows in id order in a
+    /// transaction (`FOR UPDATE SKIP LOCKED` where the database has it), reads what a relay
+    /// reads, and marks them published with one UPDATE (one DELETE when `delete`), until none
+    /// remain. Returns how many rows it marked.
+    #[doc(hidden)]
+    pub async fn bench_claim_and_mark(&self, batch: usize, delete: bool) -> Result<u64, OutboxError> {
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::claim_and_mark(pool, batch, delete).await?))
     }
 
     /// A new pool of at most `connections` to the same database, so a relay sharing a process
@@ -174,35 +266,26 @@ impl Store {
     /// short statements, and a broken connection fails its statement, which the relay retries.
     /// PostgreSQL connections get the relay's planner settings.
     pub(crate) fn dedicated(&self, connections: u32) -> Self {
-        macro_rules! fork {
-            ($variant:ident, $options:ty, $connect:expr) => {
-                Self::$variant(
-                    <$options>::new()
-                        .max_connections(connections)
-                        .test_before_acquire(false)
-                        .connect_lazy_with($connect),
-                )
-            };
-        }
-        match self {
-            #[cfg(feature = "postgres")]
-            Self::Postgres(pool) => fork!(
-                Postgres,
-                sqlx::postgres::PgPoolOptions,
-                pool.connect_options().as_ref().clone().options(crate::sql::postgres::RELAY_SESSION)
-            ),
-            #[cfg(feature = "mysql")]
-            Self::MySql(pool) => {
-                fork!(MySql, sqlx::mysql::MySqlPoolOptions, pool.connect_options().as_ref().clone())
-            }
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite(_) => self.clone(),
+        dispatch!(self.backend, Backend, ref pool => Self::from(Dialect::relay_pool(pool, connections)))
+    }
+
+    /// The PostgreSQL pool, for LISTEN/NOTIFY.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres_pool(&self) -> Option<&sqlx::PgPool> {
+        #[allow(irrefutable_let_patterns)]
+        if let Backend::Postgres(pool) = &self.backend {
+            Some(pool)
+        } else {
+            None
         }
     }
 
     pub(crate) async fn ensure_partitions(&self, count: u32) -> Result<(), OutboxError> {
-        let existing = on_db!(self, ensure_partitions(i64::from(count)))?;
-        if existing != i64::from(count) {
+        let want = i64::from(count);
+        let existing: Result<i64, sqlx::Error> =
+            dispatch!(self.backend, Backend, ref pool => Queries::ensure_partitions(pool, want).await);
+        let existing = existing?;
+        if existing != want {
             return Err(OutboxError::Config(format!(
                 "the outbox has {existing} relay partitions but this relay is configured with {count}; \
                  every relay on one database must use the same partition count"
@@ -216,11 +299,11 @@ impl Store {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-        on_db!(self, scan_pending(after_id, limit))
+        dispatch!(self.backend, Backend, ref pool => Queries::scan_pending(pool, after_id, limit).await)
     }
 
     pub(crate) async fn fetch_claimed(&self, query: &ClaimQuery) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-        on_db!(self, fetch_claimed(query))
+        dispatch!(self.backend, Backend, ref pool => Queries::fetch_claimed(pool, query).await)
     }
 
     /// Records publish outcomes: acknowledged rows are kept as published, or deleted when
@@ -232,7 +315,7 @@ impl Store {
         failures: &[Failure],
     ) -> Result<(), sqlx::Error> {
         let mark = if delete_published { Mark::Delete } else { Mark::Keep { published_at_us: now_us() } };
-        on_db!(self, write(published, mark, failures))
+        dispatch!(self.backend, Backend, ref pool => Queries::write(pool, published, mark, failures).await)
     }
 
     pub(crate) async fn blocked(
@@ -240,26 +323,92 @@ impl Store {
         partitions: &[i64],
         count: i64,
     ) -> Result<Vec<BlockedRow>, sqlx::Error> {
-        on_db!(self, blocked(partitions, count))
+        dispatch!(self.backend, Backend, ref pool => Queries::blocked(pool, partitions, count).await)
     }
 
     pub(crate) async fn heartbeat(&self, member: &str, ttl_ms: i64) -> Result<i64, sqlx::Error> {
-        on_db!(self, heartbeat(member, ttl_ms))
+        dispatch!(self.backend, Backend, ref pool => Queries::heartbeat(pool, member, ttl_ms).await)
     }
 
     pub(crate) async fn renew(&self, owner: &str, ttl_ms: i64) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-        on_db!(self, renew(owner, ttl_ms))
+        dispatch!(self.backend, Backend, ref pool => Queries::renew(pool, owner, ttl_ms).await)
     }
 
     pub(crate) async fn acquire(&self, owner: &str, want: i64, ttl_ms: i64) -> Result<(), sqlx::Error> {
-        on_db!(self, acquire(owner, want, ttl_ms))
+        dispatch!(self.backend, Backend, ref pool => Dialect::acquire(pool, owner, want, ttl_ms).await)
     }
 
     pub(crate) async fn release(&self, owner: &str, partitions: &[i64]) -> Result<(), sqlx::Error> {
-        on_db!(self, release(owner, partitions))
+        dispatch!(self.backend, Backend, ref pool => Queries::release(pool, owner, partitions).await)
     }
 
     pub(crate) async fn leave(&self, member: &str) -> Result<(), sqlx::Error> {
-        on_db!(self, leave(member))
+        dispatch!(self.backend, Backend, ref pool => Queries::leave(pool, member).await)
+    }
+}
+
+/// A transaction on a [`Store`]'s database ([`Store::begin`]). Pass `&mut tx` to
+/// [`Outbox::enqueue`] to enqueue in it; dropping it uncommitted rolls it back.
+#[derive(Debug)]
+pub struct StoreTransaction {
+    tx: Tx,
+}
+
+/// The transaction of each database; see [`Backend`].
+#[derive(Debug)]
+enum Tx {
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+    #[cfg(feature = "mysql")]
+    MySql(sqlx::Transaction<'static, sqlx::MySql>),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+}
+
+#[cfg(feature = "postgres")]
+impl From<sqlx::Transaction<'static, sqlx::Postgres>> for Tx {
+    fn from(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Self {
+        Self::Postgres(tx)
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl From<sqlx::Transaction<'static, sqlx::MySql>> for Tx {
+    fn from(tx: sqlx::Transaction<'static, sqlx::MySql>) -> Self {
+        Self::MySql(tx)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl From<sqlx::Transaction<'static, sqlx::Sqlite>> for Tx {
+    fn from(tx: sqlx::Transaction<'static, sqlx::Sqlite>) -> Self {
+        Self::Sqlite(tx)
+    }
+}
+
+impl StoreTransaction {
+    /// Runs SQL text without parameters (one or more statements) in the transaction, e.g. the
+    /// business change that the enqueued events describe. Returns the rows affected.
+    pub async fn execute_raw(&mut self, sql: &str) -> Result<u64, OutboxError> {
+        // See `Store::execute_raw` for why not `RawSql::execute`.
+        dispatch!(self.tx, Tx, ref mut tx => Ok((&mut **tx).execute(sqlx::raw_sql(sql)).await?.rows_affected()))
+    }
+
+    /// Commits the transaction: its events become visible to the relay.
+    pub async fn commit(self) -> Result<(), OutboxError> {
+        dispatch!(self.tx, Tx, tx => Ok(tx.commit().await?))
+    }
+
+    /// Rolls the transaction back: its events are never published.
+    pub async fn rollback(self) -> Result<(), OutboxError> {
+        dispatch!(self.tx, Tx, tx => Ok(tx.rollback().await?))
+    }
+}
+
+impl crate::sql::sealed::Sealed for StoreTransaction {}
+
+impl OutboxConnection for StoreTransaction {
+    async fn insert(&mut self, rows: Vec<crate::row::NewRow>) -> Result<(), OutboxError> {
+        dispatch!(self.tx, Tx, ref mut tx => OutboxConnection::insert(&mut **tx, rows).await)
     }
 }

@@ -29,11 +29,7 @@ per_database!(
 /// Relay settings that keep it reading by cursor over a backlog: small batches, and no sweep
 /// to go back for a row the cursor passed.
 fn cursor_config() -> RelayConfig {
-    let mut config = fast_config();
-    config.batch_size = 10;
-    config.partitions = 1;
-    config.sweep_interval = Duration::from_secs(3600);
-    config
+    fast_config().batch_size(10).partitions(1).sweep_interval(Duration::from_secs(3600))
 }
 
 /// Enqueues `late` in a transaction that commits only once a relay, started over a `backlog`
@@ -46,7 +42,7 @@ async fn start_past_uncommitted(
     backlog: usize,
 ) -> RelayHandle {
     with_tx!(store, true, |tx| {
-        Outbox::default().enqueue(&mut *tx, Enqueue::new(late).topic(topic)).await.unwrap();
+        Outbox::default().enqueue(&mut tx, Enqueue::new(late).topic(topic)).await.unwrap();
         enqueue_many(store, topic, 100, backlog as u64 / 100, 4).await;
         let relay = Relay::new(store.clone(), bus.clone(), cursor_config()).start();
         eventually(WAIT, "the relay to pass the uncommitted row", || async {
@@ -87,16 +83,14 @@ async fn late_commit_behind_an_unmarked_row_is_not_overtaken(kind: Kind) {
     let backlog = 5_000;
     enqueue_tx(&store, &topic, &[event("held", 0)], true).await.unwrap();
     let relay = with_tx!(&store, false, |lock| {
-        // Locked by primary key: a lock by aggregate would also lock the index gap (MySQL) and
-        // block the insert of the aggregate's next event.
-        let id: i64 = sqlx::query_scalar("SELECT id FROM courier_outbox WHERE aggregate_id = 'held'")
-            .fetch_one(&mut *lock)
-            .await
-            .unwrap();
-        sqlx::query(&format!("SELECT id FROM courier_outbox WHERE id = {id} FOR UPDATE"))
-            .fetch_all(&mut *lock)
-            .await
-            .unwrap();
+        // Locked by primary key (event 0 is the only row, found by a non-locking subquery): a
+        // lock by aggregate would also lock the index gap (MySQL) and block the insert of the
+        // aggregate's next event.
+        lock.execute_raw(
+            "SELECT id FROM courier_outbox WHERE id = (SELECT MIN(id) FROM courier_outbox) FOR UPDATE",
+        )
+        .await
+        .unwrap();
         let relay = start_past_uncommitted(&store, &bus, &topic, &event("held", 1), backlog).await;
         enqueue_tx(&store, &topic, &[event("held", 2)], true).await.unwrap();
         assert!(relay.stats().published < backlog as u64, "the backlog drained too early to test anything");
@@ -116,14 +110,12 @@ async fn late_commit_behind_an_unmarked_row_is_not_overtaken(kind: Kind) {
 async fn late_commit_is_found_without_a_sweep(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
-    let mut config = fast_config();
-    config.partitions = 1;
-    config.sweep_interval = Duration::from_secs(3600);
+    let config = fast_config().partitions(1).sweep_interval(Duration::from_secs(3600));
     enqueue_many(&store, &topic, 10, 5, 2).await;
     let relay = Relay::new(store.clone(), bus.clone(), config).start();
     eventually(WAIT, "the first rows to be published", || async { relay.stats().published >= 50 }).await;
     with_tx!(&store, true, |tx| {
-        Outbox::default().enqueue(&mut *tx, Enqueue::new(&event("late", 0)).topic(&topic)).await.unwrap();
+        Outbox::default().enqueue(&mut tx, Enqueue::new(&event("late", 0)).topic(&topic)).await.unwrap();
         enqueue_tx(&store, &topic, &[event("other", 0)], true).await.unwrap();
         eventually(WAIT, "the relay to pass the uncommitted row", || async { relay.stats().published >= 51 })
             .await;

@@ -13,11 +13,8 @@ use sqlx::postgres::PgListener;
 /// A relay that only NOTIFY can wake once it has caught up: polling and sweeps practically
 /// disabled.
 fn notify_only_config() -> RelayConfig {
-    let mut config = fast_config();
-    config.poll_interval = Duration::from_secs(3600);
-    config.busy_poll_interval = config.poll_interval;
-    config.sweep_interval = Duration::from_secs(3600);
-    config
+    let hour = Duration::from_secs(3600);
+    fast_config().poll_interval(hour).busy_poll_interval(hour).sweep_interval(hour)
 }
 
 /// Waits until a relay has flagged itself idle, i.e. asks writers to NOTIFY it.

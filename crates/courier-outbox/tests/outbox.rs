@@ -101,11 +101,11 @@ async fn duplicate_idempotency_key_is_refused(kind: Kind) {
     let outbox = Outbox::default();
     let (first, second) = (event("order-7", 0), event("order-7", 1));
     with_tx!(&store, true, |tx| outbox
-        .enqueue(&mut *tx, Enqueue::new(&first).idempotency_key("order-7:placed"))
+        .enqueue(&mut tx, Enqueue::new(&first).idempotency_key("order-7:placed"))
         .await
         .unwrap());
     let err = with_tx!(&store, false, |tx| outbox
-        .enqueue(&mut *tx, Enqueue::new(&second).idempotency_key("order-7:placed"))
+        .enqueue(&mut tx, Enqueue::new(&second).idempotency_key("order-7:placed"))
         .await
         .unwrap_err());
     assert!(matches!(&err, OutboxError::DuplicateKey { key } if key == "order-7:placed"), "{err:?}");
@@ -114,7 +114,7 @@ async fn duplicate_idempotency_key_is_refused(kind: Kind) {
     let (a, b) = (event("order-8", 0), event("order-8", 1));
     let err = with_tx!(&store, true, |tx| outbox
         .enqueue_batch(
-            &mut *tx,
+            &mut tx,
             [Enqueue::new(&a).idempotency_key("k"), Enqueue::new(&b).idempotency_key("k")]
         )
         .await
@@ -124,7 +124,7 @@ async fn duplicate_idempotency_key_is_refused(kind: Kind) {
     let (c, d) = (event("order-9", 0), event("order-9", 1));
     let err = with_tx!(&store, false, |tx| outbox
         .enqueue_batch(
-            &mut *tx,
+            &mut tx,
             [Enqueue::new(&c).idempotency_key("fresh"), Enqueue::new(&d).idempotency_key("order-7:placed")]
         )
         .await
@@ -137,11 +137,11 @@ async fn invalid_events_are_refused_before_writing(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let big = Envelope::builder("order", "o-1", "Placed").payload(vec![0u8; 2048]).build().unwrap();
     let outbox = Outbox::default().max_payload(1024);
-    let err = with_tx!(&store, true, |tx| outbox.enqueue(&mut *tx, &big).await.unwrap_err());
+    let err = with_tx!(&store, true, |tx| outbox.enqueue(&mut tx, &big).await.unwrap_err());
     assert!(matches!(&err, OutboxError::Invalid(v) if v.field == "payload"), "{err:?}");
     // The default topic is the aggregate type, validated for every backend.
     let bad_topic = Envelope::builder("order items", "o-1", "Placed").build().unwrap();
-    let err = with_tx!(&store, true, |tx| Outbox::default().enqueue(&mut *tx, &bad_topic).await.unwrap_err());
+    let err = with_tx!(&store, true, |tx| Outbox::default().enqueue(&mut tx, &bad_topic).await.unwrap_err());
     assert!(matches!(&err, OutboxError::Invalid(v) if v.field == "topic"), "{err:?}");
     assert_eq!(store.stats().await.unwrap(), Default::default());
 }
@@ -149,8 +149,7 @@ async fn invalid_events_are_refused_before_writing(kind: Kind) {
 async fn failed_acks_are_retried_then_dead_then_requeued(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
-    let mut config = fast_config();
-    config.max_attempts = 3;
+    let config = fast_config().max_attempts(3);
     // Two failed ACKs, then success: published on the third attempt.
     bus.inject_faults(ErrorKind::Unavailable, 2);
     let retried = event("order-1", 0);
@@ -362,8 +361,7 @@ async fn shutdown_drains_and_releases_leases(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
     enqueue_many(&store, &topic, 50, 20, 1).await;
-    let mut config = fast_config();
-    config.lease_ttl = Duration::from_secs(3600);
+    let config = fast_config().lease_ttl(Duration::from_secs(3600));
     let relay = Relay::new(store.clone(), bus.clone(), config.clone()).start();
     eventually(WAIT, "the relay to publish", || async { relay.stats().published > 0 }).await;
     relay.shutdown().await.unwrap();
@@ -397,9 +395,7 @@ async fn stats_and_retention_purge(kind: Kind) {
 async fn zero_retention_deletes_acked_rows_only(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
-    let mut config = fast_config();
-    config.retention = Some(Duration::ZERO);
-    config.max_attempts = 1;
+    let config = fast_config().retention(Some(Duration::ZERO)).max_attempts(1);
     bus.inject_faults(ErrorKind::Timeout, 1);
     let doomed = event("doomed", 0);
     enqueue_tx(&store, &topic, std::slice::from_ref(&doomed), true).await.unwrap();

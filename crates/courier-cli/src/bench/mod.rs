@@ -40,9 +40,15 @@ impl BenchOutboxArgs {
     /// Runs drain, steady and baseline once.
     pub async fn run(self) -> anyhow::Result<bool> {
         let mut relay = courier_outbox::RelayConfig::default();
-        relay.poll_interval = self.poll_interval.unwrap_or(relay.poll_interval);
-        relay.busy_poll_interval = self.busy_poll_interval.unwrap_or(relay.busy_poll_interval);
-        relay.retention = self.retention.or(relay.retention);
+        if let Some(interval) = self.poll_interval {
+            relay = relay.poll_interval(interval);
+        }
+        if let Some(interval) = self.busy_poll_interval {
+            relay = relay.busy_poll_interval(interval);
+        }
+        if let Some(retention) = self.retention {
+            relay = relay.retention(Some(retention));
+        }
         let load = outbox::OutboxLoad {
             events: self.events,
             payload: self.payload,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use courier_core::{Bus, Envelope, EventId, EventIdMap};
 use courier_outbox::{AckedEvent, Enqueue, Outbox, Relay, RelayConfig, RelayObserver, Store, TopicMapper};
-use sqlx::{Connection as _, QueryBuilder, Row as _};
+use sqlx::Connection as _;
 use tokio::sync::Notify;
 
 use crate::bench::bus::{drop_topic, fresh_topic, position_key, BusLoad};
@@ -58,15 +58,15 @@ impl OutboxLoad {
 /// temporary directory) and `bus`.
 pub async fn run<B: Bus>(bus: &B, db: Option<&str>, load: &OutboxLoad) -> anyhow::Result<Vec<Row>> {
     let server = Server::new(db)?;
-    let drain = server.with_scratch("drain", |url, store| run_drain(bus, url, store, load)).await?;
+    let drain = server.with_scratch("drain", |_, store| run_drain(bus, store, load)).await?;
     let rate = load.rate.unwrap_or(drain.throughput_eps / 2.0);
     anyhow::ensure!(rate > 0.0, "the steady rate must be positive, got {rate}");
     let steady = server.with_scratch("steady", |url, store| run_steady(bus, url, store, load, rate)).await?;
-    let baseline = server.with_scratch("baseline", |url, store| run_baseline(url, store, load)).await?;
+    let baseline = server.with_scratch("baseline", |_, store| run_baseline(store, load)).await?;
     Ok(vec![drain, steady, baseline])
 }
 
-async fn run_drain<B: Bus>(bus: &B, _url: String, store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
+async fn run_drain<B: Bus>(bus: &B, store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
     let topic = fresh_topic(bus, "bench-outbox").await?;
     let outbox = Outbox::new(TopicMapper::new().map("bench", topic.clone()));
     let envelopes = load.envelopes(load.events)?;
@@ -108,7 +108,7 @@ async fn run_steady<B: Bus>(
 
     let acks = Acks::new(&envelopes, &warm_up, load.aggregates);
     let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
-    wait_for_partitions(&relay, load.relay.partitions, load.timeout).await?;
+    wait_for_partitions(&relay, load.relay.get_partitions(), load.timeout).await?;
     // Steady state starts warm, as in a service that has been running: every writer connection
     // and the relay have run (and prepared) their statements, and the broker knows the stream.
     let batches = warm_up.chunks(tx_events).map(|chunk| {
@@ -171,7 +171,7 @@ async fn run_steady<B: Bus>(
     acks.wait_all(&relay, Instant::now() + load.timeout).await;
     relay.shutdown().await.context("stopping the relay")?;
     drop_topic(bus, &topic).await;
-    close(&business).await;
+    business.close().await;
     let committed = committed.lock().expect("commit times lock");
     let mut to_commit = Latency::default();
     for (i, at) in committed.iter().enumerate() {
@@ -196,59 +196,15 @@ async fn run_steady<B: Bus>(
 /// The relay's claim+mark loop in bare SQL: claim the next batch of pending rows in id order
 /// (with `FOR UPDATE SKIP LOCKED` where the database has it), read what a relay reads, and mark
 /// them published with one UPDATE (one DELETE at retention zero), until none remain.
-async fn run_baseline(_url: String, store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
+async fn run_baseline(store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
     let outbox = Outbox::default();
     let envelopes = load.envelopes(load.events)?;
     enqueue_backlog(&store, &outbox, &envelopes).await?;
-    let batch = load.relay.batch_size.max(1);
-    // Marks as the relay does: an update, or a delete at retention zero.
-    let delete = load.relay.deletes_published();
-    let claim = |lock: &str| {
-        format!(
-            "SELECT id, event_id, topic, aggregate_type, aggregate_id, shard, event_type, event_version, \
-             payload, headers, traceparent, tracestate, correlation_id, tenant, occurred_at_us, created_at_us, \
-             attempts FROM courier_outbox WHERE status = 'pending' ORDER BY id LIMIT {batch}{lock}"
-        )
-    };
-    macro_rules! claim_and_mark {
-        ($pool:expr, $db:ty, $claim:expr) => {{
-            let claim = $claim;
-            let mut marked = 0u64;
-            loop {
-                let mut tx = $pool.begin().await?;
-                let rows = sqlx::query(&claim).fetch_all(&mut *tx).await?;
-                if rows.is_empty() {
-                    break;
-                }
-                let mut mark = if delete {
-                    QueryBuilder::<$db>::new("DELETE FROM courier_outbox")
-                } else {
-                    let mut update = QueryBuilder::<$db>::new(
-                        "UPDATE courier_outbox SET status = 'published', published_at_us = ",
-                    );
-                    update.push_bind(now_us());
-                    update
-                };
-                mark.push(" WHERE id IN (");
-                let mut ids = mark.separated(", ");
-                for row in &rows {
-                    ids.push_bind(row.try_get::<i64, _>(0)?);
-                }
-                mark.push(")");
-                mark.build().execute(&mut *tx).await?;
-                tx.commit().await?;
-                marked += rows.len() as u64;
-            }
-            marked
-        }};
-    }
     let start = Instant::now();
-    let marked = match &store {
-        Store::Postgres(pool) => claim_and_mark!(pool, sqlx::Postgres, claim(" FOR UPDATE SKIP LOCKED")),
-        Store::MySql(pool) => claim_and_mark!(pool, sqlx::MySql, claim(" FOR UPDATE SKIP LOCKED")),
-        Store::Sqlite(pool) => claim_and_mark!(pool, sqlx::Sqlite, claim("")),
-        _ => anyhow::bail!("no baseline for the {} database", store.backend()),
-    };
+    // Marks as the relay does: an update, or a delete at retention zero.
+    let marked = store
+        .bench_claim_and_mark(load.relay.get_batch_size().max(1), load.relay.deletes_published())
+        .await?;
     let elapsed = start.elapsed();
     Ok(Row {
         backend: store.backend().into(),
@@ -270,32 +226,12 @@ fn row_name<B: Bus>(store: &Store, bus: &B) -> String {
 /// The business's own pool for `store`'s database, one connection per writer, as an
 /// application would have: writers and relay never queue for each other's connections.
 async fn writer_pool(url: &str, store: &Store, writers: usize) -> anyhow::Result<Store> {
-    let connections = u32::try_from(writers.max(1)).unwrap_or(u32::MAX);
-    Ok(match store {
-        Store::Postgres(_) => Store::Postgres(
-            sqlx::postgres::PgPoolOptions::new().max_connections(connections).connect(url).await?,
-        ),
-        Store::MySql(_) => Store::MySql(
-            sqlx::mysql::MySqlPoolOptions::new().max_connections(connections).connect(url).await?,
-        ),
-        // SQLite has a single writer whatever the pool; keep the store's file settings.
-        _ => Store::connect(url).await?,
-    })
-}
-
-/// Closes the store's pool, so its database can be dropped.
-async fn close(store: &Store) {
-    match store {
-        Store::Postgres(pool) => pool.close().await,
-        Store::MySql(pool) => pool.close().await,
-        Store::Sqlite(pool) => pool.close().await,
-        _ => {}
+    // SQLite has a single writer whatever the pool: it keeps the store's pool size.
+    if store.backend() == "sqlite" {
+        return Ok(Store::connect(url).await?);
     }
-}
-
-fn now_us() -> i64 {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+    let connections = u32::try_from(writers.max(1)).unwrap_or(u32::MAX);
+    Ok(Store::connect_with(url, connections).await?)
 }
 
 /// Enqueues `envelopes` in order, a batch per transaction, then refreshes the planner's
@@ -307,18 +243,7 @@ async fn enqueue_backlog(store: &Store, outbox: &Outbox, envelopes: &[Envelope])
         let batch: Vec<Enqueue<'_>> = chunk.iter().map(Enqueue::new).collect();
         store.enqueue(outbox, &batch).await.context("enqueueing the benchmark backlog")?;
     }
-    match store {
-        Store::Postgres(pool) => {
-            sqlx::query("ANALYZE courier_outbox").execute(pool).await?;
-        }
-        Store::MySql(pool) => {
-            sqlx::query("ANALYZE TABLE courier_outbox").fetch_all(pool).await?;
-        }
-        Store::Sqlite(pool) => {
-            sqlx::query("ANALYZE courier_outbox").execute(pool).await?;
-        }
-        _ => {}
-    }
+    store.analyze().await?;
     Ok(())
 }
 
@@ -524,7 +449,7 @@ impl Acks {
             e2e_p50_ms: e2e.as_ref().map(|l| l.quantile_ms(0.5)),
             e2e_p99_ms: e2e.as_ref().map(|l| l.quantile_ms(0.99)),
             peak_rss_bytes: peak_rss_bytes(),
-            window: Some(load.relay.max_in_flight as u64),
+            window: Some(load.relay.get_max_in_flight() as u64),
             ..Row::default()
         }
     }
@@ -598,7 +523,7 @@ impl Server {
                 Store::connect(&url).await.with_context(|| format!("connecting to {}", redact_url(&url)))?;
             store.migrate().await?;
             let outcome = f(url.clone(), store.clone()).await;
-            close(&store).await;
+            store.close().await;
             outcome
         }
         .await;

@@ -119,7 +119,7 @@ pub(crate) async fn run<T: Transport>(
             () = wake.notified() => engine.wake_pending = true,
             () = tokio::time::sleep_until(timer) => engine.on_timer(),
             _ = stop.changed(), if stop_deadline.is_none() => {
-                stop_deadline = Some(Instant::now() + engine.config.shutdown_timeout);
+                stop_deadline = Some(Instant::now() + engine.config.drain_timeout);
                 engine.stop();
             }
         }
@@ -150,11 +150,7 @@ fn spawn_listener(
     wake: &Arc<Notify>,
     mut idle: watch::Receiver<bool>,
 ) {
-    #[allow(irrefutable_let_patterns)]
-    let Store::Postgres(pool) = store
-    else {
-        return;
-    };
+    let Some(pool) = store.postgres_pool() else { return };
     let (pool, member, wake) = (pool.clone(), member.to_owned(), Arc::clone(wake));
     tasks.spawn(async move {
         loop {
@@ -227,6 +223,7 @@ struct Park {
     until: Option<Instant>,
 }
 
+/// The relay's state of one aggregate with rows in memory.
 struct Aggregate {
     partition: i64,
     /// Claimed rows not yet handed to the broker, in id order.
@@ -234,7 +231,24 @@ struct Aggregate {
     /// One event of this aggregate awaits its ACK.
     busy: bool,
     park: Option<Park>,
+    /// Listed in the engine's `ready` queue.
     in_ready: bool,
+}
+
+impl Aggregate {
+    fn new(partition: i64) -> Self {
+        Self { partition, queue: VecDeque::new(), busy: false, park: None, in_ready: false }
+    }
+
+    /// Drops the queued rows (they stay pending in the database) and forgets them in `known`;
+    /// returns how many there were.
+    fn drop_queue(&mut self, known: &mut HashMap<i64, i64>) -> usize {
+        let dropped = self.queue.len();
+        for row in self.queue.drain(..) {
+            known.remove(&row.id);
+        }
+        dropped
+    }
 }
 
 struct InFlight {
@@ -460,13 +474,7 @@ impl<T: Transport> Engine<T> {
             return;
         }
         let key = Arc::clone(&row.aggregate_id);
-        let aggregate = self.aggregates.entry(Arc::clone(&key)).or_insert_with(|| Aggregate {
-            partition,
-            queue: VecDeque::new(),
-            busy: false,
-            park: None,
-            in_ready: false,
-        });
+        let aggregate = self.aggregates.entry(Arc::clone(&key)).or_insert_with(|| Aggregate::new(partition));
         if aggregate.park.is_some() {
             return;
         }
@@ -613,18 +621,9 @@ impl<T: Transport> Engine<T> {
 
     fn park(&mut self, key: &Arc<str>, park: Park) {
         let partition = shard_of(key) % self.partition_count;
-        let aggregate = self.aggregates.entry(Arc::clone(key)).or_insert_with(|| Aggregate {
-            partition,
-            queue: VecDeque::new(),
-            busy: false,
-            park: None,
-            in_ready: false,
-        });
+        let aggregate = self.aggregates.entry(Arc::clone(key)).or_insert_with(|| Aggregate::new(partition));
         aggregate.busy = false;
-        for row in aggregate.queue.drain(..) {
-            self.known.remove(&row.id);
-            self.queued -= 1;
-        }
+        self.queued -= aggregate.drop_queue(&mut self.known);
         // Keep the earliest failed row and the later retry time.
         let park = match aggregate.park {
             Some(old) => Park {
@@ -851,10 +850,7 @@ impl<T: Transport> Engine<T> {
             .collect();
         for key in gone {
             let Some(aggregate) = self.aggregates.get_mut(&key) else { continue };
-            for row in aggregate.queue.drain(..) {
-                self.known.remove(&row.id);
-                self.queued -= 1;
-            }
+            self.queued -= aggregate.drop_queue(&mut self.known);
             aggregate.park = None;
             self.remove_if_idle(&key);
         }

@@ -35,64 +35,186 @@ use tokio::task::JoinHandle;
 
 use crate::{OutboxError, Store};
 
-/// Relay settings; every field documents its default.
+/// Relay settings: `RelayConfig::default()`, then the setters of what to change (each documents
+/// its default).
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_outbox::RelayConfig;
+///
+/// let config = RelayConfig::default().lease_ttl(Duration::from_secs(30)).retention(Some(Duration::ZERO));
+/// assert!(config.deletes_published());
+/// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct RelayConfig {
-    /// Names this relay in lease rows and logs; unique per running relay.
+    pub(crate) instance_id: String,
+    pub(crate) batch_size: usize,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    pub(crate) park_on_dead: bool,
+    pub(crate) partitions: u32,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) lease_renew_interval: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) busy_poll_interval: Duration,
+    pub(crate) idle_after: Duration,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) listen: bool,
+    pub(crate) retention: Option<Duration>,
+    pub(crate) purge_interval: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) connections: u32,
+}
+
+impl RelayConfig {
+    /// Names this relay in lease rows and logs; must be unique per running relay.
     /// Default `relay-<pid>-<random>`.
-    pub instance_id: String,
-    /// Rows read per claim query. Default 1000.
-    pub batch_size: usize,
-    /// Events handed to the broker and not yet acknowledged (the publisher window). Default 1024.
-    pub max_in_flight: usize,
-    /// Publish attempts before a row is dead. Default 10.
-    pub max_attempts: u32,
+    pub fn instance_id(mut self, instance_id: impl Into<String>) -> Self {
+        self.instance_id = instance_id.into();
+        self
+    }
+
+    /// Rows read per claim query: larger batches mean fewer queries under load, more rows held
+    /// in memory. Default 1000.
+    pub fn batch_size(mut self, rows: usize) -> Self {
+        self.batch_size = rows;
+        self
+    }
+
+    /// Events handed to the broker and not yet acknowledged (the publisher window): raise it
+    /// when the broker's round trip, not the database, limits throughput. Default 1024.
+    pub fn max_in_flight(mut self, events: usize) -> Self {
+        self.max_in_flight = events;
+        self
+    }
+
+    /// Publish attempts before a row is dead and its aggregate waits for an operator.
+    /// Default 10.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
     /// Delay before re-publishing a failed event. Default [`Backoff::default`].
-    pub backoff: Backoff,
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
     /// Whether a dead event keeps later events of its aggregate waiting until it is requeued or
-    /// discarded (`true`), or they are published without it. Default `true`.
-    pub park_on_dead: bool,
-    /// Partitions of the aggregate space, the unit of work shared between relays. Fixed per
-    /// database at the first start; every relay must use the same value. Default 16.
-    pub partitions: u32,
-    /// How long a partition lease lasts without renewal: the takeover delay after a crash.
-    /// Default 10 s.
-    pub lease_ttl: Duration,
-    /// How often leases are renewed and rebalanced; at most `lease_ttl / 5`. Default 2 s.
-    pub lease_renew_interval: Duration,
+    /// discarded (`true`, so consumers never see a history with a hole), or they are published
+    /// without it. Default `true`.
+    pub fn park_on_dead(mut self, park: bool) -> Self {
+        self.park_on_dead = park;
+        self
+    }
+
+    /// Partitions of the aggregate space, the unit of work shared between relays: at most this
+    /// many relays share the work. Fixed per database at the first start; every relay must use
+    /// the same value. Default 16.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// How long a partition lease lasts without renewal: how soon other relays take over the
+    /// work of a crashed one. Default 10 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How often leases are renewed and rebalanced; capped at `lease_ttl / 5`, so a relay
+    /// that cannot renew stops before its lease expires. Default 2 s.
+    pub fn lease_renew_interval(mut self, interval: Duration) -> Self {
+        self.lease_renew_interval = interval;
+        self
+    }
+
     /// The longest wait between looks for new rows when no wake-up arrives. Between
     /// `busy_poll_interval` and this, the relay waits a tenth of the time since rows last
-    /// arrived. Default 200 ms.
-    pub poll_interval: Duration,
+    /// arrived: a short stall of the writers costs little latency, a long idle little database
+    /// load. Default 200 ms.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
     /// How often a busy relay looks for new rows: while rows keep arriving it polls instead of
     /// waiting for NOTIFY, which would serialise the writers' commits. Default 2 ms.
-    pub busy_poll_interval: Duration,
-    /// How long without new rows before the relay counts as idle: on PostgreSQL with `listen`,
-    /// it then asks writers to NOTIFY it. Default 100 ms.
-    pub idle_after: Duration,
+    pub fn busy_poll_interval(mut self, interval: Duration) -> Self {
+        self.busy_poll_interval = interval;
+        self
+    }
+
+    /// How long without new rows before the relay counts as idle: on PostgreSQL with
+    /// [`listen`](Self::listen), it then asks writers to NOTIFY it. Default 100 ms.
+    pub fn idle_after(mut self, after: Duration) -> Self {
+        self.idle_after = after;
+        self
+    }
+
     /// How often to re-read from the oldest pending row, catching rows whose transaction
     /// committed after rows with higher ids had been read. Default 2 s.
-    pub sweep_interval: Duration,
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
     /// On PostgreSQL, let commits wake an idle relay with NOTIFY instead of waiting up to
     /// `poll_interval`. Writers notify only while some relay is idle. Default `true`.
-    pub listen: bool,
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
     /// Delete published rows this long after publication; `None` keeps them. Zero deletes each
     /// acknowledged row in the mark itself instead of updating it, which costs the database
     /// a fraction of the write work (the update rewrites the whole row and its index entries);
     /// an idempotency key then refuses duplicates only until its event is published.
     /// Default 24 h.
-    pub retention: Option<Duration>,
-    /// How often the retention purge runs. Default 60 s.
-    pub purge_interval: Duration,
-    /// How long a graceful shutdown waits for in-flight ACKs and marks. Default 30 s.
-    pub shutdown_timeout: Duration,
-    /// Database connections of the relay's own pool (claims, marks, leases, purge; LISTEN uses
-    /// one more), separate from the [`Store`]'s pool. Default 4.
-    pub connections: u32,
-}
+    pub fn retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
 
-impl RelayConfig {
+    /// How often the retention purge runs. Default 60 s.
+    pub fn purge_interval(mut self, interval: Duration) -> Self {
+        self.purge_interval = interval;
+        self
+    }
+
+    /// How long a graceful shutdown waits for in-flight ACKs and their marks; what is still
+    /// unacknowledged then stays pending for the next relay. Default 30 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Database connections of the relay's own pool (claims, marks, leases, purge; LISTEN uses
+    /// one more), separate from the [`Store`]'s pool so the relay never queues behind business
+    /// transactions. At least 2. Default 4.
+    pub fn connections(mut self, connections: u32) -> Self {
+        self.connections = connections;
+        self
+    }
+
+    /// Rows read per claim query.
+    pub fn get_batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Events in flight to the broker at most.
+    pub fn get_max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Partitions of the aggregate space.
+    pub fn get_partitions(&self) -> u32 {
+        self.partitions
+    }
+
     /// Whether marks delete acknowledged rows instead of keeping them (retention zero).
     pub fn deletes_published(&self) -> bool {
         self.retention.is_some_and(|r| r.is_zero())
@@ -118,7 +240,7 @@ impl Default for RelayConfig {
             listen: true,
             retention: Some(Duration::from_secs(24 * 3600)),
             purge_interval: Duration::from_secs(60),
-            shutdown_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
             connections: 4,
         }
     }
@@ -127,7 +249,9 @@ impl Default for RelayConfig {
 /// Receives relay events, e.g. to feed metrics (commit→ACK latency histogram, outcome counters).
 /// Called on the relay's task: keep it quick and non-blocking.
 pub trait RelayObserver: Send + Sync + 'static {
+    /// The broker acknowledged an event; its row is marked published in the next mark.
     fn acked(&self, _event: &AckedEvent<'_>) {}
+    /// A publish attempt failed; the row is retried later or is dead.
     fn failed(&self, _event: &FailedEvent<'_>) {}
 }
 
@@ -138,10 +262,15 @@ impl RelayObserver for () {}
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct AckedEvent<'a> {
+    /// The outbox row id.
     pub row_id: i64,
+    /// The event's id.
     pub event_id: EventId,
+    /// The topic it was published to.
     pub topic: &'a Topic,
+    /// Its aggregate.
     pub aggregate_id: &'a str,
+    /// Where the broker stored it.
     pub position: &'a Position,
     /// The broker already had this event (a re-publish after a takeover or lost ACK).
     pub duplicate: bool,
@@ -153,8 +282,11 @@ pub struct AckedEvent<'a> {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct FailedEvent<'a> {
+    /// The outbox row id.
     pub row_id: i64,
+    /// Its aggregate, parked until the retry (or, dead, until an operator acts).
     pub aggregate_id: &'a str,
+    /// Why the attempt failed.
     pub error: &'a Error,
     /// Attempts made so far, including this one.
     pub attempts: u32,
@@ -226,10 +358,12 @@ pub struct Relay<B> {
 }
 
 impl<B: Bus> Relay<B> {
+    /// A relay publishing `store`'s pending events to `bus`; [`start`](Self::start) runs it.
     pub fn new(store: Store, bus: B, config: RelayConfig) -> Self {
         Self { store, bus, config, observer: Arc::new(()) }
     }
 
+    /// Reports every ACK and failed attempt to `observer`, e.g. for metrics. Default: none.
     pub fn observer(mut self, observer: impl RelayObserver) -> Self {
         self.observer = Arc::new(observer);
         self
@@ -245,7 +379,7 @@ impl<B: Bus> Relay<B> {
         let publisher = self.bus.publisher(
             PublisherConfig::default()
                 .window(config.max_in_flight.max(1))
-                .close_timeout(config.shutdown_timeout),
+                .close_timeout(config.drain_timeout),
         );
         let task = tokio::spawn(engine::run(
             self.store.dedicated(config.connections.max(2)),
@@ -268,10 +402,12 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
+    /// The name this relay uses in lease rows and logs.
     pub fn instance_id(&self) -> &str {
         &self.instance_id
     }
 
+    /// The relay's counters since it started.
     pub fn stats(&self) -> RelayStats {
         self.counters.snapshot()
     }
@@ -282,7 +418,7 @@ impl RelayHandle {
         self.task.is_finished()
     }
 
-    /// Stops claiming, waits for every in-flight ACK and its mark (up to the shutdown timeout),
+    /// Stops claiming, waits for every in-flight ACK and its mark (up to the drain timeout),
     /// then releases this relay's leases so others take over at once.
     pub async fn shutdown(self) -> Result<(), OutboxError> {
         let _ = self.stop.send(true);

@@ -1,8 +1,13 @@
-//! Everything that talks SQL. Each database has one module holding the statements that differ
-//! (`postgres.rs`, `mysql.rs`, `sqlite.rs`); the statements all three share are written once in
-//! [`common_ops!`] and expanded into each module with that module's `Db` types.
+//! Everything that talks SQL. The statements all databases share are written once, generic over
+//! the database, in [`queries`]; what differs (placeholders of id lists, the clock, index hints,
+//! lease claims, which statements are prepared) is a [`Dialect`], implemented in one module per
+//! database (`postgres.rs`, `mysql.rs`, `sqlite.rs`).
 
 use std::future::Future;
+
+use sqlx::migrate::Migrator;
+use sqlx::query::Query;
+use sqlx::{Pool, QueryBuilder};
 
 use crate::row::NewRow;
 use crate::OutboxError;
@@ -11,20 +16,89 @@ use crate::OutboxError;
 pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+pub(crate) mod queries;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
 /// A connection to a database the outbox supports: [`sqlx::PgConnection`],
-/// [`sqlx::MySqlConnection`] or [`sqlx::SqliteConnection`], each behind its cargo feature. A
-/// transaction dereferences to its connection, so [`Outbox::enqueue`](crate::Outbox::enqueue)
-/// joins the caller's transaction when given `&mut *tx`.
+/// [`sqlx::MySqlConnection`] or [`sqlx::SqliteConnection`], each behind its cargo feature, or a
+/// [`StoreTransaction`](crate::StoreTransaction). A sqlx transaction dereferences to its
+/// connection, so [`Outbox::enqueue`](crate::Outbox::enqueue) joins the caller's transaction
+/// when given `&mut *tx`.
 pub trait OutboxConnection: Send + sealed::Sealed {
     #[doc(hidden)]
     fn insert(&mut self, rows: Vec<NewRow>) -> impl Future<Output = Result<(), OutboxError>> + Send + '_;
 }
 
-mod sealed {
+pub(crate) mod sealed {
+    /// Keeps [`OutboxConnection`](super::OutboxConnection) to the connections this crate knows.
     pub trait Sealed {}
+}
+
+/// What differs between the databases; [`queries::Queries`] holds the statements they share.
+/// Statements are built with [`sqlx::QueryBuilder`], which writes each database's placeholders.
+pub(crate) trait Dialect: sqlx::Database + sqlx::database::HasStatementCache {
+    /// Short database name for logs and metrics.
+    const BACKEND: &'static str;
+    /// SQL for the database clock in milliseconds.
+    const NOW_MS: &'static str;
+    /// Inserts rows unless their key exists: `{INSERT_IGNORE} ... {ON_CONFLICT_IGNORE}`.
+    const INSERT_IGNORE: &'static str;
+    /// See [`INSERT_IGNORE`](Self::INSERT_IGNORE).
+    const ON_CONFLICT_IGNORE: &'static str;
+    /// How the claim's subquery reaches the pending-aggregate index: an index hint, or empty.
+    const PENDING_AGGREGATE_HINT: &'static str;
+    /// Whether enqueue's INSERT is prepared and kept per connection.
+    const PREPARE_INSERT: bool;
+    /// Whether statements holding an id list (the relay's fetch and mark) are prepared.
+    const PREPARE_ID_LISTS: bool;
+    /// The row lock of the benchmark baseline's claim, where the database has one.
+    const SKIP_LOCKED: &'static str;
+    /// Refreshes the planner statistics of the outbox table.
+    const ANALYZE: &'static str;
+
+    /// [`QueryBuilder::build`], with the arguments' lifetime shortened to the borrow of the
+    /// builder, as sqlx's `execute` and `fetch` require. Only a concrete database shows the
+    /// compiler that its arguments allow this (they are covariant); generic code cannot.
+    fn build<'q, 'a: 'q>(qb: &'q mut QueryBuilder<'a, Self>) -> Query<'q, Self, Self::Arguments<'q>>;
+
+    /// How many rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// This database's migrations.
+    fn migrator() -> Migrator;
+
+    /// Appends the condition that a column is one of `ids` (after the column name).
+    fn push_ids(qb: &mut QueryBuilder<'_, Self>, ids: &[i64]);
+
+    /// Appends enqueue's rows after [`INSERT_INTO`], in its columns' order.
+    fn push_rows(qb: &mut QueryBuilder<'_, Self>, rows: Vec<NewRow>);
+
+    /// Inserts or refreshes a relay in `courier_outbox_relays`; binds the member, then the TTL in
+    /// milliseconds.
+    fn upsert_member_sql() -> String;
+
+    /// The duplicate idempotency key a unique violation names, if the database names it.
+    fn duplicate_value(err: &dyn sqlx::error::DatabaseError) -> Option<String>;
+
+    /// Leases up to `want` free or expired partitions to `owner` for `ttl_ms`.
+    fn acquire(
+        pool: &Pool<Self>,
+        owner: &str,
+        want: i64,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Deletes up to `chunk` published rows older than `before_us`; returns how many.
+    fn purge_published(
+        pool: &Pool<Self>,
+        before_us: i64,
+        chunk: i64,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// A new pool of at most `connections` to the database of `pool`, for a relay; see
+    /// [`Store::dedicated`](crate::Store::dedicated).
+    fn relay_pool(pool: &Pool<Self>, connections: u32) -> Pool<Self>;
 }
 
 /// A row the relay wrote back after a failed publish.
@@ -123,314 +197,6 @@ pub(crate) const MAX_ERROR_LEN: usize = 2000;
 
 /// Rows per INSERT statement, well below every database's bind-parameter limit.
 pub(crate) const INSERT_CHUNK: usize = 1000;
-
-/// Expands, inside a database module that defines `Db`, `DbPool`, `DbRow`, `DbConnection`, `NOW_MS` (SQL for
-/// the database clock in milliseconds), `push_ids` and `PREPARE_ID_LISTS` (an `IN`-style id list
-/// and whether statements holding one are prepared), `push_rows` and
-/// `PREPARE_INSERT` (enqueue's rows), `INSERT_IGNORE` /
-/// `ON_CONFLICT_IGNORE`, `upsert_member_sql`, `duplicate_value` and `PENDING_AGGREGATE_HINT` (how
-/// the claim's subquery reaches the pending-aggregate index), the operations
-/// whose SQL is the same on every database. Statements are built with [`sqlx::QueryBuilder`],
-/// which writes each database's placeholders.
-macro_rules! common_ops {
-    () => {
-        use sqlx::{QueryBuilder, Row as _};
-
-        use crate::admin::{DeadEvent, DeadFilter};
-        use crate::row::{previous_pending, ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
-        use crate::sql::{BlockedRow, ClaimQuery, Failure, Mark, INSERT_CHUNK};
-        use crate::OutboxError;
-
-        impl crate::sql::sealed::Sealed for DbConnection {}
-
-        impl crate::sql::OutboxConnection for DbConnection {
-            fn insert(
-                &mut self,
-                rows: Vec<NewRow>,
-            ) -> impl std::future::Future<Output = Result<(), OutboxError>> + Send + '_ {
-                async move {
-                    // One statement per chunk keeps the caller's transaction to few round trips.
-                    if rows.len() > INSERT_CHUNK {
-                        return Err(OutboxError::Config(format!(
-                            "at most {INSERT_CHUNK} events per enqueue_batch call, got {}",
-                            rows.len()
-                        )));
-                    }
-                    let mut qb = QueryBuilder::<Db>::new(crate::sql::INSERT_INTO);
-                    let keys: Vec<String> = rows.iter().filter_map(|r| r.idempotency_key.clone()).collect();
-                    push_rows(&mut qb, rows);
-                    match qb.build().persistent(PREPARE_INSERT).execute(&mut *self).await {
-                        Ok(_) => Ok(()),
-                        Err(err) => Err(crate::sql::duplicate_key(err, &keys, duplicate_value)),
-                    }
-                }
-            }
-        }
-
-        /// Step 1 of a claim: `(id, shard)` of the next pending rows in id order. No filter but
-        /// the index predicate, so every database walks the pending index and stops at the limit.
-        pub(crate) async fn scan_pending(
-            pool: &DbPool,
-            after_id: i64,
-            limit: i64,
-        ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-            let rows = scan_pending_query(after_id, limit).build().fetch_all(pool).await?;
-            rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
-        }
-
-        fn scan_pending_query(after_id: i64, limit: i64) -> QueryBuilder<'static, Db> {
-            let mut qb = QueryBuilder::<Db>::new(
-                "SELECT id, shard FROM courier_outbox WHERE status = 'pending' AND id > ",
-            );
-            qb.push_bind(after_id).push(" ORDER BY id LIMIT ").push_bind(limit);
-            qb
-        }
-
-        /// Step 2 of a claim: the chosen rows, if still pending and in a partition the database
-        /// shows leased to `q.owner` (the fence against a lease lost in the meantime).
-        pub(crate) async fn fetch_claimed(pool: &DbPool, q: &ClaimQuery) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-            let rows = fetch_claimed_query(q).build().persistent(PREPARE_ID_LISTS).fetch_all(pool).await?;
-            rows.iter().map(|row| decode_claimed(row).map(RawRow::into_claimed)).collect()
-        }
-
-        fn fetch_claimed_query(q: &ClaimQuery) -> QueryBuilder<'static, Db> {
-            let mut qb = QueryBuilder::<Db>::new("SELECT ");
-            qb.push(CLAIM_COLUMNS).push(", ").push(previous_pending(PENDING_AGGREGATE_HINT));
-            // The status is a parameter (here and in the mark): see `PREPARE_ID_LISTS`.
-            qb.push(" FROM courier_outbox o WHERE o.status = ").push_bind(PENDING).push(" AND o.id");
-            push_ids(&mut qb, &q.ids);
-            qb.push(" AND EXISTS (SELECT 1 FROM courier_outbox_leases l WHERE l.partition_no = o.shard % ")
-                .push_bind(q.partition_count)
-                .push(" AND l.owner = ")
-                .push_bind(q.owner.clone())
-                .push(" AND l.lease_until_ms > ")
-                .push(NOW_MS)
-                .push(") ORDER BY o.id");
-            qb
-        }
-
-        /// Reads the columns by position, in `CLAIM_COLUMNS` order (a lookup by name hashes the
-        /// name, for every column of every row the relay reads).
-        fn decode_claimed(row: &DbRow) -> Result<RawRow, sqlx::Error> {
-            Ok(RawRow {
-                id: row.try_get(0)?,
-                event_id: row.try_get(1)?,
-                topic: row.try_get(2)?,
-                aggregate_type: row.try_get(3)?,
-                aggregate_id: row.try_get(4)?,
-                shard: row.try_get(5)?,
-                event_type: row.try_get(6)?,
-                event_version: row.try_get(7)?,
-                payload: row.try_get(8)?,
-                headers: row.try_get(9)?,
-                traceparent: row.try_get(10)?,
-                tracestate: row.try_get(11)?,
-                correlation_id: row.try_get(12)?,
-                tenant: row.try_get(13)?,
-                occurred_at_us: row.try_get(14)?,
-                created_at_us: row.try_get(15)?,
-                attempts: row.try_get(16)?,
-                previous_pending_id: row.try_get(17)?,
-            })
-        }
-
-        /// Marks acknowledged rows published or deletes them (one statement), and records
-        /// failed attempts.
-        pub(crate) async fn write(
-            pool: &DbPool,
-            published: &[i64],
-            mark: Mark,
-            failures: &[Failure],
-        ) -> Result<(), sqlx::Error> {
-            if !published.is_empty() {
-                mark_query(published, mark).build().persistent(PREPARE_ID_LISTS).execute(pool).await?;
-            }
-            for f in failures {
-                let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox SET status = ");
-                qb.push_bind(if f.dead { DEAD } else { PENDING })
-                    .push(", attempts = ")
-                    .push_bind(f.attempts)
-                    .push(", next_attempt_at_us = ")
-                    .push_bind(f.next_attempt_at_us)
-                    .push(", last_error = ")
-                    .push_bind(f.error.clone())
-                    .push(" WHERE status = ")
-                    .push_bind(PENDING)
-                    .push(" AND id = ")
-                    .push_bind(f.id);
-                qb.build().execute(pool).await?;
-            }
-            Ok(())
-        }
-
-        fn mark_query(published: &[i64], mark: Mark) -> QueryBuilder<'static, Db> {
-            let mut qb = match mark {
-                Mark::Keep { published_at_us } => {
-                    let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox SET status = ");
-                    qb.push_bind(PUBLISHED).push(", published_at_us = ").push_bind(published_at_us);
-                    qb
-                }
-                Mark::Delete => QueryBuilder::<Db>::new("DELETE FROM courier_outbox"),
-            };
-            qb.push(" WHERE status = ").push_bind(PENDING).push(" AND id");
-            push_ids(&mut qb, published);
-            qb
-        }
-
-        pub(crate) async fn blocked(
-            pool: &DbPool,
-            partitions: &[i64],
-            partition_count: i64,
-        ) -> Result<Vec<BlockedRow>, sqlx::Error> {
-            let mut qb = QueryBuilder::<Db>::new(
-                "SELECT id, aggregate_id, status, next_attempt_at_us FROM courier_outbox \
-                 WHERE (status = 'dead' OR (status = 'pending' AND attempts > 0)) AND shard % ",
-            );
-            qb.push_bind(partition_count);
-            push_ids(&mut qb, partitions);
-            qb.push(" ORDER BY id");
-            let rows = qb.build().persistent(false).fetch_all(pool).await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(BlockedRow {
-                        id: row.try_get("id")?,
-                        aggregate_id: row.try_get("aggregate_id")?,
-                        dead: row.try_get::<String, _>("status")? == DEAD,
-                        next_attempt_at_us: row.try_get("next_attempt_at_us")?,
-                    })
-                })
-                .collect()
-        }
-
-        /// Creates the lease rows `0..count` if missing and returns how many lease rows exist.
-        pub(crate) async fn ensure_partitions(pool: &DbPool, count: i64) -> Result<i64, sqlx::Error> {
-            let mut qb = QueryBuilder::<Db>::new(INSERT_IGNORE);
-            qb.push(" INTO courier_outbox_leases (partition_no) ");
-            qb.push_values(0..count, |mut b, p| {
-                b.push_bind(p);
-            });
-            qb.push(ON_CONFLICT_IGNORE).build().persistent(false).execute(pool).await?;
-            sqlx::query_scalar("SELECT COUNT(*) FROM courier_outbox_leases").fetch_one(pool).await
-        }
-
-        /// Records this relay as alive for `ttl_ms`, forgets relays gone for an hour, and returns
-        /// how many relays are alive.
-        pub(crate) async fn heartbeat(pool: &DbPool, member: &str, ttl_ms: i64) -> Result<i64, sqlx::Error> {
-            sqlx::query(&upsert_member_sql()).bind(member).bind(ttl_ms).execute(pool).await?;
-            let mut qb = QueryBuilder::<Db>::new("DELETE FROM courier_outbox_relays WHERE expires_at_ms < ");
-            qb.push(NOW_MS).push(" - 3600000").build().execute(pool).await?;
-            let mut qb =
-                QueryBuilder::<Db>::new("SELECT COUNT(*) FROM courier_outbox_relays WHERE expires_at_ms > ");
-            qb.push(NOW_MS);
-            qb.build().fetch_one(pool).await?.try_get(0)
-        }
-
-        /// Extends this relay's leases and returns `(partition, version)` of those it holds.
-        pub(crate) async fn renew(
-            pool: &DbPool,
-            owner: &str,
-            ttl_ms: i64,
-        ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-            let mut qb = QueryBuilder::<Db>::new("UPDATE courier_outbox_leases SET lease_until_ms = ");
-            qb.push(NOW_MS).push(" + ").push_bind(ttl_ms).push(" WHERE owner = ").push_bind(owner.to_owned());
-            qb.build().execute(pool).await?;
-            let mut qb =
-                QueryBuilder::<Db>::new("SELECT partition_no, version FROM courier_outbox_leases WHERE owner = ");
-            qb.push_bind(owner.to_owned()).push(" AND lease_until_ms > ").push(NOW_MS).push(" ORDER BY partition_no");
-            let rows = qb.build().fetch_all(pool).await?;
-            rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
-        }
-
-        pub(crate) async fn release(pool: &DbPool, owner: &str, partitions: &[i64]) -> Result<(), sqlx::Error> {
-            let mut qb = QueryBuilder::<Db>::new(
-                "UPDATE courier_outbox_leases SET owner = NULL, lease_until_ms = 0 WHERE owner = ",
-            );
-            qb.push_bind(owner.to_owned()).push(" AND partition_no");
-            push_ids(&mut qb, partitions);
-            qb.build().persistent(false).execute(pool).await?;
-            Ok(())
-        }
-
-        pub(crate) async fn leave(pool: &DbPool, member: &str) -> Result<(), sqlx::Error> {
-            let mut qb = QueryBuilder::<Db>::new("DELETE FROM courier_outbox_relays WHERE member = ");
-            qb.push_bind(member.to_owned()).build().execute(pool).await?;
-            Ok(())
-        }
-
-        /// `(status, count, oldest created_at_us)` per status.
-        pub(crate) async fn stats(pool: &DbPool) -> Result<Vec<(String, i64, Option<i64>)>, sqlx::Error> {
-            let rows = sqlx::query(
-                "SELECT status, COUNT(*), MIN(created_at_us) FROM courier_outbox GROUP BY status",
-            )
-            .fetch_all(pool)
-            .await?;
-            rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))).collect()
-        }
-
-        fn push_dead_filter(qb: &mut QueryBuilder<'_, Db>, filter: &DeadFilter) {
-            qb.push(" WHERE status = 'dead'");
-            if !filter.ids.is_empty() {
-                qb.push(" AND id");
-                push_ids(qb, &filter.ids);
-            }
-            for (column, value) in [
-                ("topic", &filter.topic),
-                ("aggregate_type", &filter.aggregate_type),
-                ("aggregate_id", &filter.aggregate_id),
-                ("event_type", &filter.event_type),
-            ] {
-                if let Some(value) = value {
-                    qb.push(" AND ").push(column).push(" = ").push_bind(value.clone());
-                }
-            }
-        }
-
-        pub(crate) async fn list_dead(
-            pool: &DbPool,
-            filter: &DeadFilter,
-            limit: i64,
-        ) -> Result<Vec<DeadEvent>, sqlx::Error> {
-            let mut qb = QueryBuilder::<Db>::new(
-                "SELECT id, event_id, topic, aggregate_type, aggregate_id, event_type, attempts, last_error, \
-                 created_at_us FROM courier_outbox",
-            );
-            push_dead_filter(&mut qb, filter);
-            qb.push(" ORDER BY id LIMIT ").push_bind(limit);
-            let rows = qb.build().persistent(false).fetch_all(pool).await?;
-            rows.iter()
-                .map(|row| {
-                    Ok(DeadEvent {
-                        id: row.try_get("id")?,
-                        event_id: row.try_get("event_id")?,
-                        topic: row.try_get("topic")?,
-                        aggregate_type: row.try_get("aggregate_type")?,
-                        aggregate_id: row.try_get("aggregate_id")?,
-                        event_type: row.try_get("event_type")?,
-                        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-                        last_error: row.try_get("last_error")?,
-                        created_at: chrono::DateTime::from_timestamp_micros(row.try_get("created_at_us")?)
-                            .unwrap_or_default(),
-                    })
-                })
-                .collect()
-        }
-
-        /// Applies `set` to the dead rows `filter` selects and bumps every lease version, so the
-        /// relays owning their partitions re-read which aggregates are blocked.
-        pub(crate) async fn change_dead(pool: &DbPool, set: &str, filter: &DeadFilter) -> Result<u64, sqlx::Error> {
-            let mut tx = pool.begin().await?;
-            let mut qb = QueryBuilder::<Db>::new(set);
-            push_dead_filter(&mut qb, filter);
-            let changed = qb.build().persistent(false).execute(&mut *tx).await?.rows_affected();
-            if changed > 0 {
-                sqlx::query("UPDATE courier_outbox_leases SET version = version + 1").execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(changed)
-        }
-    };
-}
-pub(crate) use common_ops;
 
 /// Turns a unique violation on the idempotency key into [`OutboxError::DuplicateKey`], naming
 /// the key: the one the database reports (`extract`), else the only key in the statement.

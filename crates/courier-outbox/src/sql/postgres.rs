@@ -1,38 +1,119 @@
 //! PostgreSQL: `= ANY($n)` id lists, `FOR UPDATE SKIP LOCKED` lease claims, LISTEN/NOTIFY.
 
-use sqlx::postgres::{PgDatabaseError, PgPool, PgRow};
-use sqlx::Postgres as Db;
+use std::future::Future;
 
-type DbPool = PgPool;
-type DbConnection = sqlx::PgConnection;
-type DbRow = PgRow;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgDatabaseError, PgPool, PgPoolOptions};
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
-/// The database clock in milliseconds (`clock_timestamp`, not the transaction start).
-const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+use crate::row::NewRow;
+use crate::sql::queries::Queries;
+use crate::sql::{Dialect, OutboxConnection};
+use crate::OutboxError;
 
 /// The channel the insert trigger notifies; see the migration.
 pub(crate) const NOTIFY_CHANNEL: &str = "courier_outbox";
 
-/// Inserts rows unless their key exists: `{INSERT_IGNORE} ... {ON_CONFLICT_IGNORE}`.
-const INSERT_IGNORE: &str = "INSERT";
-const ON_CONFLICT_IGNORE: &str = " ON CONFLICT DO NOTHING";
+impl Dialect for Postgres {
+    const BACKEND: &'static str = "postgres";
+    /// `clock_timestamp`, not the transaction start.
+    const NOW_MS: &'static str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+    const INSERT_IGNORE: &'static str = "INSERT";
+    const ON_CONFLICT_IGNORE: &'static str = " ON CONFLICT DO NOTHING";
+    /// The planner finds the partial pending-aggregate index by itself.
+    const PENDING_AGGREGATE_HINT: &'static str = "";
+    const PREPARE_INSERT: bool = PREPARE_INSERT;
+    const PREPARE_ID_LISTS: bool = PREPARE_ID_LISTS;
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const ANALYZE: &'static str = "ANALYZE courier_outbox";
 
-/// The planner finds the partial pending-aggregate index by itself.
-const PENDING_AGGREGATE_HINT: &str = "";
+    fn build<'q, 'a: 'q>(qb: &'q mut QueryBuilder<'a, Self>) -> Query<'q, Self, Self::Arguments<'q>> {
+        qb.build()
+    }
 
-crate::sql::common_ops!();
+    fn rows_affected(result: &Self::QueryResult) -> u64 {
+        result.rows_affected()
+    }
 
-fn push_ids(qb: &mut QueryBuilder<'_, Db>, ids: &[i64]) {
-    qb.push(" = ANY(").push_bind(ids.to_vec()).push(")");
+    fn migrator() -> Migrator {
+        sqlx::migrate!("migrations/postgres")
+    }
+
+    fn push_ids(qb: &mut QueryBuilder<'_, Self>, ids: &[i64]) {
+        qb.push(" = ANY(").push_bind(ids.to_vec()).push(")");
+    }
+
+    fn push_rows(qb: &mut QueryBuilder<'_, Self>, rows: Vec<NewRow>) {
+        push_rows(qb, rows);
+    }
+
+    fn upsert_member_sql() -> String {
+        format!(
+            "INSERT INTO courier_outbox_relays (member, expires_at_ms) VALUES ($1, {} + $2) \
+             ON CONFLICT (member) DO UPDATE SET expires_at_ms = excluded.expires_at_ms",
+            Self::NOW_MS
+        )
+    }
+
+    /// PostgreSQL reports the key in the detail: `Key (idempotency_key)=(order-42) already exists.`
+    fn duplicate_value(err: &dyn sqlx::error::DatabaseError) -> Option<String> {
+        let detail = err.try_downcast_ref::<PgDatabaseError>()?.detail()?;
+        let start = detail.find(")=(")? + 3;
+        let end = detail.rfind(") already exists")?;
+        detail.get(start..end).map(str::to_owned)
+    }
+
+    /// SKIP LOCKED lets relays that acquire at the same moment take different partitions
+    /// instead of queueing behind each other.
+    async fn acquire(pool: &PgPool, owner: &str, want: i64, ttl_ms: i64) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "UPDATE courier_outbox_leases SET owner = $1, lease_until_ms = {now} + $2 \
+             WHERE partition_no IN (SELECT partition_no FROM courier_outbox_leases \
+               WHERE owner IS NULL OR lease_until_ms < {now} ORDER BY partition_no LIMIT $3 \
+               FOR UPDATE SKIP LOCKED)",
+            now = Self::NOW_MS
+        );
+        sqlx::query(&sql).bind(owner).bind(ttl_ms).bind(want).execute(pool).await?;
+        Ok(())
+    }
+
+    async fn purge_published(pool: &PgPool, before_us: i64, chunk: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM courier_outbox WHERE id IN (SELECT id FROM courier_outbox \
+             WHERE status = 'published' AND published_at_us < $1 ORDER BY id LIMIT $2)",
+        )
+        .bind(before_us)
+        .bind(chunk)
+        .execute(pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The relay's connections get [`RELAY_SESSION`].
+    fn relay_pool(pool: &PgPool, connections: u32) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(connections)
+            .test_before_acquire(false)
+            .connect_lazy_with(pool.connect_options().as_ref().clone().options(RELAY_SESSION))
+    }
+}
+
+impl crate::sql::sealed::Sealed for PgConnection {}
+
+impl OutboxConnection for PgConnection {
+    fn insert(&mut self, rows: Vec<NewRow>) -> impl Future<Output = Result<(), OutboxError>> + Send + '_ {
+        Queries::<Postgres>::insert(self, rows)
+    }
 }
 
 /// An id list is one array parameter, so the relay's fetch and mark are prepared: planning them
-/// per call cost the database more than running them (0.5 ms to plan a fetch of a few rows).
-/// Prepared, they run on a generic plan made once, possibly while the outbox was nearly empty,
-/// so the relay's connections plan without sequential scans (see [`RELAY_SESSION`]), and the
-/// fetch and mark test the status as a parameter: a generic plan cannot prove a partial index's
-/// `status = 'pending'` from it, which leaves the primary key as their one index. (Planned on a
-/// small table with the status literal, the mark scanned a whole partial index per call.)
+/// per call costs the database more than running them. Prepared, they run on a generic plan
+/// made once, possibly while the outbox was nearly empty, so the relay's connections plan
+/// without sequential scans (see [`RELAY_SESSION`]), and the fetch and mark test the status as
+/// a parameter: a generic plan cannot prove a partial index's `status = 'pending'` from it,
+/// which leaves the primary key as their one index (with the status literal, a plan made on a
+/// small table may scan a whole partial index per call).
 const PREPARE_ID_LISTS: bool = true;
 
 /// Session settings of the relay's own connections: one generic plan per prepared statement
@@ -40,7 +121,7 @@ const PREPARE_ID_LISTS: bool = true;
 /// read a few rows through an index; a plan made while the outbox was small must not become a
 /// scan of the whole table once it has grown. No JIT: the penalty a disabled sequential scan
 /// adds to a plan's cost (on the small lease tables, which have no other path) would otherwise
-/// make PostgreSQL compile those statements, 40 to 200 ms each.
+/// make PostgreSQL JIT-compile those short statements, which takes far longer than running them.
 pub(crate) const RELAY_SESSION: [(&str, &str); 3] =
     [("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off"), ("jit", "off")];
 
@@ -51,7 +132,7 @@ const PREPARE_INSERT: bool = true;
 
 /// Appends the rows as `SELECT … FROM UNNEST($1, …, $16)`, ordered by array position so ids
 /// follow the batch's order (the enqueue order within a batch).
-fn push_rows(qb: &mut QueryBuilder<'_, Db>, rows: Vec<crate::row::NewRow>) {
+fn push_rows(qb: &mut QueryBuilder<'_, Postgres>, rows: Vec<NewRow>) {
     let mut columns = Columns::default();
     for r in rows {
         columns.event_id.push(r.event_id);
@@ -116,45 +197,9 @@ struct Columns {
     idempotency_key: Vec<Option<String>>,
 }
 
-/// PostgreSQL reports the key in the detail: `Key (idempotency_key)=(order-42) already exists.`
-fn duplicate_value(err: &dyn sqlx::error::DatabaseError) -> Option<String> {
-    let detail = err.try_downcast_ref::<PgDatabaseError>()?.detail()?;
-    let start = detail.find(")=(")? + 3;
-    let end = detail.rfind(") already exists")?;
-    detail.get(start..end).map(str::to_owned)
-}
-
-pub(crate) async fn migrate(pool: &DbPool) -> Result<(), OutboxError> {
-    let mut migrator = sqlx::migrate!("migrations/postgres");
-    // The application's own sqlx migrations may share `_sqlx_migrations`.
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await?;
-    Ok(())
-}
-
-fn upsert_member_sql() -> String {
-    format!(
-        "INSERT INTO courier_outbox_relays (member, expires_at_ms) VALUES ($1, {NOW_MS} + $2) \
-         ON CONFLICT (member) DO UPDATE SET expires_at_ms = excluded.expires_at_ms"
-    )
-}
-
-/// Leases up to `want` free or expired partitions; SKIP LOCKED lets relays that acquire at the
-/// same moment take different partitions instead of queueing behind each other.
-pub(crate) async fn acquire(pool: &DbPool, owner: &str, want: i64, ttl_ms: i64) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "UPDATE courier_outbox_leases SET owner = $1, lease_until_ms = {NOW_MS} + $2 \
-         WHERE partition_no IN (SELECT partition_no FROM courier_outbox_leases \
-           WHERE owner IS NULL OR lease_until_ms < {NOW_MS} ORDER BY partition_no LIMIT $3 \
-           FOR UPDATE SKIP LOCKED)"
-    );
-    sqlx::query(&sql).bind(owner).bind(ttl_ms).bind(want).execute(pool).await?;
-    Ok(())
-}
-
 /// Flags whether relay `member` waits for NOTIFY; the insert trigger notifies only while one
 /// does (see the gated-notify migration).
-pub(crate) async fn set_listening(pool: &DbPool, member: &str, listening: bool) -> Result<(), sqlx::Error> {
+pub(crate) async fn set_listening(pool: &PgPool, member: &str, listening: bool) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE courier_outbox_relays SET listening = $2 WHERE member = $1")
         .bind(member)
         .bind(listening)
@@ -163,25 +208,15 @@ pub(crate) async fn set_listening(pool: &DbPool, member: &str, listening: bool) 
     Ok(())
 }
 
-/// Deletes up to `chunk` published rows older than `before_us`; returns how many.
-pub(crate) async fn purge_published(pool: &DbPool, before_us: i64, chunk: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
-        "DELETE FROM courier_outbox WHERE id IN (SELECT id FROM courier_outbox \
-         WHERE status = 'published' AND published_at_us < $1 ORDER BY id LIMIT $2)",
-    )
-    .bind(before_us)
-    .bind(chunk)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
-}
-
 #[cfg(test)]
 mod tests {
     use sqlx::postgres::PgConnectOptions;
     use sqlx::{ConnectOptions as _, Connection as _};
 
     use super::*;
+    use crate::sql::{ClaimQuery, Mark};
+
+    type Q = Queries<Postgres>;
 
     /// The relay's prepared statements run on generic plans made at their first execution, here
     /// on a nearly empty, freshly analyzed outbox. Their plans must still be index lookups
@@ -198,7 +233,7 @@ mod tests {
         let url = format!("{server}/{name}");
         let plans = async {
             let pool = PgPool::connect(&url).await.unwrap();
-            migrate(&pool).await.unwrap();
+            Queries::<Postgres>::migrate(&pool).await.unwrap();
             sqlx::query(
                 "INSERT INTO courier_outbox (event_id, topic, aggregate_type, aggregate_id, shard, event_type, \
                  event_version, payload, headers, occurred_at_us, created_at_us) \
@@ -215,10 +250,10 @@ mod tests {
             let mut relay = options.options(RELAY_SESSION).connect().await.unwrap();
             let claim = ClaimQuery { ids: vec![1, 2, 3], partition_count: 16, owner: "relay".into() };
             let statements = [
-                ("fetch", fetch_claimed_query(&claim)),
-                ("mark (delete)", mark_query(&[1, 2], Mark::Delete)),
-                ("mark (keep)", mark_query(&[1, 2], Mark::Keep { published_at_us: 1 })),
-                ("scan", scan_pending_query(0, 1000)),
+                ("fetch", Q::fetch_claimed_query(&claim)),
+                ("mark (delete)", Q::mark_query(&[1, 2], Mark::Delete)),
+                ("mark (keep)", Q::mark_query(&[1, 2], Mark::Keep { published_at_us: 1 })),
+                ("scan", Q::scan_pending_query(0, 1000)),
             ];
             let mut plans = Vec::new();
             for (i, (label, query)) in statements.into_iter().enumerate() {

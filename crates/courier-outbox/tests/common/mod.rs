@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use courier_core::{Bus, Envelope, EventId, Topic};
+use courier_core::{Backoff, Bus, Envelope, EventId, Topic};
 use courier_outbox::{Enqueue, Outbox, OutboxError, RelayConfig, Store};
 use futures::StreamExt;
 
@@ -112,15 +112,17 @@ impl Drop for TestDb {
 
 /// A relay configuration with short timings so failure and takeover tests finish quickly.
 pub fn fast_config() -> RelayConfig {
-    let mut config = RelayConfig::default();
-    config.lease_ttl = Duration::from_secs(2);
-    config.lease_renew_interval = Duration::from_millis(250);
-    config.poll_interval = Duration::from_millis(50);
-    config.sweep_interval = Duration::from_millis(500);
-    config.backoff.initial = Duration::from_millis(20);
-    config.backoff.max = Duration::from_millis(200);
-    config.shutdown_timeout = Duration::from_secs(10);
-    config
+    RelayConfig::default()
+        .lease_ttl(Duration::from_secs(2))
+        .lease_renew_interval(Duration::from_millis(250))
+        .poll_interval(Duration::from_millis(50))
+        .sweep_interval(Duration::from_millis(500))
+        .backoff(Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            ..Backoff::default()
+        })
+        .drain_timeout(Duration::from_secs(10))
 }
 
 pub fn topic() -> Topic {
@@ -132,29 +134,19 @@ pub fn event(aggregate: &str, seq: u64) -> Envelope {
     Envelope::builder("order", aggregate, "OrderChanged").payload(seq.to_string()).build().unwrap()
 }
 
-/// Runs `$body` with `$tx` bound to a fresh transaction of `$store`'s database, committing if
-/// `$commit` is true and rolling back otherwise.
+/// Runs `$body` with `$tx` bound to a fresh transaction of `$store`, committing if `$commit` is
+/// true and rolling back otherwise.
 #[macro_export]
 macro_rules! with_tx {
     ($store:expr, $commit:expr, |$tx:ident| $body:expr) => {{
-        macro_rules! run {
-            ($pool:expr) => {{
-                let mut $tx = $pool.begin().await.unwrap();
-                let out = $body;
-                if $commit {
-                    $tx.commit().await.unwrap();
-                } else {
-                    $tx.rollback().await.unwrap();
-                }
-                out
-            }};
+        let mut $tx = $store.begin().await.unwrap();
+        let out = $body;
+        if $commit {
+            $tx.commit().await.unwrap();
+        } else {
+            $tx.rollback().await.unwrap();
         }
-        match $store {
-            Store::Postgres(pool) => run!(pool),
-            Store::MySql(pool) => run!(pool),
-            Store::Sqlite(pool) => run!(pool),
-            _ => unreachable!(),
-        }
+        out
     }};
 }
 
@@ -167,7 +159,7 @@ pub async fn enqueue_tx(
 ) -> Result<(), OutboxError> {
     let outbox = Outbox::default();
     let items: Vec<Enqueue<'_>> = events.iter().map(|e| Enqueue::new(e).topic(topic)).collect();
-    with_tx!(store, commit, |tx| outbox.enqueue_batch(&mut *tx, items.iter().copied()).await.map(drop))
+    with_tx!(store, commit, |tx| outbox.enqueue_batch(&mut tx, items.iter().copied()).await.map(drop))
 }
 
 /// Enqueues `per_aggregate` events for each of `aggregates` aggregates, `batch` events per

@@ -1,0 +1,389 @@
+//! The statements every database shares, written once over a [`Dialect`].
+
+use std::marker::PhantomData;
+
+use sqlx::migrate::Migrate;
+use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Row as _, Type};
+
+use crate::admin::{DeadEvent, DeadFilter};
+use crate::row::{previous_pending, ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
+use crate::sql::{duplicate_key, BlockedRow, ClaimQuery, Dialect, Failure, Mark, INSERT_CHUNK, INSERT_INTO};
+use crate::OutboxError;
+
+/// The outbox's statements on database `D`, as associated functions taking a pool (or, for
+/// enqueue, a connection). The bounds are what sqlx needs to build, run and decode them; every
+/// database the outbox supports meets them, so callers name a concrete `D` and see none of them.
+pub(crate) struct Queries<D>(PhantomData<D>);
+
+impl<D> Queries<D>
+where
+    D: Dialect,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> D::Arguments<'q>: IntoArguments<'q, D>,
+    D::Connection: Migrate,
+    for<'q> i64: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> Option<i64>: Encode<'q, D>,
+    for<'q> String: Encode<'q, D> + Decode<'q, D> + Type<D>,
+    for<'q> &'q str: Encode<'q, D> + Type<D>,
+    for<'q> Vec<u8>: Decode<'q, D> + Type<D>,
+    usize: ColumnIndex<D::Row>,
+    for<'n> &'n str: ColumnIndex<D::Row>,
+{
+    /// Creates or upgrades the outbox tables, next to the application's own sqlx migrations.
+    pub(crate) async fn migrate(pool: &Pool<D>) -> Result<(), OutboxError> {
+        let mut migrator = D::migrator();
+        // The application's own sqlx migrations may share `_sqlx_migrations`.
+        migrator.set_ignore_missing(true);
+        migrator.run(pool).await?;
+        Ok(())
+    }
+
+    /// Enqueue's INSERT of `rows` on the caller's connection (or transaction).
+    pub(crate) async fn insert(conn: &mut D::Connection, rows: Vec<NewRow>) -> Result<(), OutboxError> {
+        // One statement per chunk keeps the caller's transaction to few round trips.
+        if rows.len() > INSERT_CHUNK {
+            return Err(OutboxError::Config(format!(
+                "at most {INSERT_CHUNK} events per enqueue_batch call, got {}",
+                rows.len()
+            )));
+        }
+        let mut qb = QueryBuilder::<D>::new(INSERT_INTO);
+        let keys: Vec<String> = rows.iter().filter_map(|r| r.idempotency_key.clone()).collect();
+        D::push_rows(&mut qb, rows);
+        match D::build(&mut qb).persistent(D::PREPARE_INSERT).execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(err) => Err(duplicate_key(err, &keys, D::duplicate_value)),
+        }
+    }
+
+    /// Step 1 of a claim: `(id, shard)` of the next pending rows in id order. No filter but
+    /// the index predicate, so every database walks the pending index and stops at the limit.
+    pub(crate) async fn scan_pending(
+        pool: &Pool<D>,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        let mut qb = Self::scan_pending_query(after_id, limit);
+        let rows = D::build(&mut qb).fetch_all(pool).await?;
+        rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+    }
+
+    pub(crate) fn scan_pending_query(after_id: i64, limit: i64) -> QueryBuilder<'static, D> {
+        let mut qb =
+            QueryBuilder::<D>::new("SELECT id, shard FROM courier_outbox WHERE status = 'pending' AND id > ");
+        qb.push_bind(after_id).push(" ORDER BY id LIMIT ").push_bind(limit);
+        qb
+    }
+
+    /// Step 2 of a claim: the chosen rows, if still pending and in a partition the database
+    /// shows leased to `q.owner` (the fence against a lease lost in the meantime).
+    pub(crate) async fn fetch_claimed(
+        pool: &Pool<D>,
+        q: &ClaimQuery,
+    ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+        let mut qb = Self::fetch_claimed_query(q);
+        let rows = D::build(&mut qb).persistent(D::PREPARE_ID_LISTS).fetch_all(pool).await?;
+        rows.iter().map(|row| Self::decode_claimed(row).map(RawRow::into_claimed)).collect()
+    }
+
+    pub(crate) fn fetch_claimed_query(q: &ClaimQuery) -> QueryBuilder<'static, D> {
+        let mut qb = QueryBuilder::<D>::new("SELECT ");
+        qb.push(CLAIM_COLUMNS).push(", ").push(previous_pending(D::PENDING_AGGREGATE_HINT));
+        // The status is a parameter (here and in the mark): see PostgreSQL's `PREPARE_ID_LISTS`.
+        qb.push(" FROM courier_outbox o WHERE o.status = ").push_bind(PENDING).push(" AND o.id");
+        D::push_ids(&mut qb, &q.ids);
+        qb.push(" AND EXISTS (SELECT 1 FROM courier_outbox_leases l WHERE l.partition_no = o.shard % ")
+            .push_bind(q.partition_count)
+            .push(" AND l.owner = ")
+            .push_bind(q.owner.clone())
+            .push(" AND l.lease_until_ms > ")
+            .push(D::NOW_MS)
+            .push(") ORDER BY o.id");
+        qb
+    }
+
+    /// Reads the columns by position, in `CLAIM_COLUMNS` order (a lookup by name hashes the
+    /// name, for every column of every row the relay reads).
+    fn decode_claimed(row: &D::Row) -> Result<RawRow, sqlx::Error> {
+        Ok(RawRow {
+            id: row.try_get(0)?,
+            event_id: row.try_get(1)?,
+            topic: row.try_get(2)?,
+            aggregate_type: row.try_get(3)?,
+            aggregate_id: row.try_get(4)?,
+            shard: row.try_get(5)?,
+            event_type: row.try_get(6)?,
+            event_version: row.try_get(7)?,
+            payload: row.try_get(8)?,
+            headers: row.try_get(9)?,
+            traceparent: row.try_get(10)?,
+            tracestate: row.try_get(11)?,
+            correlation_id: row.try_get(12)?,
+            tenant: row.try_get(13)?,
+            occurred_at_us: row.try_get(14)?,
+            created_at_us: row.try_get(15)?,
+            attempts: row.try_get(16)?,
+            previous_pending_id: row.try_get(17)?,
+        })
+    }
+
+    /// Marks acknowledged rows published or deletes them (one statement), and records
+    /// failed attempts.
+    pub(crate) async fn write(
+        pool: &Pool<D>,
+        published: &[i64],
+        mark: Mark,
+        failures: &[Failure],
+    ) -> Result<(), sqlx::Error> {
+        if !published.is_empty() {
+            let mut qb = Self::mark_query(published, mark);
+            D::build(&mut qb).persistent(D::PREPARE_ID_LISTS).execute(pool).await?;
+        }
+        for f in failures {
+            let mut qb = QueryBuilder::<D>::new("UPDATE courier_outbox SET status = ");
+            qb.push_bind(if f.dead { DEAD } else { PENDING })
+                .push(", attempts = ")
+                .push_bind(f.attempts)
+                .push(", next_attempt_at_us = ")
+                .push_bind(f.next_attempt_at_us)
+                .push(", last_error = ")
+                .push_bind(f.error.clone())
+                .push(" WHERE status = ")
+                .push_bind(PENDING)
+                .push(" AND id = ")
+                .push_bind(f.id);
+            D::build(&mut qb).execute(pool).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn mark_query(published: &[i64], mark: Mark) -> QueryBuilder<'static, D> {
+        let mut qb = match mark {
+            Mark::Keep { published_at_us } => {
+                let mut qb = QueryBuilder::<D>::new("UPDATE courier_outbox SET status = ");
+                qb.push_bind(PUBLISHED).push(", published_at_us = ").push_bind(published_at_us);
+                qb
+            }
+            Mark::Delete => QueryBuilder::<D>::new("DELETE FROM courier_outbox"),
+        };
+        qb.push(" WHERE status = ").push_bind(PENDING).push(" AND id");
+        D::push_ids(&mut qb, published);
+        qb
+    }
+
+    /// The rows blocking their aggregate in `partitions`: dead, or pending with a retry scheduled.
+    pub(crate) async fn blocked(
+        pool: &Pool<D>,
+        partitions: &[i64],
+        partition_count: i64,
+    ) -> Result<Vec<BlockedRow>, sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new(
+            "SELECT id, aggregate_id, status, next_attempt_at_us FROM courier_outbox \
+             WHERE (status = 'dead' OR (status = 'pending' AND attempts > 0)) AND shard % ",
+        );
+        qb.push_bind(partition_count);
+        D::push_ids(&mut qb, partitions);
+        qb.push(" ORDER BY id");
+        let rows = D::build(&mut qb).persistent(false).fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(BlockedRow {
+                    id: row.try_get("id")?,
+                    aggregate_id: row.try_get("aggregate_id")?,
+                    dead: row.try_get::<String, _>("status")? == DEAD,
+                    next_attempt_at_us: row.try_get("next_attempt_at_us")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates the lease rows `0..count` if missing and returns how many lease rows exist.
+    pub(crate) async fn ensure_partitions(pool: &Pool<D>, count: i64) -> Result<i64, sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new(D::INSERT_IGNORE);
+        qb.push(" INTO courier_outbox_leases (partition_no) ");
+        qb.push_values(0..count, |mut b, p| {
+            b.push_bind(p);
+        });
+        qb.push(D::ON_CONFLICT_IGNORE);
+        D::build(&mut qb).persistent(false).execute(pool).await?;
+        sqlx::query_scalar("SELECT COUNT(*) FROM courier_outbox_leases").fetch_one(pool).await
+    }
+
+    /// Records this relay as alive for `ttl_ms`, forgets relays gone for an hour, and returns
+    /// how many relays are alive.
+    pub(crate) async fn heartbeat(pool: &Pool<D>, member: &str, ttl_ms: i64) -> Result<i64, sqlx::Error> {
+        sqlx::query(&D::upsert_member_sql()).bind(member).bind(ttl_ms).execute(pool).await?;
+        let mut qb = QueryBuilder::<D>::new("DELETE FROM courier_outbox_relays WHERE expires_at_ms < ");
+        qb.push(D::NOW_MS).push(" - 3600000");
+        D::build(&mut qb).execute(pool).await?;
+        let mut qb =
+            QueryBuilder::<D>::new("SELECT COUNT(*) FROM courier_outbox_relays WHERE expires_at_ms > ");
+        qb.push(D::NOW_MS);
+        D::build(&mut qb).fetch_one(pool).await?.try_get(0)
+    }
+
+    /// Extends this relay's leases and returns `(partition, version)` of those it holds.
+    pub(crate) async fn renew(
+        pool: &Pool<D>,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new("UPDATE courier_outbox_leases SET lease_until_ms = ");
+        qb.push(D::NOW_MS).push(" + ").push_bind(ttl_ms).push(" WHERE owner = ").push_bind(owner.to_owned());
+        D::build(&mut qb).execute(pool).await?;
+        let mut qb =
+            QueryBuilder::<D>::new("SELECT partition_no, version FROM courier_outbox_leases WHERE owner = ");
+        qb.push_bind(owner.to_owned())
+            .push(" AND lease_until_ms > ")
+            .push(D::NOW_MS)
+            .push(" ORDER BY partition_no");
+        let rows = D::build(&mut qb).fetch_all(pool).await?;
+        rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+    }
+
+    /// Gives up `owner`'s leases of `partitions`, so another relay can take them at once.
+    pub(crate) async fn release(pool: &Pool<D>, owner: &str, partitions: &[i64]) -> Result<(), sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new(
+            "UPDATE courier_outbox_leases SET owner = NULL, lease_until_ms = 0 WHERE owner = ",
+        );
+        qb.push_bind(owner.to_owned()).push(" AND partition_no");
+        D::push_ids(&mut qb, partitions);
+        D::build(&mut qb).persistent(false).execute(pool).await?;
+        Ok(())
+    }
+
+    /// Removes relay `member` from the relays sharing the partitions.
+    pub(crate) async fn leave(pool: &Pool<D>, member: &str) -> Result<(), sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new("DELETE FROM courier_outbox_relays WHERE member = ");
+        qb.push_bind(member.to_owned());
+        D::build(&mut qb).execute(pool).await?;
+        Ok(())
+    }
+
+    /// `(status, count, oldest created_at_us)` per status.
+    pub(crate) async fn stats(pool: &Pool<D>) -> Result<Vec<(String, i64, Option<i64>)>, sqlx::Error> {
+        let rows =
+            sqlx::query("SELECT status, COUNT(*), MIN(created_at_us) FROM courier_outbox GROUP BY status")
+                .fetch_all(pool)
+                .await?;
+        rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))).collect()
+    }
+
+    fn push_dead_filter(qb: &mut QueryBuilder<'_, D>, filter: &DeadFilter) {
+        qb.push(" WHERE status = 'dead'");
+        if !filter.ids.is_empty() {
+            qb.push(" AND id");
+            D::push_ids(qb, &filter.ids);
+        }
+        for (column, value) in [
+            ("topic", &filter.topic),
+            ("aggregate_type", &filter.aggregate_type),
+            ("aggregate_id", &filter.aggregate_id),
+            ("event_type", &filter.event_type),
+        ] {
+            if let Some(value) = value {
+                qb.push(" AND ").push(column).push(" = ").push_bind(value.clone());
+            }
+        }
+    }
+
+    /// Dead events matching `filter`, oldest first, at most `limit`.
+    pub(crate) async fn list_dead(
+        pool: &Pool<D>,
+        filter: &DeadFilter,
+        limit: i64,
+    ) -> Result<Vec<DeadEvent>, sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new(
+            "SELECT id, event_id, topic, aggregate_type, aggregate_id, event_type, attempts, last_error, \
+             created_at_us FROM courier_outbox",
+        );
+        Self::push_dead_filter(&mut qb, filter);
+        qb.push(" ORDER BY id LIMIT ").push_bind(limit);
+        let rows = D::build(&mut qb).persistent(false).fetch_all(pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeadEvent {
+                    id: row.try_get("id")?,
+                    event_id: row.try_get("event_id")?,
+                    topic: row.try_get("topic")?,
+                    aggregate_type: row.try_get("aggregate_type")?,
+                    aggregate_id: row.try_get("aggregate_id")?,
+                    event_type: row.try_get("event_type")?,
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    last_error: row.try_get("last_error")?,
+                    created_at: chrono::DateTime::from_timestamp_micros(row.try_get("created_at_us")?)
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Applies `set` to the dead rows `filter` selects and bumps every lease version, so the
+    /// relays owning their partitions re-read which aggregates are blocked.
+    pub(crate) async fn change_dead(
+        pool: &Pool<D>,
+        set: &str,
+        filter: &DeadFilter,
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let mut qb = QueryBuilder::<D>::new(set);
+        Self::push_dead_filter(&mut qb, filter);
+        let changed = D::rows_affected(&D::build(&mut qb).persistent(false).execute(&mut *tx).await?);
+        if changed > 0 {
+            sqlx::query("UPDATE courier_outbox_leases SET version = version + 1").execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    /// Refreshes the planner statistics of the outbox table.
+    pub(crate) async fn analyze(pool: &Pool<D>) -> Result<(), sqlx::Error> {
+        // MySQL answers ANALYZE TABLE with a result set.
+        sqlx::query(D::ANALYZE).fetch_all(pool).await?;
+        Ok(())
+    }
+
+    /// The benchmark baseline: claims the next `batch` pending rows in id order in a
+    /// transaction (locking them where the database can skip locked rows), reads what a relay
+    /// reads, and marks them published with one UPDATE (one DELETE when `delete`), until none
+    /// remain. Returns how many rows it marked.
+    pub(crate) async fn claim_and_mark(
+        pool: &Pool<D>,
+        batch: usize,
+        delete: bool,
+    ) -> Result<u64, sqlx::Error> {
+        let claim = format!(
+            "SELECT id, event_id, topic, aggregate_type, aggregate_id, shard, event_type, event_version, \
+             payload, headers, traceparent, tracestate, correlation_id, tenant, occurred_at_us, created_at_us, \
+             attempts FROM courier_outbox WHERE status = 'pending' ORDER BY id LIMIT {batch}{}",
+            D::SKIP_LOCKED
+        );
+        let mut marked = 0u64;
+        loop {
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(&claim).fetch_all(&mut *tx).await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut mark = if delete {
+                QueryBuilder::<D>::new("DELETE FROM courier_outbox")
+            } else {
+                let mut update = QueryBuilder::<D>::new(
+                    "UPDATE courier_outbox SET status = 'published', published_at_us = ",
+                );
+                update.push_bind(crate::row::now_us());
+                update
+            };
+            mark.push(" WHERE id IN (");
+            let mut ids = mark.separated(", ");
+            for row in &rows {
+                ids.push_bind(row.try_get::<i64, _>(0)?);
+            }
+            mark.push(")");
+            D::build(&mut mark).execute(&mut *tx).await?;
+            tx.commit().await?;
+            marked += rows.len() as u64;
+        }
+        Ok(marked)
+    }
+}
