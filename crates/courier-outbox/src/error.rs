@@ -16,12 +16,13 @@ pub enum OutboxError {
         /// The duplicate key.
         key: String,
     },
-    /// The database refused an operation or could not be reached.
+    /// The database refused an operation or could not be reached. The message includes the
+    /// sqlx error's, so it is not also the `source` (a printed chain would repeat it).
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// Creating or upgrading the outbox tables failed.
+    Database(sqlx::Error),
+    /// Creating or upgrading the outbox tables failed (its message includes the cause's).
     #[error("outbox migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// Missing or inconsistent configuration (unknown URL scheme, partition count mismatch).
     #[error("outbox configuration error: {0}")]
     Config(String),
@@ -31,6 +32,18 @@ pub enum OutboxError {
     /// The relay task panicked or was aborted.
     #[error("the relay stopped abnormally: {0}")]
     Stopped(String),
+}
+
+impl From<sqlx::Error> for OutboxError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for OutboxError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(error)
+    }
 }
 
 impl OutboxError {

@@ -101,21 +101,21 @@ impl Store {
         let _ = max_connections; // unused without a database feature
         match scheme {
             #[cfg(feature = "postgres")]
-            "postgres" | "postgresql" => Ok(Self::from(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(max_connections.unwrap_or(16))
-                    .connect(url)
-                    .await?,
-            )),
+            "postgres" | "postgresql" => {
+                let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+                probe(&options).await?;
+                let pool =
+                    sqlx::postgres::PgPoolOptions::new().max_connections(max_connections.unwrap_or(16));
+                Ok(Self::from(pool.connect_with(options).await?))
+            }
             #[cfg(feature = "mysql")]
             "mysql" | "mariadb" => {
-                let url = url.replacen("mariadb:", "mysql:", 1);
-                Ok(Self::from(
-                    sqlx::mysql::MySqlPoolOptions::new()
-                        .max_connections(max_connections.unwrap_or(16))
-                        .connect(&url)
-                        .await?,
-                ))
+                let options: sqlx::mysql::MySqlConnectOptions =
+                    url.replacen("mariadb:", "mysql:", 1).parse()?;
+                probe(&options).await?;
+                let pool =
+                    sqlx::mysql::MySqlPoolOptions::new().max_connections(max_connections.unwrap_or(16));
+                Ok(Self::from(pool.connect_with(options).await?))
             }
             #[cfg(feature = "sqlite")]
             "sqlite" => {
@@ -411,4 +411,17 @@ impl OutboxConnection for StoreTransaction {
     async fn insert(&mut self, rows: Vec<crate::row::NewRow>) -> Result<(), OutboxError> {
         dispatch!(self.tx, Tx, ref mut tx => OutboxConnection::insert(&mut **tx, rows).await)
     }
+}
+
+/// Opens and closes one connection, so that an unreachable server fails at once with its own
+/// error. A pool retries a refused connection until its acquire timeout (30 s) and then reports
+/// only that it timed out.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+async fn probe<O>(options: &O) -> Result<(), sqlx::Error>
+where
+    O: sqlx::ConnectOptions,
+    O::Connection: Sized,
+{
+    use sqlx::Connection as _;
+    options.connect().await?.close().await
 }
