@@ -225,7 +225,6 @@ impl Config {
                 ..courier_core::Backoff::default()
             })
             .lease_ttl(r.lease_ttl)
-            .lease_renew_interval(r.lease_ttl / 5)
             .poll_interval(r.poll_interval)
             .busy_poll_interval(r.busy_poll_interval)
             .idle_after(r.idle_after)

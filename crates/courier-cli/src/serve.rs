@@ -139,6 +139,7 @@ impl RelayArgs {
             ));
         };
         let topics = config.provisioned_topics().map_err(|e| anyhow::Error::from(UsageError(e)))?;
+        config.relay_config().validate().map_err(|e| anyhow::Error::from(UsageError(e.into())))?;
         if url == BusUrl::Memory {
             tracing::warn!(
                 "relaying to the in-process memory bus: rows are marked published, and their events \

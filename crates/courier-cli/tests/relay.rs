@@ -337,16 +337,7 @@ async fn sigterm_mid_stream_loses_nothing() {
 fn the_relay_refuses_to_start_without_a_bus_and_warns_about_memory() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("outbox.db").display());
-    let mut child = courier().args(["relay", "--db", &db]).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("courier relay without a bus started instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = refused(courier().args(["relay", "--db", &db]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("courier relay needs a bus"), "{stderr}");
@@ -356,6 +347,38 @@ fn the_relay_refuses_to_start_without_a_bus_and_warns_about_memory() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("vanish when this process exits"), "no warning about the memory bus: {stderr}");
+}
+
+/// Runs a relay that must refuse to start; fails the test if it is still running after 30 s.
+fn refused(command: &mut Command) -> Output {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the relay started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A zero lease once panicked the lease keeper, and the relay went on holding no partition,
+/// silently idle: such settings are refused at startup, naming the key.
+#[test]
+fn nonsensical_relay_settings_are_refused_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    for (variable, value, expected) in [
+        ("COURIER_RELAY_LEASE_TTL", "0s", "lease_ttl"),
+        ("COURIER_RELAY_BATCH_SIZE", "0", "batch_size"),
+        ("COURIER_RELAY_POLL_INTERVAL", "0s", "poll_interval"),
+    ] {
+        let out = refused(courier().args(["relay", "--db", &db, "--bus", "memory"]).env(variable, value));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{variable}={value}: {stderr}");
+        assert!(stderr.contains(expected), "{variable}={value} should name {expected}: {stderr}");
+    }
 }
 
 fn relay_with_config(config: &Path) -> Output {

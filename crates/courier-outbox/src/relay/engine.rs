@@ -16,10 +16,10 @@ use std::time::Duration;
 use courier_core::{Error, EventId, EventIdMap, PublishResult, Publisher, Transport};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::lease::{Keeper, KeeperCommand, LeaseEvent};
+use super::subtasks::{self, Subtasks};
 use super::{AckedEvent, Counters, FailedEvent, RelayConfig, RelayObserver};
 use crate::row::{now_us, shard_of, ClaimedRow};
 use crate::sql::{BlockedRow, ClaimQuery, Failure, MAX_ERROR_LEN};
@@ -46,11 +46,13 @@ pub(crate) async fn run<T: Transport>(
 ) -> Result<(), OutboxError> {
     store.ensure_partitions(config.partitions).await?;
     let mut results = publisher.results().expect("a fresh publisher has its results stream");
-    // Subtasks die with this task (JoinSet aborts on drop), also when the relay is aborted.
-    let mut tasks = JoinSet::new();
+    config.validate()?;
+    // Subtasks die with this task (dropping the set aborts them), also when the relay is aborted.
+    let mut tasks = Subtasks::default();
     let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
     let (keeper_tx, keeper_rx) = mpsc::unbounded_channel();
     tasks.spawn(
+        "lease keeper",
         Keeper {
             store: store.clone(),
             owner: config.instance_id.clone(),
@@ -65,11 +67,11 @@ pub(crate) async fn run<T: Transport>(
     let wake = Arc::new(Notify::new());
     let (idle_tx, idle_rx) = watch::channel(false);
     if config.listen {
-        spawn_listener(&mut tasks, &store, &config.instance_id, &wake, idle_rx);
+        subtasks::spawn_listener(&mut tasks, &store, &config.instance_id, &wake, idle_rx);
     }
     // At zero the marks delete acknowledged rows themselves: nothing is left to purge.
     if let Some(retention) = config.retention.filter(|r| !r.is_zero()) {
-        tasks.spawn(purge_loop(store.clone(), retention, config.purge_interval));
+        tasks.spawn("retention purge", subtasks::purge_loop(store.clone(), retention, config.purge_interval));
     }
 
     let mut engine =
@@ -116,6 +118,9 @@ pub(crate) async fn run<T: Transport>(
                 engine.on_scanned(partitions, outcome);
             }
             Some(event) = lease_rx.recv() => engine.on_lease(event),
+            // A subtask never ends on its own: without it the relay would go on silently idle
+            // (no leases) or blind (no wake-ups, no purge). Stop loudly instead.
+            ended = tasks.next_end() => return Err(ended.into_error()),
             () = wake.notified() => engine.wake_pending = true,
             () = tokio::time::sleep_until(timer) => engine.on_timer(),
             _ = stop.changed(), if stop_deadline.is_none() => {
@@ -137,73 +142,6 @@ async fn poll_slot<T>(slot: &mut Option<BoxFuture<T>>) -> T {
     match slot {
         Some(future) => future.await,
         None => std::future::pending().await,
-    }
-}
-
-/// On PostgreSQL: wakes the engine on NOTIFY, and records in the database whether the engine is
-/// idle (`idle` is true), so that writers notify only then.
-#[cfg(feature = "postgres")]
-fn spawn_listener(
-    tasks: &mut JoinSet<()>,
-    store: &Store,
-    member: &str,
-    wake: &Arc<Notify>,
-    mut idle: watch::Receiver<bool>,
-) {
-    let Some(pool) = store.postgres_pool() else { return };
-    let (pool, member, wake) = (pool.clone(), member.to_owned(), Arc::clone(wake));
-    tasks.spawn(async move {
-        loop {
-            let Err(err) = listen(&pool, &member, &wake, &mut idle).await;
-            tracing::warn!(error = %err, "outbox LISTEN failed; polling until it reconnects");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
-}
-
-#[cfg(feature = "postgres")]
-async fn listen(
-    pool: &sqlx::PgPool,
-    member: &str,
-    wake: &Notify,
-    idle: &mut watch::Receiver<bool>,
-) -> Result<std::convert::Infallible, sqlx::Error> {
-    use crate::sql::postgres::{set_listening, NOTIFY_CHANNEL};
-    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    listener.listen(NOTIFY_CHANNEL).await?;
-    // Writes the flag again after a reconnect: the last write may have failed.
-    idle.mark_changed();
-    loop {
-        tokio::select! {
-            notification = listener.recv() => {
-                notification?;
-                // Notify keeps one permit, so a burst of commits wakes the relay once.
-                wake.notify_one();
-            }
-            Ok(()) = idle.changed() => {
-                let listening = *idle.borrow_and_update();
-                set_listening(pool, member, listening).await?;
-                if listening {
-                    // Rows committed by writers that checked the flag before it was set never
-                    // notify: one more claim finds them.
-                    wake.notify_one();
-                }
-            }
-        }
-    }
-}
-
-#[cfg(not(feature = "postgres"))]
-fn spawn_listener(_: &mut JoinSet<()>, _: &Store, _: &str, _: &Arc<Notify>, _: watch::Receiver<bool>) {}
-
-async fn purge_loop(store: Store, retention: Duration, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        match store.purge_published(retention).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::debug!(deleted, "purged published outbox rows"),
-            Err(err) => tracing::warn!(error = %err, "purging published outbox rows failed"),
-        }
     }
 }
 

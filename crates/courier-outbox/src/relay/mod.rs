@@ -24,6 +24,7 @@
 
 mod engine;
 mod lease;
+mod subtasks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +35,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::{OutboxError, Store};
+
+/// The shortest lease the relay accepts: it renews at most every fifth of it, and each renewal
+/// is a database round trip that must fit in a quarter of it.
+const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
 
 /// Relay settings: `RelayConfig::default()`, then the setters of what to change (each documents
 /// its default).
@@ -218,6 +223,56 @@ impl RelayConfig {
     /// Whether marks delete acknowledged rows instead of keeping them (retention zero).
     pub fn deletes_published(&self) -> bool {
         self.retention.is_some_and(|r| r.is_zero())
+    }
+
+    /// Refuses settings the relay cannot run with, naming the setting: zero sizes, zero
+    /// intervals (a zero lease would leave the relay holding no partition, silently idle), and
+    /// intervals that contradict each other. [`Relay::start`] checks this too; call it first to
+    /// refuse a bad configuration before anything starts.
+    pub fn validate(&self) -> Result<(), OutboxError> {
+        let invalid =
+            |key: &str, why: String| Err(OutboxError::Config(format!("relay setting {key}: {why}")));
+        if self.lease_ttl < MIN_LEASE_TTL {
+            return invalid(
+                "lease_ttl",
+                format!(
+                    "{:?} is shorter than {MIN_LEASE_TTL:?}: leases must outlast a renewal round trip to the database",
+                    self.lease_ttl
+                ),
+            );
+        }
+        for (key, value) in [
+            ("batch_size", self.batch_size as u64),
+            ("max_in_flight", self.max_in_flight as u64),
+            ("max_attempts", u64::from(self.max_attempts)),
+            ("partitions", u64::from(self.partitions)),
+            ("connections", u64::from(self.connections)),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1, got 0".into());
+            }
+        }
+        for (key, value) in [
+            ("lease_renew_interval", self.lease_renew_interval),
+            ("poll_interval", self.poll_interval),
+            ("busy_poll_interval", self.busy_poll_interval),
+            ("sweep_interval", self.sweep_interval),
+            ("purge_interval", self.purge_interval),
+        ] {
+            if value.is_zero() {
+                return invalid(key, "must be longer than zero".into());
+            }
+        }
+        if self.busy_poll_interval > self.poll_interval {
+            return invalid(
+                "busy_poll_interval",
+                format!(
+                    "{:?} is longer than poll_interval ({:?})",
+                    self.busy_poll_interval, self.poll_interval
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -429,5 +484,30 @@ impl RelayHandle {
     /// are taken over only when their leases expire. For failure tests and emergencies.
     pub fn abort(&self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(config: RelayConfig) -> String {
+        config.validate().expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        RelayConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn nonsensical_settings_are_refused_naming_the_setting() {
+        let base = RelayConfig::default;
+        assert!(refusal(base().lease_ttl(Duration::ZERO))
+            .contains("relay setting lease_ttl: 0ns is shorter than 1s"));
+        assert!(refusal(base().batch_size(0)).contains("relay setting batch_size: must be at least 1"));
+        assert!(refusal(base().poll_interval(Duration::ZERO)).contains("relay setting poll_interval"));
+        assert!(refusal(base().busy_poll_interval(Duration::from_secs(1)))
+            .contains("relay setting busy_poll_interval"));
     }
 }
