@@ -6,7 +6,6 @@ use std::sync::Arc;
 use courier_core::{Error, ErrorKind, Topic, TopicConfig};
 use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication, TopicResult};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::Producer as _;
 
 use crate::error::{from_kafka, kind_of};
 use crate::Shared;
@@ -19,8 +18,7 @@ pub(crate) async fn provision(shared: &Arc<Shared>, config: &TopicConfig) -> Res
         tracing::warn!(topic = name, "Kafka has no message-count retention; max_messages is ignored");
     }
     // The mock cluster does not implement the CreateTopics request; it has its own call.
-    let mocked =
-        shared.producer.client().mock_cluster().map(|mock| mock.create_topic(name, partitions, replicas));
+    let mocked = shared.mock_cluster().map(|mock| mock.create_topic(name, partitions, replicas));
     if let Some(created) = mocked {
         return created.map_err(|e| from_kafka(format_args!("creating topic {name} on the mock cluster"), e));
     }

@@ -43,6 +43,8 @@ pub(crate) fn kind_of(code: Code) -> ErrorKind {
         Code::QueueFull => ErrorKind::Backpressure,
         // Purged before a verdict (producer dropped): it may or may not have been written.
         Code::PurgeQueue | Code::PurgeInflight => ErrorKind::Lost,
+        // The producer raised a fatal error; the bus replaces it, so a re-publish can succeed.
+        Code::Fatal => ErrorKind::Unavailable,
         _ => ErrorKind::Unavailable,
     }
 }
@@ -75,6 +77,7 @@ mod tests {
             (Code::TopicAuthorizationFailed, ErrorKind::Config, false),
             (Code::InvalidRecord, ErrorKind::Rejected, false),
             (Code::PurgeInflight, ErrorKind::Lost, true),
+            (Code::Fatal, ErrorKind::Unavailable, true),
         ];
         for (code, kind, retryable) in cases {
             assert_eq!(kind_of(code), kind, "{code:?}");

@@ -11,6 +11,11 @@
 //!   [`WireMode::JsonEnvelope`](courier_core::wire::WireMode::JsonEnvelope), as the reference JSON
 //!   envelope plus `X-Event-*` headers). A full librdkafka queue makes the publish wait up to
 //!   [`KafkaConfig::queue_full_timeout`], then fail with `Backpressure`: nothing is dropped.
+//!   When librdkafka declares the producer dead (a fatal error, e.g. the idempotent producer
+//!   losing track of its sequence numbers), the bus replaces it by a new one with the same
+//!   configuration: the events the old one still held get their verdicts (queued ones are
+//!   purged and reported `Lost`, which is retryable), and later publishes go to the new one.
+//!   [`KafkaBus::producer_restarts`] counts replacements.
 //! - **Topics**: created through the admin API from [`TopicConfig`]
 //!   (partitions, replication factor, `retention.ms` from `max_age`, `retention.bytes` from
 //!   `max_bytes` (per partition), `compression.type` from [`KafkaConfig::compression`]), or only
@@ -69,24 +74,25 @@ mod error;
 mod native;
 mod producer;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use courier_core::{Bus, Error, ErrorKind, Publisher, PublisherConfig, Topic, TopicConfig};
 use futures::stream::BoxStream;
 use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::client::{Client, DefaultClientContext};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::Producer as _;
+use rdkafka::ClientConfig;
 
 pub use config::KafkaConfig;
 pub use consumer::{GroupContext, KafkaDelivery};
 pub use producer::{DeliveryContext, KafkaTransport};
 
+use crate::config::MOCK_BROKERS_SETTING;
 use crate::dedup::Dedup;
 use crate::error::from_kafka;
-use crate::native::TopicHandles;
-use crate::producer::KafkaProducer;
+use crate::producer::ProducerInstance;
 
 /// A Kafka bus. Cheap to clone; clones share the producer.
 #[derive(Clone)]
@@ -96,9 +102,18 @@ pub struct KafkaBus {
 
 pub(crate) struct Shared {
     config: KafkaConfig,
-    /// Declared before `producer`: handles are released before the client they belong to.
-    topics: TopicHandles,
-    producer: KafkaProducer,
+    /// The producer in use; replaced when librdkafka declares it dead (a fatal error).
+    producer: RwLock<Arc<ProducerInstance>>,
+    /// What a replacement producer is made from: the first producer's configuration, pointed at
+    /// the first producer's mock cluster when it started one.
+    producer_config: ClientConfig,
+    /// The first producer when it started the mock cluster, which lives as long as it does.
+    /// Declared after `producer`: clients of the cluster go before it.
+    mock_owner: Option<Arc<ProducerInstance>>,
+    /// Replaced producers, while they still drain.
+    retired: Mutex<Vec<Weak<ProducerInstance>>>,
+    /// How often the producer was replaced.
+    restarts: AtomicU64,
     dedup: Arc<Dedup>,
     /// Where consumers connect: the configured servers, or the producer's mock cluster.
     bootstrap: String,
@@ -106,30 +121,43 @@ pub(crate) struct Shared {
     admin: Option<AdminClient<DefaultClientContext>>,
 }
 
+impl Shared {
+    /// The bus's mock cluster, if it runs on one.
+    pub(crate) fn mock_cluster(&self) -> Option<MockCluster<'_, DeliveryContext>> {
+        self.mock_owner.as_ref()?.producer.client().mock_cluster()
+    }
+}
+
 impl KafkaBus {
     /// Creates the producer (and admin client). librdkafka connects in the background, so this
     /// fails only on invalid configuration; broker trouble shows in verdicts and provisioning.
     pub fn connect(config: KafkaConfig) -> Result<Self, Error> {
         let dedup = Arc::new(Dedup::new(config.dedup_window, config.dedup_capacity));
-        let context = DeliveryContext::new(Arc::clone(&dedup));
-        let producer = KafkaProducer::from_config_and_context(&config.producer_config(), context)
-            .map_err(|e| from_kafka("creating the Kafka producer", e))?;
-        let mock_bootstrap = producer.client().mock_cluster().map(|mock| mock.bootstrap_servers());
-        let (bootstrap, admin) = match mock_bootstrap {
-            Some(bootstrap) => (bootstrap, None),
+        let mut producer_config = config.producer_config();
+        let producer = Arc::new(ProducerInstance::new(&producer_config, Arc::clone(&dedup))?);
+        let mock_bootstrap = producer.producer.client().mock_cluster().map(|mock| mock.bootstrap_servers());
+        let (bootstrap, admin, mock_owner) = match mock_bootstrap {
+            Some(bootstrap) => {
+                // A replacement joins this cluster instead of starting its own.
+                producer_config.remove(MOCK_BROKERS_SETTING).set("bootstrap.servers", &bootstrap);
+                (bootstrap, None, Some(Arc::clone(&producer)))
+            }
             None => {
                 let admin = config
                     .admin_config()
                     .create()
                     .map_err(|e| from_kafka("creating the Kafka admin client", e))?;
-                (config.bootstrap_servers.clone(), Some(admin))
+                (config.bootstrap_servers.clone(), Some(admin), None)
             }
         };
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
-                topics: TopicHandles::default(),
-                producer,
+                producer: RwLock::new(producer),
+                producer_config,
+                mock_owner,
+                retired: Mutex::default(),
+                restarts: AtomicU64::new(0),
                 dedup,
                 bootstrap,
                 admin,
@@ -155,12 +183,24 @@ impl KafkaBus {
     /// The in-process mock cluster when the bus runs on one (librdkafka setting
     /// `test.mock.num.brokers`), for fault injection: brokers down/up, request errors.
     pub fn mock_cluster(&self) -> Option<MockCluster<'_, DeliveryContext>> {
-        self.shared.producer.client().mock_cluster()
+        self.shared.mock_cluster()
     }
 
     /// Events handed to librdkafka and still waiting for their delivery report.
     pub fn in_flight(&self) -> usize {
-        usize::try_from(self.shared.producer.in_flight_count()).unwrap_or(0)
+        self.shared.in_flight()
+    }
+
+    /// How often the producer was replaced because librdkafka declared it dead (a fatal error,
+    /// e.g. the idempotent producer losing track of its sequence numbers); worth an alert.
+    pub fn producer_restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the librdkafka client of the producer in use, e.g. to read its state or, on
+    /// the mock cluster, to inject a fatal error with `rd_kafka_test_fatal_error`.
+    pub fn with_producer_client<R>(&self, f: impl FnOnce(&Client<DeliveryContext>) -> R) -> R {
+        f(self.shared.producer().producer.client())
     }
 }
 
@@ -176,7 +216,8 @@ impl Bus for KafkaBus {
     async fn health(&self) -> Result<(), Error> {
         let shared = Arc::clone(&self.shared);
         let probe = tokio::task::spawn_blocking(move || {
-            shared.producer.client().fetch_metadata(None, std::time::Duration::from_secs(2)).map(drop)
+            let producer = shared.producer();
+            producer.producer.client().fetch_metadata(None, std::time::Duration::from_secs(2)).map(drop)
         });
         match probe.await {
             Ok(Ok(())) => Ok(()),
@@ -201,7 +242,7 @@ impl Bus for KafkaBus {
     /// bundled librdkafka can crash the process (SIGSEGV in its metadata-cache update) when a
     /// topic is deleted under a live consumer or publisher.
     async fn delete_topic(&self, topic: &Topic) -> Result<(), Error> {
-        self.shared.topics.forget(topic);
+        self.shared.producer().topics.forget(topic);
         admin::delete(&self.shared, topic).await
     }
 

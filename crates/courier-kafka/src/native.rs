@@ -61,8 +61,9 @@ unsafe impl Sync for TopicHandle {}
 
 impl Drop for TopicHandle {
     fn drop(&mut self) {
-        // SAFETY: the handle came from rd_kafka_topic_new and is released once; `TopicHandles`
-        // is dropped before the client (see `Shared`).
+        // SAFETY: the handle came from rd_kafka_topic_new and is released once, before the
+        // client it was made on: `TopicHandles` is dropped before the client that owns it (see
+        // `ProducerInstance`), and a handle taken out of it is dropped while the client is held.
         unsafe { rd::rd_kafka_topic_destroy(self.0.as_ptr()) }
     }
 }
@@ -100,10 +101,21 @@ impl TopicHandles {
     }
 }
 
+/// A message librdkafka did not take, handed back with the reason so the caller can retry or
+/// report it.
+pub(crate) struct Refused {
+    /// Why; for a fatal refusal, the code of the fatal error raised earlier.
+    pub(crate) code: RDKafkaErrorCode,
+    /// The client raised a fatal error earlier (e.g. the idempotent producer lost track of its
+    /// sequence numbers) and refuses every message from now on.
+    pub(crate) fatal: bool,
+    pub(crate) headers: Headers,
+    pub(crate) in_flight: DeliveryOpaque,
+}
+
 /// Hands one message to librdkafka on `client`: the key is copied, the headers are
 /// taken, and the payload of `in_flight` is lent until the message's delivery report, which
-/// brings `in_flight` back. On refusal, headers and `in_flight` come back with the error code,
-/// so the caller can retry or report it.
+/// brings `in_flight` back. On refusal, headers and `in_flight` come back in [`Refused`].
 ///
 /// `topic` must be a handle made on `client` (by its [`TopicHandles`]).
 pub(crate) fn produce<C>(
@@ -112,7 +124,7 @@ pub(crate) fn produce<C>(
     key: &[u8],
     headers: Headers,
     in_flight: DeliveryOpaque,
-) -> Result<(), (RDKafkaErrorCode, Headers, DeliveryOpaque)>
+) -> Result<(), Refused>
 where
     C: ProducerContext<DeliveryOpaque = DeliveryOpaque>,
 {
@@ -140,15 +152,16 @@ where
         std::mem::forget(headers);
         return Ok(());
     }
-    // SAFETY: `failed` is the error object this call returned and is destroyed once. librdkafka
-    // did not take the message, so `opaque`, made by `into_ptr` above, is turned back exactly
-    // once, here, by the same type's `from_ptr`.
-    let (code, in_flight) = unsafe {
+    // SAFETY: `failed` is the error object this call returned, read before it is destroyed,
+    // and destroyed once. librdkafka did not take the message, so `opaque`, made by `into_ptr`
+    // above, is turned back exactly once, here, by the same type's `from_ptr`.
+    let (code, fatal, in_flight) = unsafe {
         let code = RDKafkaErrorCode::from(rd::rd_kafka_error_code(failed));
+        let fatal = rd::rd_kafka_error_is_fatal(failed) != 0;
         rd::rd_kafka_error_destroy(failed);
-        (code, C::DeliveryOpaque::from_ptr(opaque))
+        (code, fatal, C::DeliveryOpaque::from_ptr(opaque))
     };
-    Err((code, headers, in_flight))
+    Err(Refused { code, fatal, headers, in_flight })
 }
 
 type VType = rd::rd_kafka_vtype_t;

@@ -1,19 +1,21 @@
 //! Publishing: one idempotent librdkafka producer per bus, polled by one dedicated thread whose
-//! delivery-report callback resolves each event's [`Completion`].
+//! delivery-report callback resolves each event's [`Completion`], and replaced by a new one
+//! when librdkafka declares it dead (a fatal error).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use courier_core::wire::{self, HeaderStyle, WireMode};
 use courier_core::{Completion, Envelope, Error, ErrorKind, EventId, Position, Receipt, Topic, Transport};
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::dedup::Dedup;
 use crate::error::from_kafka;
-use crate::native::{self, DeliveryOpaque, Headers, InFlight};
+use crate::native::{self, DeliveryOpaque, Headers, InFlight, TopicHandles};
 use crate::Shared;
 
 /// Room kept under `message.max.bytes` for headers and record framing.
@@ -61,6 +63,101 @@ fn delivery_error(topic: &Topic, event_id: EventId, err: &KafkaError) -> Error {
     from_kafka(format_args!("publishing event {event_id} to topic {topic}"), err.clone())
 }
 
+/// One librdkafka producer and the topic handles made on it, replaced as a whole after a fatal
+/// error.
+pub(crate) struct ProducerInstance {
+    /// Declared before `producer`: handles are released before the client they belong to.
+    pub(crate) topics: TopicHandles,
+    pub(crate) producer: KafkaProducer,
+}
+
+impl ProducerInstance {
+    pub(crate) fn new(config: &ClientConfig, dedup: Arc<Dedup>) -> Result<Self, Error> {
+        let producer = KafkaProducer::from_config_and_context(config, DeliveryContext::new(dedup))
+            .map_err(|e| from_kafka("creating the Kafka producer", e))?;
+        Ok(Self { topics: TopicHandles::default(), producer })
+    }
+}
+
+impl Shared {
+    /// The producer in use.
+    pub(crate) fn producer(&self) -> Arc<ProducerInstance> {
+        Arc::clone(&self.producer.read().expect("producer lock"))
+    }
+
+    /// Replaces `failed`, which raised a fatal error and refuses every message from now on, by
+    /// a new producer with the same configuration, unless another send replaced it already.
+    /// Returns the producer to use.
+    ///
+    /// The failed producer keeps polling until its messages have their delivery reports: those
+    /// still queued are purged by librdkafka (reported as `Lost`, retryable), those sent get
+    /// the broker's answer; what is left after the flush timeout is purged when it is dropped.
+    pub(crate) fn replace_failed(
+        &self,
+        failed: &Arc<ProducerInstance>,
+    ) -> Result<Arc<ProducerInstance>, Error> {
+        let mut current = self.producer.write().expect("producer lock");
+        if !Arc::ptr_eq(&current, failed) {
+            return Ok(Arc::clone(&current));
+        }
+        let fresh = Arc::new(ProducerInstance::new(&self.producer_config, Arc::clone(&self.dedup))?);
+        let old = std::mem::replace(&mut *current, Arc::clone(&fresh));
+        drop(current);
+        let restarts = self.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let reason = old.producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"));
+        tracing::error!(
+            reason = reason.as_deref().unwrap_or("unknown"),
+            restarts,
+            "the Kafka producer raised a fatal error; publishing continues on a new producer"
+        );
+        let mut retired = self.retired.lock().expect("retired producers lock");
+        retired.retain(|r| r.strong_count() > 0);
+        retired.push(Arc::downgrade(&old));
+        drop(retired);
+        let owns_mock = self.mock_owner.as_ref().is_some_and(|owner| Arc::ptr_eq(owner, &old));
+        if !owns_mock {
+            // The mock cluster's owner stays for the bus's life; others are drained and dropped.
+            retire(old, self.config.flush_timeout);
+        }
+        Ok(fresh)
+    }
+
+    /// Messages the producers of this bus (the current one and any failed one still draining)
+    /// hold without a delivery report.
+    pub(crate) fn in_flight(&self) -> usize {
+        let current = self.producer();
+        let retired: Vec<_> =
+            self.retired.lock().expect("retired producers lock").iter().filter_map(Weak::upgrade).collect();
+        std::iter::once(current)
+            .chain(retired)
+            .map(|p| usize::try_from(p.producer.in_flight_count()).unwrap_or(0))
+            .sum()
+    }
+}
+
+/// Drains a failed producer on a thread of its own: waits up to `timeout` for the delivery
+/// reports of what it holds, then drops it (which purges the rest, reported as `Lost`). Dropping
+/// blocks, so it must not happen on an async task.
+fn retire(old: Arc<ProducerInstance>, timeout: Duration) {
+    let drain = move || {
+        if let Err(err) = old.producer.flush(timeout) {
+            tracing::warn!(error = %err, "the failed Kafka producer still held messages after the flush timeout; purging them");
+        }
+        // A send may still hold the producer for a moment (to find it replaced).
+        let mut old = old;
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(instance) => return drop(instance),
+                Err(shared) => old = shared,
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    if let Err(err) = std::thread::Builder::new().name("courier-kafka-retire".into()).spawn(drain) {
+        tracing::error!(error = %err, "no thread to drain the failed Kafka producer; it is leaked");
+    }
+}
+
 /// Headers librdkafka is told to expect: the CloudEvents attributes Courier writes, a trace
 /// context and a few of the envelope's own.
 const HEADERS_CAPACITY: usize = 12;
@@ -79,13 +176,7 @@ impl Transport for KafkaTransport {
             completion.complete(Ok(Receipt { event_id, position, duplicate: true }));
             return;
         }
-        let handle = match shared.topics.get(shared.producer.client(), topic) {
-            Ok(handle) => handle,
-            Err(err) => {
-                completion.complete(Err(err));
-                return;
-            }
-        };
+        let mut producer = shared.producer();
         let mut headers = Headers::with_capacity(HEADERS_CAPACITY);
         let body = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka, &mut headers);
         let mut in_flight = Box::new(InFlight::new(completion, body));
@@ -93,13 +184,41 @@ impl Transport for KafkaTransport {
         // Set when librdkafka first refuses the event for a full queue.
         let mut deadline = None;
         let mut pause = Duration::from_micros(200);
+        let mut replaced = false;
         loop {
-            let code;
-            let produced = native::produce(shared.producer.client(), &handle, key, headers, in_flight);
-            (code, headers, in_flight) = match produced {
+            let produced = {
+                // Taken and released while `producer`, whose client it was made on, is held.
+                let client = producer.producer.client();
+                let handle = match producer.topics.get(client, topic) {
+                    Ok(handle) => handle,
+                    Err(err) => {
+                        in_flight.into_completion().complete(Err(err));
+                        return;
+                    }
+                };
+                native::produce(client, &handle, key, headers, in_flight)
+            };
+            let refused = match produced {
                 Ok(()) => return,
                 Err(refused) => refused,
             };
+            let code = refused.code;
+            (headers, in_flight) = (refused.headers, refused.in_flight);
+            if refused.fatal && !replaced {
+                // This producer will refuse everything from now on; the event goes to its
+                // replacement (tried once, so a replacement failing at once is reported).
+                replaced = true;
+                match shared.replace_failed(&producer) {
+                    Ok(fresh) => {
+                        producer = fresh;
+                        continue;
+                    }
+                    Err(err) => {
+                        in_flight.into_completion().complete(Err(err));
+                        return;
+                    }
+                }
+            }
             if code != RDKafkaErrorCode::QueueFull {
                 let err = KafkaError::MessageProduction(code);
                 let completion = in_flight.into_completion();
@@ -126,9 +245,8 @@ impl Transport for KafkaTransport {
     /// Waits (up to the configured flush timeout) until librdkafka has a delivery report for
     /// every message it holds, sending lingering batches at once.
     async fn flush(&self) {
-        let shared = Arc::clone(&self.shared);
-        let flushed =
-            tokio::task::spawn_blocking(move || shared.producer.flush(shared.config.flush_timeout)).await;
+        let (producer, timeout) = (self.shared.producer(), self.shared.config.flush_timeout);
+        let flushed = tokio::task::spawn_blocking(move || producer.producer.flush(timeout)).await;
         if let Ok(Err(err)) = flushed {
             tracing::warn!(error = %err, "producer flush did not finish; close reports what is still pending");
         }

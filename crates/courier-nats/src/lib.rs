@@ -6,10 +6,13 @@
 //!   `ce-*` headers with the payload as the body, or, in [`WireMode::JsonEnvelope`], as the
 //!   reference system's JSON envelope. One task per publisher awaits all PubAcks; each accepted
 //!   event gets exactly one result: [`Position::Stream`] with the duplicate flag, or an error
-//!   whose kind says whether to retry (no PubAck within the ack timeout: `Timeout`; no stream for
-//!   the subject: `NotFound`; larger than the server's `max_payload`: `PayloadTooLarge`; lost
-//!   connection: `Connection`). Oversized events are refused before they reach the server, which
-//!   would otherwise close the whole connection.
+//!   whose kind says whether to retry (no PubAck within the ack timeout: `Timeout`; no stream
+//!   answering for the subject, the server's "no responders" or a JetStream 503 such as a stream
+//!   without a leader: `Unavailable`, retryable because the stream may yet be provisioned or
+//!   elected; larger than the server's or the stream's maximum: `PayloadTooLarge`; other
+//!   refusals a retry cannot fix: `Rejected`; lost connection: `Connection`). Oversized events
+//!   are refused before they reach the server, which would otherwise close the whole
+//!   connection.
 //! * **Streams**: [`Bus::provision`] creates one stream per topic (subject = topic name, stream
 //!   name = topic with `.` as `_`) from [`TopicConfig`] and [`NatsConfig`] (storage, retention,
 //!   max age/bytes/messages, duplicate window, replicas; `partitions` has no JetStream meaning and

@@ -213,37 +213,52 @@ fn verdict(
 }
 
 fn publish_error(err: PublishError, topic: &Topic, ack_timeout: Duration) -> Error {
+    let subject = topic.as_str();
     let (kind, message) = match err.kind() {
-        PublishErrorKind::StreamNotFound => (
-            ErrorKind::NotFound,
-            format!(
-                "no JetStream stream holds subject {topic:?}: provision the topic or add the subject to a stream"
-            ),
-        ),
+        // The server's "no responders" answer: nothing listens on the subject. Either no stream
+        // holds it yet (provisioning may still come) or its stream is between leaders (election,
+        // restart), so a later attempt can succeed.
+        PublishErrorKind::StreamNotFound => (ErrorKind::Unavailable, missing_stream(subject)),
         PublishErrorKind::TimedOut => (
             ErrorKind::Timeout,
             format!(
-                "no PubAck for subject {topic:?} within {ack_timeout:?}; the event may or may not be stored"
+                "no PubAck for subject {subject:?} within {ack_timeout:?}; the event may or may not be stored"
             ),
         ),
         PublishErrorKind::BrokenPipe => {
-            (ErrorKind::Connection, format!("the NATS connection lost the PubAck for subject {topic:?}"))
+            (ErrorKind::Connection, format!("the NATS connection lost the PubAck for subject {subject:?}"))
         }
         PublishErrorKind::MaxAckPending => {
             (ErrorKind::Backpressure, "too many PubAcks outstanding on this connection".to_owned())
         }
         _ => {
             // A JetStream API error in the PubAck, or a client failure (connection closed).
-            let kind = std::error::Error::source(&err)
-                .and_then(|source| source.downcast_ref::<jetstream::Error>())
-                .map_or(ErrorKind::Connection, api_error_kind);
-            (kind, format!("publishing to subject {topic:?} failed"))
+            match std::error::Error::source(&err).and_then(|source| source.downcast_ref::<jetstream::Error>())
+            {
+                // The stream was deleted, or is not (yet) known to the answering server.
+                Some(api) if api.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                    (ErrorKind::Unavailable, missing_stream(subject))
+                }
+                Some(api) => (api_error_kind(api), format!("publishing to subject {subject:?} failed")),
+                None => (ErrorKind::Connection, format!("publishing to subject {subject:?} failed")),
+            }
         }
     };
     Error::with_source(kind, message, err)
 }
 
+/// Names what a publish found missing; it ends up in the outbox row's `last_error`.
+fn missing_stream(subject: &str) -> String {
+    format!(
+        "no JetStream stream holds subject {subject:?} (or its stream is electing a leader or restarting); \
+         retrying until the topic is provisioned or the stream is back"
+    )
+}
+
 /// Classifies a JetStream API error by whether retrying can help.
+///
+/// `STREAM_NOT_FOUND` is `NotFound` here, for management calls that name a stream which does
+/// not exist; a publish treats a missing stream as transient instead (see [`publish_error`]).
 pub(crate) fn api_error_kind(err: &jetstream::Error) -> ErrorKind {
     match err.error_code() {
         ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => ErrorKind::PayloadTooLarge,
@@ -256,5 +271,48 @@ pub(crate) fn api_error_kind(err: &jetstream::Error) -> ErrorKind {
         | ErrorCode::STREAM_STORE_FAILED => ErrorKind::Unavailable,
         _ if err.code() == 503 => ErrorKind::Unavailable,
         _ => ErrorKind::Rejected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, err_code: u64) -> PublishError {
+        let body = format!(r#"{{"code":{code},"err_code":{err_code},"description":"from the server"}}"#);
+        let api: jetstream::Error = serde_json::from_str(&body).unwrap();
+        PublishError::with_source(PublishErrorKind::Other, api)
+    }
+
+    /// Every way a publish can find its stream missing is retryable and names the subject;
+    /// errors no retry can fix stay non-retryable.
+    #[test]
+    fn missing_streams_are_retryable_and_permanent_refusals_are_not() {
+        let topic = Topic::new("orders").unwrap();
+        let timeout = Duration::from_secs(1);
+        let missing = [
+            PublishError::new(PublishErrorKind::StreamNotFound),
+            api_error(404, ErrorCode::STREAM_NOT_FOUND.0),
+            api_error(503, ErrorCode::CLUSTER_NOT_LEADER.0),
+            api_error(503, 0),
+        ];
+        for err in missing {
+            let what = err.to_string();
+            let err = publish_error(err, &topic, timeout);
+            assert_eq!(err.kind(), ErrorKind::Unavailable, "{what}: {err}");
+            assert!(err.is_retryable());
+        }
+        let err = publish_error(PublishError::new(PublishErrorKind::StreamNotFound), &topic, timeout);
+        assert!(err.message().contains(r#"subject "orders""#), "{err}");
+
+        let permanent = [
+            (api_error(400, ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM.0), ErrorKind::PayloadTooLarge),
+            (api_error(400, ErrorCode::STREAM_WRONG_LAST_SEQUENCE.0), ErrorKind::Rejected),
+        ];
+        for (err, kind) in permanent {
+            let err = publish_error(err, &topic, timeout);
+            assert_eq!(err.kind(), kind, "{err}");
+            assert!(!err.is_retryable());
+        }
     }
 }

@@ -98,26 +98,41 @@ async fn event_above_the_stream_max_message_size_fails_alone() {
     publisher.close().await.unwrap();
 }
 
-/// A subject without a stream is a clear NotFound naming the subject, at provisioning (when it
-/// is off) and at publish, never a hang.
+/// With provisioning off, a subject without a stream is a configuration error naming the
+/// subject when the topic is provisioned or subscribed to.
 #[tokio::test]
-async fn subject_without_stream_is_not_found() {
-    let bus = shared_bus(|c| c.provision(false).ack_timeout(Duration::from_secs(2))).await;
+async fn subject_without_stream_is_not_found_when_provisioning_or_subscribing() {
+    let bus = shared_bus(|c| c.provision(false)).await;
     let topic = Topic::new(format!("nats-nostream-{}", uuid::Uuid::now_v7().simple())).unwrap();
     let err = bus.provision(&courier_core::TopicConfig::new(topic.clone())).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.message().contains(topic.as_str()), "{err}");
 
-    let publisher = bus.publisher(PublisherConfig::default());
-    // NotFound, not Timeout: the server's no-responders reply answers at once.
-    let err = publisher.publish(&topic, event("x-1", "?")).await.unwrap().await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    assert!(!err.is_retryable());
-    assert!(err.message().contains(topic.as_str()), "{err}");
-
     let err = bus.subscribe(&topic, "g").await.err().expect("no stream to subscribe to");
     assert_eq!(err.kind(), ErrorKind::NotFound);
+}
+
+/// Publishing to a subject no stream holds (yet) is answered at once by the server's "no
+/// responders" (never a hang until the ack timeout) and is a retryable error naming the
+/// subject, as during a leader election: once the stream exists, the same event goes through.
+#[tokio::test]
+async fn publish_to_subject_without_stream_is_retryable_and_names_it() {
+    let bus = shared_bus(|c| c.ack_timeout(Duration::from_secs(30))).await;
+    let topic = Topic::new(format!("nats-nostream-{}", uuid::Uuid::now_v7().simple())).unwrap();
+    let publisher = bus.publisher(PublisherConfig::default());
+    let pending = event("x-1", "?");
+    let started = std::time::Instant::now();
+    let err = publisher.publish(&topic, pending.clone()).await.unwrap().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20), "answered by no responders, not the ack timeout");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.message().contains(&format!("subject {:?}", topic.as_str())), "{err}");
+
+    bus.provision(&courier_core::TopicConfig::new(topic.clone())).await.unwrap();
+    let receipt = publisher.publish(&topic, pending).await.unwrap().await.unwrap();
+    assert!(!receipt.duplicate);
     publisher.close().await.unwrap();
+    assert_eq!(stored_messages(&bus, &topic).await, 1);
 }
 
 /// Deleting a topic removes the stream Courier made for it, twice is fine, and a stream Courier
