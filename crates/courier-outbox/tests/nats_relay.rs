@@ -8,14 +8,13 @@ use std::time::Duration;
 use common::{enqueue_tx, event, eventually, fast_config, topic, Kind, TestDb};
 use courier_core::{Bus, TopicConfig};
 use courier_nats::{NatsBus, NatsConfig};
-use courier_outbox::{Relay, Store};
+use courier_outbox::Relay;
 
 const NATS_URL: &str = "nats://127.0.0.1:4222";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// `(status, attempts, last_error)` of the row holding `event_id`.
-async fn row(store: &Store, event_id: &str) -> (String, i64, Option<String>) {
-    let Store::Postgres(pool) = store else { unreachable!("the test runs on PostgreSQL") };
+async fn row(pool: &sqlx::PgPool, event_id: &str) -> (String, i64, Option<String>) {
     sqlx::query_as("SELECT status, attempts, last_error FROM courier_outbox WHERE event_id = $1")
         .bind(event_id)
         .fetch_one(pool)
@@ -27,7 +26,8 @@ async fn row(store: &Store, event_id: &str) -> (String, i64, Option<String>) {
 /// subject; once the topic is provisioned, the next attempt publishes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_for_a_topic_without_stream_is_retried_until_the_stream_exists() {
-    let (_db, store) = TestDb::create(Kind::Postgres).await;
+    let (db, store) = TestDb::create(Kind::Postgres).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
     let bus = NatsBus::connect(NatsConfig::new(NATS_URL))
         .await
         .expect("nats-server with JetStream on 127.0.0.1:4222 (start it with scripts/services.sh)");
@@ -36,15 +36,14 @@ async fn row_for_a_topic_without_stream_is_retried_until_the_stream_exists() {
     let event_id = waiting.event_id().to_string();
     enqueue_tx(&store, &topic, std::slice::from_ref(&waiting), true).await.unwrap();
 
-    let mut config = fast_config();
     // Room for many retries between seeing them and provisioning, however slow the machine.
-    config.max_attempts = 1_000;
+    let config = fast_config().max_attempts(1_000);
     let relay = Relay::new(store.clone(), bus.clone(), config).start();
 
     // At least one retry after the first failure, or the row's end if it went dead instead.
     let deadline = tokio::time::Instant::now() + WAIT;
     let (status, attempts, last_error) = loop {
-        let row = row(&store, &event_id).await;
+        let row = row(&pool, &event_id).await;
         if row.1 >= 2 || row.0 != "pending" {
             break row;
         }
@@ -62,7 +61,7 @@ async fn row_for_a_topic_without_stream_is_retried_until_the_stream_exists() {
 
     bus.provision(&TopicConfig::new(topic.clone())).await.unwrap();
     eventually(WAIT, "the row to be published once the stream exists", || async {
-        row(&store, &event_id).await.0 == "published"
+        row(&pool, &event_id).await.0 == "published"
     })
     .await;
     relay.shutdown().await.unwrap();
