@@ -120,7 +120,7 @@ impl EnqueueArgs {
             .map(Topic::new)
             .transpose()
             .map_err(|e| crate::exit::usage(format_args!("invalid --topic: {e}")))?;
-        let outbox = Outbox::new(config.topic_mapper()?);
+        let outbox = Outbox::new(config.topic_mapper()?).wire_mode(config.bus.wire);
         for i in 0..self.count {
             let aggregate = if self.count == 1 {
                 self.aggregate_id.clone()

@@ -201,6 +201,31 @@ pub fn encode(envelope: &Envelope, mode: WireMode, style: HeaderStyle, sink: &mu
     }
 }
 
+/// Adds up the header names and values [`encode`] writes, without keeping them.
+struct HeaderBytes(usize);
+
+impl HeaderSink for HeaderBytes {
+    fn put(&mut self, name: &str, value: &str) {
+        self.0 += name.len() + value.len();
+    }
+}
+
+/// The bytes `envelope` takes on the wire in `mode`: the body [`encode`] returns (the payload in
+/// CloudEvents mode, the JSON document in JSON-envelope mode) plus the name and value of every
+/// header it writes (Courier's metadata headers and the envelope's own headers). Compare it with
+/// a broker's message limit before accepting an event that will be published later, e.g. at
+/// outbox enqueue.
+///
+/// It is the same in both [`HeaderStyle`]s (`ce_` and `ce-` are equally long). A broker's own
+/// framing is not included (NATS's header block markup and `Nats-Msg-Id`, Kafka's record fields
+/// and key), so a limit compared with this size must leave room for it. It runs the encoder, so
+/// in JSON-envelope mode it serializes the envelope once.
+pub fn encoded_size(envelope: &Envelope, mode: WireMode) -> usize {
+    let mut headers = HeaderBytes(0);
+    let body = encode(envelope, mode, HeaderStyle::Kafka, &mut headers);
+    body.len() + headers.0
+}
+
 /// Decodes a broker message in either mode: CloudEvents when a `ce_specversion`/`ce-specversion`
 /// header is present, the reference JSON envelope otherwise. Broker-internal headers
 /// (`Nats-*`) are dropped; other headers become envelope headers.
@@ -470,6 +495,67 @@ mod tests {
             (back.event_id(), back.payload(), back.aggregate_type()),
             (e.event_id(), e.payload(), "order")
         );
+    }
+
+    /// What [`encode`] puts on the wire: body length plus every header name and value.
+    fn encoded_len(e: &Envelope, mode: WireMode, style: HeaderStyle) -> usize {
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let body = encode(e, mode, style, &mut headers);
+        body.len() + headers.iter().map(|(name, value)| name.len() + value.len()).sum::<usize>()
+    }
+
+    #[test]
+    fn encoded_size_is_what_the_encoders_write_in_every_mode_and_style() {
+        let bare = Envelope::builder("order", "order-7", "OrderPlaced").build().unwrap();
+        let big = sample().into_builder().payload(vec![0xff; 100_000]).build().unwrap();
+        for e in [sample(), bare, big] {
+            for mode in [WireMode::CloudEvents, WireMode::JsonEnvelope] {
+                for style in [HeaderStyle::Kafka, HeaderStyle::Nats] {
+                    assert_eq!(encoded_size(&e, mode), encoded_len(&e, mode, style), "{mode:?} {style:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_size_counts_the_payload_and_every_header() {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let id: EventId = "0192b3c4-d5e6-7f80-9a1b-2c3d4e5f6a7b".parse().unwrap();
+        let e = Envelope::builder("order", "order-7", "OrderPlaced")
+            .event_id(id)
+            .timestamp(at)
+            .payload("12345")
+            .header("x-custom", "yes")
+            .build()
+            .unwrap();
+        let cloudevents = [
+            ("ce_specversion", "1.0"),
+            ("ce_id", "0192b3c4-d5e6-7f80-9a1b-2c3d4e5f6a7b"),
+            ("ce_source", "/courier/order"),
+            ("ce_type", "OrderPlaced"),
+            ("ce_subject", "order-7"),
+            ("ce_time", "2023-11-14T22:13:20Z"),
+            ("ce_eventversion", "1"),
+            ("x-custom", "yes"),
+        ];
+        let header_bytes: usize = cloudevents.iter().map(|(name, value)| name.len() + value.len()).sum();
+        assert_eq!(encoded_size(&e, WireMode::CloudEvents), 5 + header_bytes);
+
+        // JSON envelope: the document (payload in base64) plus the `X-*` headers.
+        let document = format!(
+            r#"{{"event_id":"{id}","aggregate_id":"order-7","event_type":"OrderPlaced","event_version":1,"payload":"{}","timestamp":"2023-11-14T22:13:20Z"}}"#,
+            json_envelope_payload(b"12345")
+        );
+        let json_headers = [
+            (X_EVENT_ID, "0192b3c4-d5e6-7f80-9a1b-2c3d4e5f6a7b"),
+            (X_AGGREGATE_ID, "order-7"),
+            (X_EVENT_TYPE, "OrderPlaced"),
+            (X_EVENT_VERSION, "1"),
+            (X_AGGREGATE_TYPE, "order"),
+            ("x-custom", "yes"),
+        ];
+        let header_bytes: usize = json_headers.iter().map(|(name, value)| name.len() + value.len()).sum();
+        assert_eq!(encoded_size(&e, WireMode::JsonEnvelope), document.len() + header_bytes);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use courier_core::{Envelope, EventId, Topic, ValidationError, DEFAULT_MAX_PAYLOAD};
+use courier_core::wire::{self, WireMode};
+use courier_core::{Envelope, EventId, Topic, ValidationError};
 
 use crate::row::NewRow;
 use crate::sql::{OutboxConnection, INSERT_CHUNK};
@@ -99,12 +100,21 @@ impl<'a> From<&'a Envelope> for Enqueue<'a> {
 #[derive(Debug, Clone)]
 pub struct Outbox {
     mapper: TopicMapper,
-    max_payload: usize,
+    max_encoded_size: usize,
+    wire_mode: WireMode,
 }
+
+/// librdkafka's default `message.max.bytes` less the room the Kafka transport keeps for the
+/// record key and framing; see [`Outbox::max_encoded_size`].
+const DEFAULT_MAX_ENCODED_SIZE: usize = 1_000_000 - 16 * 1024;
 
 impl Default for Outbox {
     fn default() -> Self {
-        Self { mapper: TopicMapper::default(), max_payload: DEFAULT_MAX_PAYLOAD }
+        Self {
+            mapper: TopicMapper::default(),
+            max_encoded_size: DEFAULT_MAX_ENCODED_SIZE,
+            wire_mode: WireMode::default(),
+        }
     }
 }
 
@@ -114,12 +124,39 @@ impl Outbox {
         Self { mapper, ..Self::default() }
     }
 
-    /// Refuses payloads above `bytes` at enqueue; set it to the broker's limit so an oversized
-    /// event is refused in the business transaction rather than dying in the relay.
-    /// Default 1 MiB.
-    pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
+    /// Refuses at enqueue an event whose encoded size (payload plus headers in the
+    /// [`wire_mode`](Self::wire_mode), see [`wire::encoded_size`]) is above `bytes`, so an event
+    /// the broker can never take fails in the business transaction instead of going dead in the
+    /// relay and parking its aggregate. Raise it together with the broker's limit (nats-server
+    /// `max_payload`, Kafka `message.max.bytes` on the broker and the producer), keeping room for
+    /// the broker's framing; lower it to keep events small.
+    ///
+    /// Default 983,616 bytes: librdkafka's `message.max.bytes` of 1,000,000, the smallest default
+    /// limit among the backends (Kafka brokers take 1,048,588, or 1,000,012 before Kafka 1.1;
+    /// nats-server's `max_payload` is 1,048,576), less the 16 KiB the Kafka transport keeps for
+    /// the record key and framing. All of these limits count the headers too.
+    pub fn max_encoded_size(mut self, bytes: usize) -> Self {
+        self.max_encoded_size = bytes;
         self
+    }
+
+    /// The limit set by [`max_encoded_size`](Self::max_encoded_size).
+    pub fn get_max_encoded_size(&self) -> usize {
+        self.max_encoded_size
+    }
+
+    /// The wire mode in which events are measured against
+    /// [`max_encoded_size`](Self::max_encoded_size); set it to the relay's bus's mode (the JSON
+    /// envelope carries the payload in base64, a third larger). Default
+    /// [`WireMode::CloudEvents`].
+    pub fn wire_mode(mut self, mode: WireMode) -> Self {
+        self.wire_mode = mode;
+        self
+    }
+
+    /// The mode set by [`wire_mode`](Self::wire_mode).
+    pub fn get_wire_mode(&self) -> WireMode {
+        self.wire_mode
     }
 
     /// How event topics are chosen.
@@ -172,8 +209,7 @@ impl Outbox {
     fn row(&self, event: &Enqueue<'_>) -> Result<NewRow, ValidationError> {
         let envelope = event.envelope;
         // Envelopes are valid by construction; re-check in case it was decoded from elsewhere.
-        let envelope_checked = envelope.clone().into_builder().build()?;
-        envelope_checked.check_payload_size(self.max_payload)?;
+        envelope.clone().into_builder().build()?;
         let topic = match event.topic {
             Some(topic) => topic.clone(),
             None => self.mapper.topic_for(envelope.aggregate_type())?,
@@ -182,6 +218,23 @@ impl Outbox {
             if key.trim().is_empty() || key.len() > 255 {
                 return Err(ValidationError::new("idempotency_key", "must have 1 to 255 characters"));
             }
+        }
+        // Last: in JSON-envelope mode measuring serializes the event.
+        let size = wire::encoded_size(envelope, self.wire_mode);
+        if size > self.max_encoded_size {
+            let mode = match self.wire_mode {
+                WireMode::CloudEvents => "CloudEvents",
+                WireMode::JsonEnvelope => "JSON envelope",
+            };
+            return Err(ValidationError::new(
+                "payload",
+                format!(
+                    "event encodes to {size} bytes ({} bytes of payload plus headers, {mode} wire mode), \
+                     above the maximum encoded size of {} bytes",
+                    envelope.payload().len(),
+                    self.max_encoded_size
+                ),
+            ));
         }
         Ok(NewRow::new(&topic, envelope, event.idempotency_key.map(str::to_owned)))
     }
@@ -200,9 +253,26 @@ mod tests {
     }
 
     #[test]
-    fn payload_over_the_limit_is_refused_naming_the_field() {
-        let outbox = Outbox::default().max_payload(4);
-        let e = Envelope::builder("order", "o-1", "Placed").payload("12345").build().unwrap();
-        assert_eq!(outbox.row(&Enqueue::new(&e)).unwrap_err().field, "payload");
+    fn event_over_the_encoded_size_limit_is_refused_naming_the_field_and_both_sizes() {
+        let e =
+            Envelope::builder("order", "o-1", "Placed").payload("12345").header("x-a", "b").build().unwrap();
+        let size = wire::encoded_size(&e, WireMode::CloudEvents);
+        assert!(size > 5 + 4, "headers count: {size}");
+        assert!(Outbox::default().max_encoded_size(size).row(&Enqueue::new(&e)).is_ok());
+        let err = Outbox::default().max_encoded_size(size - 1).row(&Enqueue::new(&e)).unwrap_err();
+        assert_eq!(err.field, "payload");
+        assert!(err.reason.contains(&format!("{size} bytes")), "{err}");
+        assert!(err.reason.contains(&format!("maximum encoded size of {} bytes", size - 1)), "{err}");
+        // The JSON envelope is larger; measured in that mode the same limit refuses the event.
+        let json = Outbox::default().max_encoded_size(size).wire_mode(WireMode::JsonEnvelope);
+        assert!(wire::encoded_size(&e, WireMode::JsonEnvelope) > size);
+        assert_eq!(json.row(&Enqueue::new(&e)).unwrap_err().field, "payload");
+    }
+
+    #[test]
+    fn defaults() {
+        let outbox = Outbox::default();
+        assert_eq!(outbox.get_max_encoded_size(), 983_616);
+        assert_eq!(outbox.get_wire_mode(), WireMode::CloudEvents);
     }
 }

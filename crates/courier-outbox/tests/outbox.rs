@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{consume, enqueue_many, enqueue_tx, event, eventually, fast_config, topic, Kind, TestDb};
+use courier_core::wire::{self, WireMode};
 use courier_core::{Envelope, ErrorKind, MemoryBus, MemoryConfig, TraceContext};
 use courier_outbox::{
     AckedEvent, DeadFilter, Enqueue, Outbox, OutboxError, Relay, RelayHandle, RelayObserver, Store,
@@ -19,6 +20,7 @@ per_database!(
     batch_round_trips_every_field_in_order,
     duplicate_idempotency_key_is_refused,
     invalid_events_are_refused_before_writing,
+    events_over_the_encoded_size_limit_are_refused_before_writing,
     failed_acks_are_retried_then_dead_then_requeued,
     poison_event_parks_only_its_aggregate,
     retries_keep_per_aggregate_order,
@@ -136,7 +138,7 @@ async fn duplicate_idempotency_key_is_refused(kind: Kind) {
 async fn invalid_events_are_refused_before_writing(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let big = Envelope::builder("order", "o-1", "Placed").payload(vec![0u8; 2048]).build().unwrap();
-    let outbox = Outbox::default().max_payload(1024);
+    let outbox = Outbox::default().max_encoded_size(1024);
     let err = with_tx!(&store, true, |tx| outbox.enqueue(&mut tx, &big).await.unwrap_err());
     assert!(matches!(&err, OutboxError::Invalid(v) if v.field == "payload"), "{err:?}");
     // The default topic is the aggregate type, validated for every backend.
@@ -144,6 +146,51 @@ async fn invalid_events_are_refused_before_writing(kind: Kind) {
     let err = with_tx!(&store, true, |tx| Outbox::default().enqueue(&mut tx, &bad_topic).await.unwrap_err());
     assert!(matches!(&err, OutboxError::Invalid(v) if v.field == "topic"), "{err:?}");
     assert_eq!(store.stats().await.unwrap(), Default::default());
+}
+
+/// With the default limit, an event whose payload plus headers is one byte over it is refused
+/// naming both sizes, alone or in a batch with a good event, and nothing is written; one exactly
+/// at the limit is accepted. The limit is measured in the outbox's wire mode.
+async fn events_over_the_encoded_size_limit_are_refused_before_writing(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let outbox = Outbox::default();
+    let limit = outbox.get_max_encoded_size();
+    let sized = |aggregate: &str, payload_len: usize| {
+        Envelope::builder("order", aggregate, "OrderChanged")
+            .payload(vec![b'x'; payload_len])
+            .header("x-tenant-region", "eu-west-1")
+            .build()
+            .unwrap()
+    };
+    // CloudEvents headers do not depend on the payload: measure them on an empty one.
+    let header_bytes = wire::encoded_size(&sized("order-1", 0), WireMode::CloudEvents);
+    let at_limit = sized("order-1", limit - header_bytes);
+    let over = sized("order-2", limit - header_bytes + 1);
+    assert_eq!(wire::encoded_size(&at_limit, WireMode::CloudEvents), limit);
+    let over_size = limit + 1;
+    let assert_refused = |err: OutboxError| {
+        let OutboxError::Invalid(invalid) = &err else { panic!("{err:?}") };
+        assert_eq!(invalid.field, "payload", "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("{over_size} bytes")), "names the event's size: {text}");
+        assert!(text.contains(&format!("{limit} bytes")), "names the limit: {text}");
+    };
+
+    let err = with_tx!(&store, true, |tx| outbox.enqueue(&mut tx, &over).await.unwrap_err());
+    assert_refused(err);
+    let good = event("order-3", 0);
+    let err = with_tx!(&store, true, |tx| outbox.enqueue_batch(&mut tx, [&good, &over]).await.unwrap_err());
+    assert_refused(err);
+    assert_eq!(store.stats().await.unwrap(), Default::default(), "nothing written");
+
+    // In JSON-envelope mode the same event is larger (base64 payload): refused there.
+    let json = outbox.clone().wire_mode(WireMode::JsonEnvelope);
+    let err = with_tx!(&store, true, |tx| json.enqueue(&mut tx, &at_limit).await.unwrap_err());
+    assert!(matches!(&err, OutboxError::Invalid(v) if v.field == "payload"), "{err:?}");
+    assert_eq!(store.stats().await.unwrap(), Default::default(), "nothing written");
+
+    with_tx!(&store, true, |tx| outbox.enqueue(&mut tx, &at_limit).await.unwrap());
+    assert_eq!(pending(&store).await, 1);
 }
 
 async fn failed_acks_are_retried_then_dead_then_requeued(kind: Kind) {
