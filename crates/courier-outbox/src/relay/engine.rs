@@ -29,7 +29,9 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A finished outcome write: the rows it covered and whether it committed.
 type WriteDone = (Vec<i64>, Vec<Failure>, Result<(), sqlx::Error>);
 /// A finished blocked-aggregate scan of some partitions.
-type ScanDone = (Vec<i64>, Result<Vec<BlockedRow>, sqlx::Error>);
+/// A finished blocked-aggregate scan of some partitions, with the count of outcome writes that
+/// had committed when it started (see [`Park::recorded`]).
+type ScanDone = (Vec<i64>, u64, Result<Vec<BlockedRow>, sqlx::Error>);
 
 /// How long to wait before retrying a database operation that failed.
 const DB_RETRY: Duration = Duration::from_millis(500);
@@ -113,9 +115,9 @@ pub(crate) async fn run<T: Transport>(
                 write = None;
                 engine.on_written(published, failures, outcome, claim.is_some());
             }
-            (partitions, outcome) = poll_slot(&mut scan) => {
+            (partitions, started_after, outcome) = poll_slot(&mut scan) => {
                 scan = None;
-                engine.on_scanned(partitions, outcome);
+                engine.on_scanned(partitions, started_after, outcome);
             }
             Some(event) = lease_rx.recv() => engine.on_lease(event),
             // A subtask never ends on its own: without it the relay would go on silently idle
@@ -159,6 +161,47 @@ struct Park {
     row_id: i64,
     /// When the retry is due; `None` for a dead row (until requeued or discarded).
     until: Option<Instant>,
+    /// For a dead row: after how many committed outcome writes its death is in the database;
+    /// `None` while not yet written. Only a scan that started after that may lift the park:
+    /// an earlier one may have read the row while it was still pending.
+    recorded: Option<u64>,
+}
+
+impl Park {
+    /// A retry of `row_id` due at `until`.
+    fn retry(row_id: i64, until: Instant) -> Self {
+        Self { row_id, until: Some(until), recorded: None }
+    }
+
+    /// A dead `row_id`, its death in the database once `recorded` writes committed.
+    fn dead(row_id: i64, recorded: Option<u64>) -> Self {
+        Self { row_id, until: None, recorded }
+    }
+
+    fn is_dead(&self) -> bool {
+        self.until.is_none()
+    }
+
+    /// Whether a blocked-rows scan started after `writes_done` committed writes shows this
+    /// park's row as it is now, so that not finding it blocked means an operator lifted it.
+    fn seen_by_scan_after(&self, writes_done: u64) -> bool {
+        self.recorded.is_some_and(|recorded| recorded <= writes_done)
+    }
+
+    /// Both parks of one aggregate as one: the earliest failed row, and the later retry time
+    /// (a dead row waits for ever). A dead park stays unrecorded until both are.
+    fn merge(self, other: Self) -> Self {
+        let recorded = match (self.is_dead(), other.is_dead()) {
+            (true, true) => self.recorded.zip(other.recorded).map(|(a, b)| a.max(b)),
+            (true, false) => self.recorded,
+            (false, _) => other.recorded,
+        };
+        Self {
+            row_id: self.row_id.min(other.row_id),
+            until: self.until.zip(other.until).map(|(a, b)| a.max(b)),
+            recorded,
+        }
+    }
 }
 
 /// The relay's state of one aggregate with rows in memory.
@@ -236,6 +279,11 @@ struct Engine<T: Transport> {
     failures: Vec<Failure>,
     write_retry_at: Instant,
     scan_retry_at: Instant,
+    /// Outcome writes committed so far; orders dead parks against scans.
+    writes_done: u64,
+    /// Partitions this relay holds a lease on (from `Acquired` until `Lost` or `Release`): a
+    /// scan that finishes after its partition was lost must not bring it back.
+    owned: BTreeSet<i64>,
     /// Written rows to forget once the claim in progress (which may predate the write) is done.
     forget_later: Vec<i64>,
     stopping: bool,
@@ -281,6 +329,8 @@ impl<T: Transport> Engine<T> {
             failures: Vec::new(),
             write_retry_at: now,
             scan_retry_at: now,
+            writes_done: 0,
+            owned: BTreeSet::new(),
             forget_later: Vec::new(),
             stopping: false,
         }
@@ -538,8 +588,13 @@ impl<T: Transport> Engine<T> {
         if dead && !self.config.park_on_dead {
             self.resume(&flight.aggregate);
         } else {
-            let until = (!dead).then(|| Instant::now() + delay);
-            self.park(&flight.aggregate, Park { row_id: flight.row_id, until });
+            let park = if dead {
+                // Its death is recorded once the outcome write carrying it commits.
+                Park::dead(flight.row_id, None)
+            } else {
+                Park::retry(flight.row_id, Instant::now() + delay)
+            };
+            self.park(&flight.aggregate, park);
         }
     }
 
@@ -562,12 +617,8 @@ impl<T: Transport> Engine<T> {
         let aggregate = self.aggregates.entry(Arc::clone(key)).or_insert_with(|| Aggregate::new(partition));
         aggregate.busy = false;
         self.queued -= aggregate.drop_queue(&mut self.known);
-        // Keep the earliest failed row and the later retry time.
         let park = match aggregate.park {
-            Some(old) => Park {
-                row_id: old.row_id.min(park.row_id),
-                until: old.until.zip(park.until).map(|(a, b)| a.max(b)),
-            },
+            Some(old) => old.merge(park),
             None => park,
         };
         aggregate.park = Some(park);
@@ -667,6 +718,13 @@ impl<T: Transport> Engine<T> {
             self.write_retry_at = Instant::now() + DB_RETRY;
             return;
         }
+        self.writes_done += 1;
+        for dead in failures.iter().filter(|f| f.dead) {
+            let parked = self.aggregates.values_mut().filter_map(|a| a.park.as_mut());
+            for park in parked.filter(|p| p.is_dead() && p.row_id == dead.id) {
+                park.recorded = Some(self.writes_done);
+            }
+        }
         let written = published.into_iter().chain(failures.iter().map(|f| f.id));
         if claim_running {
             self.forget_later.extend(written);
@@ -683,15 +741,23 @@ impl<T: Transport> Engine<T> {
             return None;
         }
         let partitions: Vec<i64> = std::mem::take(&mut self.to_scan).into_iter().collect();
-        let (store, count) = (self.store.clone(), self.partition_count);
+        let (store, count, writes_done) = (self.store.clone(), self.partition_count, self.writes_done);
         Some(Box::pin(async move {
             let outcome = store.blocked(&partitions, count).await;
-            (partitions, outcome)
+            (partitions, writes_done, outcome)
         }))
     }
 
     /// Parks the aggregates the database shows blocked in `partitions`, then works on them.
-    fn on_scanned(&mut self, partitions: Vec<i64>, outcome: Result<Vec<BlockedRow>, sqlx::Error>) {
+    /// `started_after` is how many outcome writes had committed when the scan started.
+    fn on_scanned(
+        &mut self,
+        partitions: Vec<i64>,
+        started_after: u64,
+        outcome: Result<Vec<BlockedRow>, sqlx::Error>,
+    ) {
+        // Partitions lost while the scan ran are no longer this relay's to work on.
+        let partitions: Vec<i64> = partitions.into_iter().filter(|p| self.owned.contains(p)).collect();
         let blocked = match outcome {
             Ok(blocked) => blocked,
             Err(err) => {
@@ -702,11 +768,16 @@ impl<T: Transport> Engine<T> {
             }
         };
         let scanned: HashSet<i64> = partitions.iter().copied().collect();
-        // Dead parks come from the database alone: an operator may have lifted them.
+        // A dead park whose row the scan no longer shows blocked was lifted by an operator
+        // (requeued or discarded). Only a scan that started after the row's death was written
+        // can tell: an earlier one may have read the row while it was still pending.
         let lifted: Vec<Arc<str>> = self
             .aggregates
             .iter()
-            .filter(|(_, a)| scanned.contains(&a.partition) && a.park.is_some_and(|p| p.until.is_none()))
+            .filter(|(_, a)| {
+                scanned.contains(&a.partition)
+                    && a.park.is_some_and(|p| p.is_dead() && p.seen_by_scan_after(started_after))
+            })
             .map(|(key, _)| Arc::clone(key))
             .collect();
         for key in lifted {
@@ -725,21 +796,22 @@ impl<T: Transport> Engine<T> {
             if !seen.insert(row.aggregate_id.clone()) {
                 continue;
             }
-            let until = if row.dead {
-                None
+            let park = if row.dead {
+                // Read from the database: recorded before any scan this relay starts from now.
+                Park::dead(row.id, Some(0))
             } else {
                 let wait_us = row.next_attempt_at_us.unwrap_or_default() - now_micros;
                 if wait_us <= 0 {
                     continue;
                 }
-                Some(now + Duration::from_micros(wait_us as u64))
+                Park::retry(row.id, now + Duration::from_micros(wait_us as u64))
             };
             let key: Arc<str> = row.aggregate_id.into();
             if self.aggregates.get(&key).is_some_and(|a| a.busy) {
                 // Its in-flight event settles the aggregate's state in memory.
                 continue;
             }
-            self.park(&key, Park { row_id: row.id, until });
+            self.park(&key, park);
         }
         self.active.extend(partitions.iter().filter(|p| !self.draining.contains(p)));
         self.counters.partitions.store(self.active.len() as u64, Ordering::Relaxed);
@@ -751,6 +823,7 @@ impl<T: Transport> Engine<T> {
             LeaseEvent::Acquired(partitions) => {
                 for p in partitions {
                     self.draining.remove(&p);
+                    self.owned.insert(p);
                     self.to_scan.insert(p);
                 }
             }
@@ -761,11 +834,16 @@ impl<T: Transport> Engine<T> {
                 tracing::warn!(?partitions, "outbox partition leases lost; stopping work on them");
                 for p in &partitions {
                     self.draining.remove(p);
+                    self.owned.remove(p);
                     self.to_scan.remove(p);
                 }
                 self.drop_partitions(&partitions);
             }
             LeaseEvent::Release(partitions) => {
+                for p in &partitions {
+                    self.owned.remove(p);
+                    self.to_scan.remove(p);
+                }
                 self.draining.extend(&partitions);
                 self.drop_partitions(&partitions);
                 self.check_drained();
@@ -815,5 +893,101 @@ impl<T: Transport> Engine<T> {
         let all: Vec<i64> = self.active.iter().chain(&self.draining).copied().collect();
         self.drop_partitions(&all);
         self.ready.clear();
+    }
+}
+
+/// The engine's decisions driven event by event, with no relay loop: the database is an
+/// in-memory SQLite the engine never reaches in these paths, the bus the memory bus.
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use courier_core::memory::MemoryTransport;
+    use courier_core::{Bus as _, ErrorKind, MemoryBus, PublisherConfig};
+
+    use super::*;
+
+    async fn engine() -> Engine<MemoryTransport> {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let publisher = MemoryBus::default().publisher(PublisherConfig::default());
+        let (keeper, _) = mpsc::unbounded_channel();
+        let (idle, _) = watch::channel(false);
+        let config = RelayConfig::default().partitions(1);
+        Engine::new(store, publisher, config, Arc::new(()), Arc::default(), keeper, idle)
+    }
+
+    /// Takes partition 0 with nothing blocked in it.
+    fn own_partition_zero(engine: &mut Engine<MemoryTransport>) {
+        engine.on_lease(LeaseEvent::Acquired(vec![0]));
+        let _scan = engine.start_scan().expect("a scan of the new partition");
+        engine.on_scanned(vec![0], engine.writes_done, Ok(Vec::new()));
+        assert!(engine.active.contains(&0));
+    }
+
+    /// The last attempt of `row_id` failed for good; returns the failure write it made.
+    fn dies(engine: &mut Engine<MemoryTransport>, aggregate: &str, row_id: i64) -> Vec<Failure> {
+        let flight = InFlight { row_id, aggregate: aggregate.into(), attempts: 9, created_at_us: now_us() };
+        engine.known.insert(row_id, 0);
+        engine.fail(flight, &Error::new(ErrorKind::Rejected, "refused for good"));
+        std::mem::take(&mut engine.failures)
+    }
+
+    fn parked(engine: &Engine<MemoryTransport>, aggregate: &str) -> Option<Park> {
+        engine.aggregates.get(aggregate).and_then(|a| a.park)
+    }
+
+    /// A scan that read the row while it was still pending must not lift its dead park, or the
+    /// aggregate's next event would overtake the dead one.
+    #[tokio::test]
+    async fn a_scan_older_than_a_death_does_not_lift_its_park() {
+        let mut engine = engine().await;
+        own_partition_zero(&mut engine);
+        engine.on_lease(LeaseEvent::Changed(vec![0]));
+        let started_after = engine.writes_done;
+        let _stale = engine.start_scan().expect("a scan");
+        let failures = dies(&mut engine, "order-1", 7);
+        engine.on_written(Vec::new(), failures, Ok(()), false);
+        // The stale scan saw row 7 pending, so it reports nothing blocked.
+        engine.on_scanned(vec![0], started_after, Ok(Vec::new()));
+        assert!(parked(&engine, "order-1").is_some_and(|p| p.is_dead() && p.row_id == 7));
+    }
+
+    /// Once the death is written, a scan that no longer finds the row blocked means an
+    /// operator requeued or discarded it: the park is lifted.
+    #[tokio::test]
+    async fn a_scan_after_the_death_was_written_lifts_a_requeued_park() {
+        let mut engine = engine().await;
+        own_partition_zero(&mut engine);
+        let failures = dies(&mut engine, "order-1", 7);
+        engine.on_written(Vec::new(), failures, Ok(()), false);
+        engine.on_lease(LeaseEvent::Changed(vec![0]));
+        let _scan = engine.start_scan().expect("a scan");
+        engine.on_scanned(vec![0], engine.writes_done, Ok(Vec::new()));
+        assert!(parked(&engine, "order-1").is_none());
+    }
+
+    /// A death not yet written is not lifted by any scan.
+    #[tokio::test]
+    async fn an_unwritten_death_is_never_lifted() {
+        let mut engine = engine().await;
+        own_partition_zero(&mut engine);
+        let _unwritten = dies(&mut engine, "order-1", 7);
+        engine.on_lease(LeaseEvent::Changed(vec![0]));
+        let _scan = engine.start_scan().expect("a scan");
+        engine.on_scanned(vec![0], engine.writes_done, Ok(Vec::new()));
+        assert!(parked(&engine, "order-1").is_some());
+    }
+
+    /// A scan that finishes after its partition's lease was lost must not make the partition
+    /// active again (a zombie partition the new owner also works on).
+    #[tokio::test]
+    async fn a_scan_finishing_after_the_lease_was_lost_does_not_revive_the_partition() {
+        let mut engine = engine().await;
+        engine.on_lease(LeaseEvent::Acquired(vec![0]));
+        let _scan = engine.start_scan().expect("a scan of the new partition");
+        engine.on_lease(LeaseEvent::Lost(vec![0]));
+        engine.on_scanned(vec![0], engine.writes_done, Ok(Vec::new()));
+        assert!(!engine.active.contains(&0), "the lost partition is active again");
+        // Nor is it queued to be scanned again after a failed scan.
+        engine.on_scanned(vec![0], engine.writes_done, Err(sqlx::Error::PoolTimedOut));
+        assert!(engine.to_scan.is_empty());
     }
 }
