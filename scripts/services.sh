@@ -30,6 +30,17 @@ ensure_mariadb() {
   wait_port MariaDB 3306 30
 }
 
+# Named time zones (MariaDB installs none): the outbox tests run the lease clock in a session set
+# to a zone with daylight saving time.
+ensure_mariadb_time_zones() {
+  local have
+  have=$(mariadb -uroot -h127.0.0.1 -N -e "SELECT COUNT(*) FROM mysql.time_zone_name WHERE Name = 'Europe/Berlin'")
+  [[ "$have" != 0 ]] && return 0
+  echo "loading MariaDB's time zone tables from /usr/share/zoneinfo"
+  mariadb-tzinfo-to-sql /usr/share/zoneinfo 2>"$LOG_DIR/tzinfo.log" | mariadb -uroot -h127.0.0.1 mysql || {
+    echo "FATAL: loading MariaDB's time zones failed; see $LOG_DIR/tzinfo.log" >&2; return 1; }
+}
+
 ensure_nats() {
   port_open 4222 && return 0
   echo "starting nats-server"
@@ -62,6 +73,7 @@ ensure_python_clients() {
 ensure_all() {
   ensure_postgres
   ensure_mariadb
+  ensure_mariadb_time_zones
   ensure_nats
   ensure_tansu
   ensure_python_clients

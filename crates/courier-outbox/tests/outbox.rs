@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{consume, enqueue_many, enqueue_tx, event, eventually, fast_config, topic, Kind, TestDb};
 use courier_core::wire::{self, WireMode};
-use courier_core::{Envelope, ErrorKind, MemoryBus, MemoryConfig, TraceContext};
+use courier_core::{Envelope, ErrorKind, MemoryBus, MemoryConfig, Topic, TraceContext};
 use courier_outbox::{
     AckedEvent, DeadFilter, Enqueue, Outbox, OutboxError, Relay, RelayHandle, RelayObserver, Store,
 };
@@ -31,6 +31,9 @@ per_database!(
     shutdown_drains_and_releases_leases,
     stats_and_retention_purge,
     zero_retention_deletes_acked_rows_only,
+    aggregates_differing_in_case_are_distinct,
+    dead_filters_match_identifiers_exactly,
+    relays_whose_ids_differ_in_case_share_the_work,
 );
 
 async fn pending(store: &Store) -> u64 {
@@ -463,4 +466,110 @@ async fn zero_retention_deletes_acked_rows_only(kind: Kind) {
         dead.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(),
         vec![doomed.event_id().to_string()]
     );
+}
+
+/// Two topics whose names differ only in case, as `Orders-…` and `orders-…`.
+fn topics_differing_in_case() -> (Topic, Topic) {
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    (Topic::new(format!("Orders-{suffix}")).unwrap(), Topic::new(format!("orders-{suffix}")).unwrap())
+}
+
+/// `Order-1` and `order-1` are two aggregates: while `Order-1` is parked behind its dead first
+/// event, the events of `order-1` enqueued between and after its own keep flowing, in order.
+/// (A case-insensitive previous-pending lookup made `Order-1`'s parked row the predecessor of
+/// `order-1`'s next one, which then waited for it forever.)
+async fn aggregates_differing_in_case_are_distinct(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let bus = MemoryBus::new(MemoryConfig::default().max_payload(1024));
+    let (upper, lower) = topics_differing_in_case();
+    let poison =
+        Envelope::builder("order", "Order-1", "OrderChanged").payload(vec![b'x'; 4096]).build().unwrap();
+    enqueue_tx(&store, &upper, std::slice::from_ref(&poison), true).await.unwrap();
+    enqueue_tx(&store, &lower, &[event("order-1", 0)], true).await.unwrap();
+    enqueue_tx(&store, &upper, &[event("Order-1", 1)], true).await.unwrap();
+    let relay = Relay::new(store.clone(), bus.clone(), fast_config()).start();
+    eventually(WAIT, "Order-1's first event to go dead", || async { store.stats().await.unwrap().dead == 1 })
+        .await;
+    // Enqueued while Order-1 is parked, interleaved with its own waiting events.
+    enqueue_tx(&store, &lower, &[event("order-1", 1)], true).await.unwrap();
+    enqueue_tx(&store, &upper, &[event("Order-1", 2)], true).await.unwrap();
+    enqueue_tx(&store, &lower, &[event("order-1", 2)], true).await.unwrap();
+    let consumed = consume(&bus, &lower, 3, WAIT).await;
+    assert_eq!(consumed.distinct(), 3, "order-1's events wait for Order-1's parked ones");
+    assert_eq!(consumed.order_violations, 0);
+    assert!(consumed.events.iter().all(|e| e.aggregate_id() == "order-1"));
+    // Order-1 stays parked behind its dead event.
+    eventually(WAIT, "order-1's rows to be marked", || async { pending(&store).await == 2 }).await;
+    assert!(bus.events(&upper).is_empty());
+    relay.shutdown().await.unwrap();
+}
+
+/// The operators' filters select by exact topic, aggregate type, aggregate and event type:
+/// `Orders-…` is not `orders-…`, `Order-1` is not `order-1`.
+async fn dead_filters_match_identifiers_exactly(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (upper, lower) = topics_differing_in_case();
+    let upper_event = Envelope::builder("Order", "Order-1", "OrderChanged").build().unwrap();
+    let lower_event = Envelope::builder("order", "order-1", "orderchanged").build().unwrap();
+    enqueue_tx(&store, &upper, std::slice::from_ref(&upper_event), true).await.unwrap();
+    enqueue_tx(&store, &lower, std::slice::from_ref(&lower_event), true).await.unwrap();
+    // Dead without a relay: the filters are what is tested here.
+    store.execute_raw("UPDATE courier_outbox SET status = 'dead', attempts = 1").await.unwrap();
+
+    let listed = |filter: DeadFilter| {
+        let store = store.clone();
+        async move {
+            let dead = store.list_dead(&filter, 10).await.unwrap();
+            dead.into_iter().map(|d| d.event_id).collect::<Vec<_>>()
+        }
+    };
+    let (upper_id, lower_id) = (upper_event.event_id().to_string(), lower_event.event_id().to_string());
+    assert_eq!(listed(DeadFilter::all()).await, [upper_id.as_str(), lower_id.as_str()]);
+    assert_eq!(listed(DeadFilter::all().aggregate_id("Order-1")).await, [upper_id.as_str()]);
+    assert_eq!(listed(DeadFilter::all().aggregate_id("order-1")).await, [lower_id.as_str()]);
+    assert!(listed(DeadFilter::all().aggregate_id("ORDER-1")).await.is_empty());
+    assert_eq!(listed(DeadFilter::all().topic(upper.as_str())).await, [upper_id.as_str()]);
+    assert_eq!(listed(DeadFilter::all().topic(lower.as_str())).await, [lower_id.as_str()]);
+    assert_eq!(listed(DeadFilter::all().aggregate_type("Order")).await, [upper_id.as_str()]);
+    assert_eq!(listed(DeadFilter::all().event_type("orderchanged")).await, [lower_id.as_str()]);
+
+    // Requeue and discard change only the exact matches.
+    assert_eq!(
+        store.requeue(&DeadFilter::all().topic(lower.as_str()).aggregate_id("Order-1")).await.unwrap(),
+        0
+    );
+    assert_eq!(store.requeue(&DeadFilter::all().aggregate_id("Order-1")).await.unwrap(), 1);
+    assert_eq!(listed(DeadFilter::all()).await, [lower_id.as_str()]);
+    assert_eq!(store.discard_dead(&DeadFilter::all().topic(upper.as_str())).await.unwrap(), 0);
+    assert_eq!(store.discard_dead(&DeadFilter::all().topic(lower.as_str())).await.unwrap(), 1);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (1, 0));
+}
+
+/// Relay instances `Relay-A` and `relay-a` are two relays: neither renews, holds or publishes
+/// from the other's partitions. (Compared case-insensitively, both held every partition and
+/// published every event.)
+async fn relays_whose_ids_differ_in_case_share_the_work(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let total = 50 * 20;
+    enqueue_many(&store, &topic, 50, 20, 2).await;
+    let duplicates = DuplicateCounter::default();
+    let handles: Vec<RelayHandle> = ["Relay-A", "relay-a"]
+        .into_iter()
+        .map(|id| {
+            let config = fast_config().instance_id(id);
+            Relay::new(store.clone(), bus.clone(), config).observer(duplicates.clone()).start()
+        })
+        .collect();
+    let consumed = consume(&bus, &topic, total, WAIT).await;
+    assert_eq!(consumed.distinct(), total);
+    assert_eq!(consumed.order_violations, 0);
+    eventually(WAIT, "every row marked published", || async { pending(&store).await == 0 }).await;
+    let stats: Vec<_> = handles.iter().map(RelayHandle::stats).collect();
+    for handle in handles {
+        handle.shutdown().await.unwrap();
+    }
+    assert_eq!(duplicates.0.load(Ordering::Relaxed), 0, "an event was published by both relays");
+    assert_eq!(stats.iter().map(|s| s.published).sum::<u64>(), total as u64, "{stats:?}");
 }

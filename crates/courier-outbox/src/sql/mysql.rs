@@ -15,7 +15,12 @@ use crate::OutboxError;
 
 impl Dialect for MySql {
     const BACKEND: &'static str = "mysql";
-    const NOW_MS: &'static str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
+    /// Milliseconds from the epoch to the statement's start in UTC, by date arithmetic alone.
+    /// `UNIX_TIMESTAMP(NOW(3))` would convert the session's local time back to UTC: in a
+    /// session time zone with daylight saving time, that is an hour off while the clocks repeat
+    /// an hour, so leases would jump.
+    const NOW_MS: &'static str =
+        "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)";
     const INSERT_IGNORE: &'static str = "INSERT IGNORE";
     const ON_CONFLICT_IGNORE: &'static str = "";
     /// Without the hint MariaDB may answer `ORDER BY p.id DESC LIMIT 1` by walking the primary
@@ -113,5 +118,58 @@ impl crate::sql::sealed::Sealed for MySqlConnection {}
 impl OutboxConnection for MySqlConnection {
     fn insert(&mut self, rows: Vec<NewRow>) -> impl Future<Output = Result<(), OutboxError>> + Send + '_ {
         Queries::<MySql>::insert(self, rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use sqlx::Connection as _;
+
+    use super::*;
+
+    /// Runs `NOW_MS` on `conn` after `settings` (a `SET` list).
+    async fn now_ms(conn: &mut MySqlConnection, settings: &str) -> i64 {
+        sqlx::raw_sql(&format!("SET {settings}")).execute(&mut *conn).await.unwrap_or_else(|e| {
+            panic!("SET {settings}: {e} (named time zones are loaded by scripts/services.sh)")
+        });
+        sqlx::query_scalar(&format!("SELECT {}", MySql::NOW_MS)).fetch_one(&mut *conn).await.unwrap()
+    }
+
+    fn system_ms() -> i64 {
+        i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()).unwrap()
+    }
+
+    /// The lease clock is the epoch in milliseconds whatever the session's time zone, also while
+    /// a zone's clocks repeat an hour (leases would otherwise jump an hour back, then forward).
+    #[tokio::test]
+    async fn lease_clock_ignores_the_session_time_zone() {
+        let url = "mysql://root@127.0.0.1:3306/test";
+        let mut conn = MySqlConnection::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB at {url} is required (scripts/services.sh): {e}"));
+        // Europe/Berlin's clocks went from 03:00 CEST back to 02:00 CET at 2026-10-25 01:00 UTC:
+        // 02:30 local is both 00:30 and 01:30 UTC. Spring forward skipped 02:00-03:00 on
+        // 2026-03-29 (01:30 UTC is 03:30 CEST).
+        let instants = [
+            ("first 02:30 of 2026-10-25", 1_792_888_200_250_i64),
+            ("second 02:30 of 2026-10-25", 1_792_891_800_250),
+            ("2026-03-29 03:30 CEST", 1_774_747_800_500),
+        ];
+        for zone in ["+00:00", "+05:00", "-09:30", "Europe/Berlin", "America/New_York"] {
+            for (what, ms) in instants {
+                let pinned = format!("time_zone = '{zone}', timestamp = {}.{:03}", ms / 1000, ms % 1000);
+                assert_eq!(now_ms(&mut conn, &pinned).await, ms, "{what} in a session in {zone}");
+            }
+            let before = system_ms();
+            let now = now_ms(&mut conn, &format!("time_zone = '{zone}', timestamp = DEFAULT")).await;
+            let after = system_ms();
+            assert!(
+                (before - 1000..=after + 1000).contains(&now),
+                "in {zone} the database clock says {now} ms, the system clock {before}..{after} ms"
+            );
+        }
+        conn.close().await.unwrap();
     }
 }

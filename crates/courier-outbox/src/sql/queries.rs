@@ -10,6 +10,19 @@ use crate::row::{previous_pending, ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DE
 use crate::sql::{duplicate_key, BlockedRow, ClaimQuery, Dialect, Failure, Mark, INSERT_CHUNK, INSERT_INTO};
 use crate::OutboxError;
 
+/// Reads an identifier column (`event_id`, `topic`, `aggregate_type`, `aggregate_id`,
+/// `event_type`) as text. On MySQL these columns have a binary collation, so that they compare
+/// byte-wise, and the server flags them BINARY; sqlx's type check then takes them for byte
+/// strings and refuses a `String`. The decode itself still checks that the value is UTF-8.
+fn text<R, I>(row: &R, index: I) -> Result<String, sqlx::Error>
+where
+    R: sqlx::Row,
+    I: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database>,
+{
+    row.try_get_unchecked(index)
+}
+
 /// The outbox's statements on database `D`, as associated functions taking a pool (or, for
 /// enqueue, a connection). The bounds are what sqlx needs to build, run and decode them; every
 /// database the outbox supports meets them, so callers name a concrete `D` and see none of them.
@@ -107,12 +120,12 @@ where
     fn decode_claimed(row: &D::Row) -> Result<RawRow, sqlx::Error> {
         Ok(RawRow {
             id: row.try_get(0)?,
-            event_id: row.try_get(1)?,
-            topic: row.try_get(2)?,
-            aggregate_type: row.try_get(3)?,
-            aggregate_id: row.try_get(4)?,
+            event_id: text(row, 1)?,
+            topic: text(row, 2)?,
+            aggregate_type: text(row, 3)?,
+            aggregate_id: text(row, 4)?,
             shard: row.try_get(5)?,
-            event_type: row.try_get(6)?,
+            event_type: text(row, 6)?,
             event_version: row.try_get(7)?,
             payload: row.try_get(8)?,
             headers: row.try_get(9)?,
@@ -189,7 +202,7 @@ where
             .map(|row| {
                 Ok(BlockedRow {
                     id: row.try_get("id")?,
-                    aggregate_id: row.try_get("aggregate_id")?,
+                    aggregate_id: text(row, "aggregate_id")?,
                     dead: row.try_get::<String, _>("status")? == DEAD,
                     next_attempt_at_us: row.try_get("next_attempt_at_us")?,
                 })
@@ -304,11 +317,11 @@ where
             .map(|row| {
                 Ok(DeadEvent {
                     id: row.try_get("id")?,
-                    event_id: row.try_get("event_id")?,
-                    topic: row.try_get("topic")?,
-                    aggregate_type: row.try_get("aggregate_type")?,
-                    aggregate_id: row.try_get("aggregate_id")?,
-                    event_type: row.try_get("event_type")?,
+                    event_id: text(row, "event_id")?,
+                    topic: text(row, "topic")?,
+                    aggregate_type: text(row, "aggregate_type")?,
+                    aggregate_id: text(row, "aggregate_id")?,
+                    event_type: text(row, "event_type")?,
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                     last_error: row.try_get("last_error")?,
                     created_at: chrono::DateTime::from_timestamp_micros(row.try_get("created_at_us")?)
