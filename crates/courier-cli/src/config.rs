@@ -219,11 +219,7 @@ impl Config {
             .max_in_flight(r.max_in_flight)
             .partitions(r.partitions)
             .max_attempts(r.max_attempts)
-            .backoff(courier_core::Backoff {
-                initial: r.backoff_initial,
-                max: r.backoff_max,
-                ..courier_core::Backoff::default()
-            })
+            .backoff(courier_core::Backoff::default().initial(r.backoff_initial).max(r.backoff_max))
             .lease_ttl(r.lease_ttl)
             .poll_interval(r.poll_interval)
             .busy_poll_interval(r.busy_poll_interval)

@@ -140,6 +140,14 @@ fn runtime_errors_exit_3_and_print_each_cause_once() {
         "{stderr}"
     );
     assert_eq!(stderr.matches("Connection refused").count(), 1, "the cause is repeated: {stderr}");
+
+    let (status, stderr) = status_and_stderr(&["demo", "--events", "10", "--bus", "nats://127.0.0.1:1"]);
+    assert_eq!(status, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("error: connection error: connecting to NATS at nats://127.0.0.1:1: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "the cause is repeated: {stderr}");
 }
 
 #[test]

@@ -245,12 +245,9 @@ pub async fn failing_handler_is_retried_then_dead_lettered<H: Harness>(harness: 
             }
         }
     };
-    let config = DispatchConfig::default().max_attempts(4).backoff(Backoff {
-        initial: Duration::from_millis(20),
-        max: Duration::from_secs(1),
-        multiplier: 2.0,
-        jitter: 0.0,
-    });
+    let config = DispatchConfig::default().max_attempts(4).backoff(
+        Backoff::default().initial(Duration::from_millis(20)).max(Duration::from_secs(1)).jitter(0.0),
+    );
     let dead_letter = DeadLetterTopic::new(bus.publisher(PublisherConfig::default()), dlq.clone());
     let dead = Arc::new(Mutex::new(None));
     let recorder = RecordingDeadLetter { inner: dead_letter, seen: dead.clone() };

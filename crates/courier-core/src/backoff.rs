@@ -5,17 +5,22 @@ use std::time::Duration;
 use rand::Rng;
 
 /// `initial * multiplier^(attempt-1)`, capped at `max`, then spread by ±`jitter` so that many
-/// failing consumers do not retry in lockstep.
+/// failing consumers do not retry in lockstep. `Backoff::default()`, then the setters of what
+/// to change (each documents its default).
+///
+/// ```
+/// use std::time::Duration;
+/// use courier_core::Backoff;
+///
+/// let backoff = Backoff::default().initial(Duration::from_millis(20)).max(Duration::from_secs(1)).jitter(0.0);
+/// assert_eq!(backoff.delay(3), Duration::from_millis(80));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backoff {
-    /// Delay before the second attempt. Default 100 ms.
-    pub initial: Duration,
-    /// Upper bound for any delay. Default 30 s.
-    pub max: Duration,
-    /// Growth per attempt. Default 2.
-    pub multiplier: f64,
-    /// Fraction of the delay randomly added or removed, 0 to 1. Default 0.2.
-    pub jitter: f64,
+    initial: Duration,
+    max: Duration,
+    multiplier: f64,
+    jitter: f64,
 }
 
 impl Default for Backoff {
@@ -30,6 +35,31 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// Delay before the second attempt. Default 100 ms.
+    pub fn initial(mut self, delay: Duration) -> Self {
+        self.initial = delay;
+        self
+    }
+
+    /// Upper bound for any delay, jitter included. Default 30 s.
+    pub fn max(mut self, delay: Duration) -> Self {
+        self.max = delay;
+        self
+    }
+
+    /// Growth of the delay per attempt. Default 2.
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Fraction of each delay randomly added or removed, 0 to 1, so that many failing
+    /// consumers do not retry in lockstep. Default 0.2.
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
     /// The delay after failed attempt number `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
@@ -48,7 +78,7 @@ mod tests {
 
     #[test]
     fn grows_exponentially_and_caps() {
-        let b = Backoff { jitter: 0.0, ..Backoff::default() };
+        let b = Backoff::default().jitter(0.0);
         assert_eq!(b.delay(1), Duration::from_millis(100));
         assert_eq!(b.delay(3), Duration::from_millis(400));
         assert_eq!(b.delay(30), Duration::from_secs(30));

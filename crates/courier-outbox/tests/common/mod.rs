@@ -117,11 +117,7 @@ pub fn fast_config() -> RelayConfig {
         .lease_renew_interval(Duration::from_millis(250))
         .poll_interval(Duration::from_millis(50))
         .sweep_interval(Duration::from_millis(500))
-        .backoff(Backoff {
-            initial: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-            ..Backoff::default()
-        })
+        .backoff(Backoff::default().initial(Duration::from_millis(20)).max(Duration::from_millis(200)))
         .drain_timeout(Duration::from_secs(10))
 }
 
