@@ -47,6 +47,9 @@ pub struct Config {
     pub topics: Topics,
     pub http: Http,
     pub log: Log,
+    /// `COURIER_*` variables that are not overrides (no `__`), e.g. injected by Kubernetes.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,11 +149,18 @@ impl Config {
                 text.parse().with_context(|| format!("config file {} is not valid TOML", path.display()))?;
             merge(&mut merged, overlay, "")?;
         }
-        apply_env(&mut merged, env)?;
+        let (from_env, ignored_env) = apply_env(&mut merged, env)?;
         let origin = file.map_or_else(|| "the defaults".to_owned(), |p| p.display().to_string());
-        serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
-            anyhow::anyhow!("invalid configuration in {origin}: key `{}`: {}", e.path(), e.inner().message())
-        })
+        let mut config: Self = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+            let key = e.path().to_string();
+            let origin = match from_env.get(&key) {
+                Some(variable) => format!("environment variable {variable}"),
+                None => origin,
+            };
+            anyhow::anyhow!("invalid configuration in {origin}: key `{key}`: {}", e.inner().message())
+        })?;
+        config.ignored_env = ignored_env;
+        Ok(config)
     }
 }
 
@@ -172,22 +182,43 @@ fn merge(base: &mut toml::Table, overlay: toml::Table, prefix: &str) -> anyhow::
     Ok(())
 }
 
-/// Applies `COURIER_<SECTION>_<KEY>` variables; values parse as TOML scalars (numbers, booleans)
-/// and fall back to plain strings.
+/// The separator of environment overrides: `COURIER_RELAY__BATCH_SIZE` sets `relay.batch_size`.
+/// A single underscore could not tell Courier's settings from the variables Kubernetes injects
+/// for a Service named `courier` (`COURIER_PORT`, `COURIER_SERVICE_HOST`, …) or, for one named
+/// `courier-relay`, `COURIER_RELAY_PORT`, which would look like an unknown `relay` key.
+const ENV_SEPARATOR: &str = "__";
+
+/// Applies `COURIER_<SECTION>__<KEY>` variables (`COURIER_TOPICS__MAP__<AGGREGATE_TYPE>` for a
+/// `topics.map` entry, in lower case); values parse as TOML values (numbers, booleans, arrays)
+/// and fall back to plain strings. Returns the key each variable set, by key, and the other
+/// `COURIER_*` variables, which are not Courier's settings and are ignored.
 fn apply_env(
     config: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(BTreeMap<String, String>, Vec<String>)> {
+    let (mut applied, mut ignored) = (BTreeMap::new(), Vec::new());
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("COURIER_") else { continue };
-        let rest = rest.to_ascii_lowercase();
-        let target = config.iter_mut().find_map(|(section, table)| {
-            let key = rest.strip_prefix(section.as_str())?.strip_prefix('_')?;
-            let table = table.as_table_mut()?;
-            table.contains_key(key).then(|| (table, key.to_owned()))
-        });
-        let Some((table, key)) = target else {
-            anyhow::bail!("unknown environment override {name}: no such key (see reference.toml)");
+        if !rest.contains(ENV_SEPARATOR) {
+            ignored.push(name);
+            continue;
+        }
+        let path: Vec<String> = rest.to_ascii_lowercase().split(ENV_SEPARATOR).map(str::to_owned).collect();
+        let key = path.join(".");
+        let table = match path.as_slice() {
+            [section, key] => {
+                config.get_mut(section).and_then(toml::Value::as_table_mut).filter(|t| t.contains_key(key))
+            }
+            [topics, map, _] if topics == "topics" && map == "map" => {
+                config.get_mut("topics").and_then(|t| t.get_mut("map")).and_then(toml::Value::as_table_mut)
+            }
+            _ => None,
+        };
+        let Some(table) = table else {
+            anyhow::bail!(
+                "unknown environment override {name}: `{key}` is not a configuration key (every key is listed \
+                 in reference.toml; overrides are COURIER_<SECTION>__<KEY>)"
+            );
         };
         let value = format!("v = {raw}")
             .parse::<toml::Table>()
@@ -195,9 +226,10 @@ fn apply_env(
             .and_then(|mut t| t.remove("v"))
             .filter(|v| !v.is_table())
             .unwrap_or(toml::Value::String(raw));
-        table.insert(key, value);
+        table.insert(path.last().expect("two parts at least").clone(), value);
+        applied.insert(key, name);
     }
-    Ok(())
+    Ok((applied, ignored))
 }
 
 impl Config {
@@ -279,8 +311,10 @@ mod tests {
         let c = load_str(
             "[relay]\nbatch_size = 50\n[topics.map]\norder = \"orders.v1\"\n",
             &[
-                ("COURIER_DATABASE_URL", "postgres://x@h/db"),
-                ("COURIER_RELAY_MAX_ATTEMPTS", "3"),
+                ("COURIER_DATABASE__URL", "postgres://x@h/db"),
+                ("COURIER_RELAY__MAX_ATTEMPTS", "3"),
+                ("COURIER_TOPICS__MAP__PAYMENT", "payments.v2"),
+                ("COURIER_TOPICS__PROVISION", r#"["orders.v1", "payments.v2"]"#),
                 ("PATH", "/bin"),
             ],
         )
@@ -289,6 +323,25 @@ mod tests {
         assert_eq!(c.relay.max_attempts, 3);
         assert_eq!(c.database.url, "postgres://x@h/db");
         assert_eq!(c.topics.map["order"], "orders.v1");
+        assert_eq!(c.topics.map["payment"], "payments.v2");
+        assert_eq!(c.topics.provision, ["orders.v1", "payments.v2"]);
+    }
+
+    /// Kubernetes injects these for a Service named `courier` (or `courier-relay`) in the same
+    /// namespace; the relay must start next to one.
+    #[test]
+    fn variables_injected_by_kubernetes_are_ignored() {
+        let injected = [
+            ("COURIER_PORT", "tcp://10.0.0.7:9464"),
+            ("COURIER_PORT_9464_TCP_ADDR", "10.0.0.7"),
+            ("COURIER_SERVICE_HOST", "10.0.0.7"),
+            ("COURIER_RELAY_PORT", "tcp://10.0.0.8:9464"),
+            ("COURIER_RELAY_SERVICE_PORT", "9464"),
+            ("COURIER_LOG_DIR", "/tmp/courier-services"),
+        ];
+        let c = load_str("", &injected).unwrap();
+        assert_eq!(c.ignored_env.len(), injected.len());
+        assert_eq!(c.relay.batch_size, 1000);
     }
 
     #[test]
@@ -299,8 +352,13 @@ mod tests {
         assert!(err.contains("lease_ttl"), "{err}");
         let err = load_str("[bus]\nurl = \"redis://x\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("unsupported bus URL"), "{err}");
-        let err = load_str("", &[("COURIER_RELAY_BOGUS", "1")]).unwrap_err().to_string();
-        assert!(err.contains("COURIER_RELAY_BOGUS"), "{err}");
+        let err = load_str("", &[("COURIER_RELAY__BOGUS", "1")]).unwrap_err().to_string();
+        assert!(err.contains("unknown environment override COURIER_RELAY__BOGUS: `relay.bogus`"), "{err}");
+        let err = load_str("", &[("COURIER_RELAY__BATCH_SIZE", "many")]).unwrap_err().to_string();
+        assert!(
+            err.contains("in environment variable COURIER_RELAY__BATCH_SIZE: key `relay.batch_size`"),
+            "{err}"
+        );
         let err = load_str("[http]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
     }

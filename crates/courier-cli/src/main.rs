@@ -35,6 +35,11 @@ fn main() -> ExitCode {
         config.as_ref().map_or((config::LogFormat::Human, "warn"), |c| (c.log.format, c.log.level.as_str()));
     // The runtime is dropped before `_telemetry`, whose drop flushes the spans not yet sent.
     let outcome = telemetry::init(format, level).and_then(move |_telemetry| {
+        // Kubernetes injects such variables for a Service named `courier`.
+        let ignored = config.as_ref().map(|c| c.ignored_env.join(", ")).unwrap_or_default();
+        if !ignored.is_empty() {
+            tracing::debug!(%ignored, "ignoring COURIER_* variables that are not COURIER_<SECTION>__<KEY> overrides");
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(cli.command.run(config))
     });

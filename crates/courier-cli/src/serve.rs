@@ -135,7 +135,7 @@ impl RelayArgs {
         let Some(url) = config.bus.url.clone() else {
             return Err(usage(
                 "courier relay needs a bus: --bus nats://host:port, --bus kafka://host:port, or bus.url \
-                 (COURIER_BUS_URL); `memory` only when named",
+                 (COURIER_BUS__URL); `memory` only when named",
             ));
         };
         let topics = config.provisioned_topics().map_err(|e| anyhow::Error::from(UsageError(e)))?;

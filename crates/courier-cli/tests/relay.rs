@@ -111,8 +111,8 @@ impl RelayProcess {
         let mut command = courier();
         command
             .args(["relay", "--db", db, "--bus", bus, "--listen", &listen])
-            .env("COURIER_TOPICS_PROVISION", format!("[\"{topic}\"]"))
-            .env("COURIER_RELAY_BACKOFF_MAX", "1s")
+            .env("COURIER_TOPICS__PROVISION", format!("[\"{topic}\"]"))
+            .env("COURIER_RELAY__BACKOFF_MAX", "1s")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in extra_env {
@@ -308,7 +308,7 @@ async fn sigterm_mid_stream_loses_nothing() {
     let topic = unique("relay-sigterm").replace('_', "-");
     enqueue(&db.url, &topic, 3000);
     // Small batches so the relay is surely mid-stream when the signal arrives.
-    let slow = [("COURIER_RELAY_BATCH_SIZE", "20"), ("COURIER_RELAY_MAX_IN_FLIGHT", "8")];
+    let slow = [("COURIER_RELAY__BATCH_SIZE", "20"), ("COURIER_RELAY__MAX_IN_FLIGHT", "8")];
     let relay = RelayProcess::start(&db.url, SHARED_NATS, &topic, &slow);
     wait_until(Duration::from_secs(30), "first events published", || {
         relay.metric("courier_outbox_published_total") > 0.0
@@ -370,15 +370,35 @@ fn nonsensical_relay_settings_are_refused_at_startup() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("outbox.db").display());
     for (variable, value, expected) in [
-        ("COURIER_RELAY_LEASE_TTL", "0s", "lease_ttl"),
-        ("COURIER_RELAY_BATCH_SIZE", "0", "batch_size"),
-        ("COURIER_RELAY_POLL_INTERVAL", "0s", "poll_interval"),
+        ("COURIER_RELAY__LEASE_TTL", "0s", "lease_ttl"),
+        ("COURIER_RELAY__BATCH_SIZE", "0", "batch_size"),
+        ("COURIER_RELAY__POLL_INTERVAL", "0s", "poll_interval"),
     ] {
         let out = refused(courier().args(["relay", "--db", &db, "--bus", "memory"]).env(variable, value));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{variable}={value}: {stderr}");
         assert!(stderr.contains(expected), "{variable}={value} should name {expected}: {stderr}");
     }
+}
+
+/// Kubernetes injects `COURIER_*` variables for a Service named `courier` (or `courier-relay`)
+/// into every pod of its namespace; the relay must start next to one.
+#[test]
+fn the_relay_starts_next_to_a_kubernetes_service_named_courier() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    let injected = [
+        ("COURIER_PORT", "tcp://10.96.0.7:9464"),
+        ("COURIER_PORT_9464_TCP", "tcp://10.96.0.7:9464"),
+        ("COURIER_PORT_9464_TCP_ADDR", "10.96.0.7"),
+        ("COURIER_SERVICE_HOST", "10.96.0.7"),
+        ("COURIER_SERVICE_PORT", "9464"),
+        ("COURIER_RELAY_PORT", "tcp://10.96.0.8:9464"),
+        ("COURIER_RELAY_SERVICE_HOST", "10.96.0.8"),
+    ];
+    let relay = RelayProcess::start(&db, "memory", "k8s-neighbour", &injected);
+    wait_until(Duration::from_secs(30), "ready", || relay.get("/readyz").is_some_and(|(s, _)| s == 200));
+    assert!(relay.terminate().status.success());
 }
 
 fn relay_with_config(config: &Path) -> Output {
