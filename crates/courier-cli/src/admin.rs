@@ -7,7 +7,7 @@ use courier_outbox::{DeadFilter, Enqueue, Outbox, Store};
 use crate::args::{EnqueueArgs, FilterArgs, OutboxCommand};
 use crate::config::Config;
 use crate::exit::ensure_usage;
-use crate::redact::redact_url;
+use courier_core::redact_url;
 
 impl FilterArgs {
     fn is_empty(&self) -> bool {

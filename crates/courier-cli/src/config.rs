@@ -236,7 +236,7 @@ impl Config {
     /// The outbox store of `database.url`, with its tables created or upgraded.
     pub async fn connect_store(&self) -> anyhow::Result<courier_outbox::Store> {
         let url = &self.database.url;
-        let shown = crate::redact::redact_url(url);
+        let shown = courier_core::redact_url(url);
         let store =
             courier_outbox::Store::connect(url).await.with_context(|| format!("connecting to {shown}"))?;
         store.migrate().await.with_context(|| format!("migrating the outbox tables in {shown}"))?;

@@ -16,8 +16,8 @@ use tokio::sync::Notify;
 use crate::args::DemoArgs;
 use crate::bench::bus::{drop_topic, fresh_topic};
 use crate::bus_url::with_bus;
-use crate::redact::redact_url;
 use crate::report::Latency;
+use courier_core::redact_url;
 
 /// Concurrent business writers; each owns a disjoint set of orders, so per-order event order is
 /// the order of its writer's commits.

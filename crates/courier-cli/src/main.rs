@@ -8,7 +8,6 @@ mod config;
 mod demo;
 mod exit;
 mod http;
-mod redact;
 mod report;
 mod serve;
 mod telemetry;

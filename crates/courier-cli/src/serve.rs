@@ -17,7 +17,7 @@ use crate::bus_url::BusUrl;
 use crate::config::Config;
 use crate::exit::{usage, UsageError};
 use crate::http::{Metrics, OutcomeLabels, Readiness};
-use crate::redact::redact_url;
+use courier_core::redact_url;
 
 /// How often the outbox gauges (pending count, oldest age) are refreshed from the database.
 const STATS_INTERVAL: Duration = Duration::from_secs(2);

@@ -31,6 +31,7 @@ mod event_id;
 pub mod memory;
 mod offsets;
 mod publish;
+mod redact;
 pub mod wire;
 
 pub use backoff::Backoff;
@@ -45,3 +46,4 @@ pub use offsets::OffsetTracker;
 pub use publish::{
     Ack, Completion, Position, PublishResult, Publisher, PublisherConfig, Receipt, Results, Transport,
 };
+pub use redact::redact_url;

@@ -57,7 +57,7 @@ impl NatsBus {
             .map_err(|err| {
                 Error::with_source(
                     ErrorKind::Connection,
-                    format!("connecting to NATS at {}", config.url),
+                    format!("connecting to NATS at {}", courier_core::redact_url(&config.url)),
                     err,
                 )
             })?;
@@ -65,7 +65,10 @@ impl NatsBus {
         if !client.server_info().jetstream {
             return Err(Error::new(
                 ErrorKind::Unavailable,
-                format!("JetStream is not enabled on the NATS server at {} (start it with -js)", config.url),
+                format!(
+                    "JetStream is not enabled on the NATS server at {} (start it with -js)",
+                    courier_core::redact_url(&config.url)
+                ),
             ));
         }
         Ok(Self { inner: Arc::new(Inner { client, admin, config: Arc::new(config), limit }) })
@@ -109,7 +112,10 @@ impl Bus for NatsBus {
             async_nats::connection::State::Connected => Ok(()),
             state => Err(Error::new(
                 ErrorKind::Connection,
-                format!("not connected to NATS at {} (connection {state:?})", self.inner.config.url),
+                format!(
+                    "not connected to NATS at {} (connection {state:?})",
+                    courier_core::redact_url(&self.inner.config.url)
+                ),
             )),
         }
     }
@@ -136,5 +142,26 @@ impl Bus for NatsBus {
 
     async fn subscribe(&self, topic: &Topic, group: &str) -> Result<BoxStream<'static, NatsDelivery>, Error> {
         subscribe::subscribe(&self.inner.admin, &self.inner.config, topic, group).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nothing listens on port 1: the connection is refused, and the error shows the URL without
+    /// its password.
+    #[tokio::test]
+    async fn a_refused_connection_names_the_server_without_the_password() {
+        let error = NatsBus::connect(NatsConfig::new("nats://courier:pw-not-shown@127.0.0.1:1"))
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        let text = error.to_string();
+        assert!(text.contains("connecting to NATS at nats://courier:***@127.0.0.1:1"), "{text}");
+        assert!(
+            !text.contains("pw-not-shown") && !format!("{error:?}").contains("pw-not-shown"),
+            "{error:?}"
+        );
     }
 }

@@ -12,8 +12,8 @@ use courier_core::EventId;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::bus::{BusLoad, Tally};
-use crate::redact::redact_url;
 use crate::report::Row;
+use courier_core::redact_url;
 
 pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Row> {
     let client =

@@ -22,8 +22,8 @@ use sqlx::Connection as _;
 use tokio::sync::Notify;
 
 use crate::bench::bus::{drop_topic, fresh_topic, position_key, BusLoad};
-use crate::redact::redact_url;
 use crate::report::{peak_rss_bytes, Latency, Row};
+use courier_core::redact_url;
 
 /// Events per enqueue transaction when building the backlog (the batch-insert maximum).
 const ENQUEUE_BATCH: usize = 1000;

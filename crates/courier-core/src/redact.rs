@@ -1,4 +1,5 @@
-//! URLs as they may be shown: in logs, errors, `/readyz` bodies and printed summaries.
+//! URLs as they may be shown: in logs, errors, readiness bodies and printed summaries, where a
+//! password must never appear.
 
 /// `url` with the password of its user info replaced by `***` (`postgres://app:***@db/app`).
 /// Query parameters that carry secrets are masked as well (`password=`, `sslpassword=`).
