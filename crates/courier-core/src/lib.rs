@@ -46,4 +46,4 @@ pub use offsets::OffsetTracker;
 pub use publish::{
     Ack, Completion, Position, PublishResult, Publisher, PublisherConfig, Receipt, Results, Transport,
 };
-pub use redact::redact_url;
+pub use redact::{is_secret_setting, redact_url};

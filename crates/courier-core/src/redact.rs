@@ -31,21 +31,36 @@ fn redact_query(tail: &str) -> String {
     let masked: Vec<String> = query
         .split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if is_secret_key(key) => format!("{key}=***"),
+            Some((key, _)) if is_secret_setting(key) => format!("{key}=***"),
             _ => pair.to_owned(),
         })
         .collect();
     format!("{path}?{}", masked.join("&"))
 }
 
-fn is_secret_key(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    ["password", "token", "secret"].iter().any(|s| key.contains(s))
+/// Whether a setting or query parameter named `name` holds a secret (a password, token, secret
+/// or private key, e.g. librdkafka's `sasl.password` or `ssl.key.pem`), so that its value must
+/// not be shown.
+pub fn is_secret_setting(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "token", "secret", "key.pem", "credentials", "jaas"].iter().any(|s| name.contains(s))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{is_secret_setting, redact_url};
+
+    #[test]
+    fn secret_settings_are_recognised() {
+        for name in
+            ["sasl.password", "ssl.key.password", "ssl.key.pem", "sasl.oauthbearer.client.secret", "Token"]
+        {
+            assert!(is_secret_setting(name), "{name}");
+        }
+        for name in ["bootstrap.servers", "security.protocol", "sasl.username", "ssl.ca.location"] {
+            assert!(!is_secret_setting(name), "{name}");
+        }
+    }
 
     #[test]
     fn passwords_are_masked_and_the_rest_is_kept() {

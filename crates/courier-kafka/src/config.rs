@@ -1,10 +1,11 @@
 //! Kafka bus settings.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use courier_core::wire::WireMode;
-use courier_core::{Error, ErrorKind};
+use courier_core::{is_secret_setting, Error, ErrorKind};
 use rdkafka::ClientConfig;
 
 /// Settings of a [`KafkaBus`](crate::KafkaBus): [`KafkaConfig::new`] or
@@ -35,11 +36,23 @@ pub struct KafkaConfig {
     pub(crate) commit_interval: Duration,
     pub(crate) flush_timeout: Duration,
     /// librdkafka settings for every client.
-    settings: BTreeMap<String, String>,
+    settings: Settings,
     /// librdkafka settings for the producer only, applied after `settings`.
-    producer_settings: BTreeMap<String, String>,
+    producer_settings: Settings,
     /// librdkafka settings for consumers only, applied after `settings`.
-    consumer_settings: BTreeMap<String, String>,
+    consumer_settings: Settings,
+}
+
+/// librdkafka properties by name. `Debug` shows the values of secret ones (`sasl.password`,
+/// `ssl.key.pem`, …) as `***`, so that a logged config never carries a credential.
+#[derive(Clone, Default)]
+struct Settings(BTreeMap<String, String>);
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = self.0.iter().map(|(k, v)| (k, if is_secret_setting(k) { "***" } else { v.as_str() }));
+        f.debug_map().entries(shown).finish()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -55,9 +68,9 @@ impl Default for KafkaConfig {
             dedup_capacity: 100_000,
             commit_interval: Duration::from_secs(1),
             flush_timeout: Duration::from_secs(30),
-            settings: BTreeMap::new(),
-            producer_settings: BTreeMap::new(),
-            consumer_settings: BTreeMap::new(),
+            settings: Settings::default(),
+            producer_settings: Settings::default(),
+            consumer_settings: Settings::default(),
         }
     }
 }
@@ -166,7 +179,7 @@ impl KafkaConfig {
     /// Sets a librdkafka property on every client (producer, consumers, admin), over Courier's
     /// defaults: for security, client ids and tuning Courier has no setter for. Default: none.
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.settings.insert(key.into(), value.into());
+        self.settings.0.insert(key.into(), value.into());
         self
     }
 
@@ -174,7 +187,7 @@ impl KafkaConfig {
     /// `linger.ms` or `message.max.bytes`. `enable.idempotence=true` and `acks=all` are always
     /// enforced: the ACK guarantee rests on them. Default: none.
     pub fn producer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.producer_settings.insert(key.into(), value.into());
+        self.producer_settings.0.insert(key.into(), value.into());
         self
     }
 
@@ -183,7 +196,7 @@ impl KafkaConfig {
     /// Default: none, except `auto.offset.reset=earliest`, so a new group reads the topic from
     /// its start.
     pub fn consumer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.consumer_settings.insert(key.into(), value.into());
+        self.consumer_settings.0.insert(key.into(), value.into());
         self
     }
 
@@ -205,7 +218,7 @@ impl KafkaConfig {
     /// The producer's librdkafka configuration.
     pub(crate) fn producer_config(&self) -> ClientConfig {
         let mut config = self.base_config(&self.bootstrap_servers);
-        config.extend(self.producer_settings.clone());
+        config.extend(self.producer_settings.0.clone());
         // The ACK guarantee rests on these two; see the crate documentation.
         config.set("enable.idempotence", "true").set("acks", "all");
         config
@@ -216,7 +229,7 @@ impl KafkaConfig {
     pub(crate) fn consumer_config(&self, bootstrap: &str, group: &str) -> ClientConfig {
         let mut config = self.base_config(bootstrap);
         config.set("auto.offset.reset", "earliest").set("enable.partition.eof", "false");
-        config.extend(self.consumer_settings.clone());
+        config.extend(self.consumer_settings.0.clone());
         config.set("group.id", group).set("enable.auto.commit", "false");
         config
     }
@@ -232,7 +245,7 @@ impl KafkaConfig {
     fn base_config(&self, bootstrap: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
-        config.extend(self.settings.clone());
+        config.extend(self.settings.0.clone());
         config
     }
 
@@ -240,8 +253,9 @@ impl KafkaConfig {
     /// 1,000,000).
     pub(crate) fn message_max_bytes(&self) -> usize {
         self.producer_settings
+            .0
             .get("message.max.bytes")
-            .or_else(|| self.settings.get("message.max.bytes"))
+            .or_else(|| self.settings.0.get("message.max.bytes"))
             .and_then(|v| v.parse().ok())
             .unwrap_or(1_000_000)
     }
@@ -250,6 +264,21 @@ impl KafkaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_secret_settings() {
+        let config = KafkaConfig::new("broker:9093")
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.username", "courier")
+            .set("sasl.password", "pw-not-shown")
+            .producer_set("ssl.key.password", "key-pw-not-shown");
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains(r#""sasl.username": "courier""#) && shown.contains(r#""sasl.password": "***""#),
+            "{shown}"
+        );
+        assert!(!shown.contains("not-shown"), "{shown}");
+    }
 
     #[test]
     fn url_parsing() {

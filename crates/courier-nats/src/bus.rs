@@ -164,4 +164,11 @@ mod tests {
             "{error:?}"
         );
     }
+
+    #[test]
+    fn a_logged_config_does_not_show_the_password() {
+        let shown = format!("{:?}", NatsConfig::new("nats://courier:pw-not-shown@127.0.0.1:4222"));
+        assert!(shown.contains(r#"url: "nats://courier:***@127.0.0.1:4222""#), "{shown}");
+        assert!(!shown.contains("pw-not-shown"), "{shown}");
+    }
 }

@@ -40,7 +40,7 @@ pub enum Retention {
 ///     .storage(Storage::Memory);
 /// assert!(config.get_provision());
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NatsConfig {
     pub(crate) url: String,
     pub(crate) wire_mode: WireMode,
@@ -54,6 +54,26 @@ pub struct NatsConfig {
     pub(crate) max_ack_pending: i64,
     pub(crate) pull_batch: usize,
     pub(crate) connection_name: String,
+}
+
+/// Every setting, with the URL's password masked: a logged config never carries a credential.
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &courier_core::redact_url(&self.url))
+            .field("wire_mode", &self.wire_mode)
+            .field("ack_timeout", &self.ack_timeout)
+            .field("provision", &self.provision)
+            .field("storage", &self.storage)
+            .field("retention", &self.retention)
+            .field("dead_letter_suffix", &self.dead_letter_suffix)
+            .field("ack_wait", &self.ack_wait)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("max_ack_pending", &self.max_ack_pending)
+            .field("pull_batch", &self.pull_batch)
+            .field("connection_name", &self.connection_name)
+            .finish()
+    }
 }
 
 impl NatsConfig {
