@@ -66,6 +66,14 @@ impl Dedup {
         state.ids.get(&key).map(|(position, _)| position.clone())
     }
 
+    /// Forgets every id of `topic`, once it is deleted: a topic created again under the same
+    /// name holds none of them, so a publish there is new, not a duplicate.
+    pub(crate) fn forget_topic(&self, topic: &Topic) {
+        let mut state = self.state.lock().expect("dedup lock");
+        state.ids.retain(|key, _| key.topic != *topic);
+    }
+
+    /// Remembers that `event_id` is stored in `topic` at `position`.
     pub(crate) fn insert(&self, topic: &Topic, event_id: EventId, position: &Position) {
         if !self.enabled() {
             return;
@@ -89,6 +97,18 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deleted_topic_is_forgotten_and_others_are_kept() {
+        let dedup = Dedup::new(Duration::from_secs(60), 100);
+        let (orders, payments) = (Topic::new("orders").unwrap(), Topic::new("payments").unwrap());
+        let (a, b) = (EventId::new(), EventId::new());
+        dedup.insert(&orders, a, &at(1));
+        dedup.insert(&payments, b, &at(2));
+        dedup.forget_topic(&orders);
+        assert_eq!(dedup.get(&orders, a), None);
+        assert_eq!(dedup.get(&payments, b), Some(at(2)));
+    }
 
     fn at(offset: i64) -> Position {
         Position::Partition { partition: 0, offset }

@@ -243,7 +243,10 @@ impl Bus for KafkaBus {
     /// topic is deleted under a live consumer or publisher.
     async fn delete_topic(&self, topic: &Topic) -> Result<(), Error> {
         self.shared.producer().topics.forget(topic);
-        admin::delete(&self.shared, topic).await
+        admin::delete(&self.shared, topic).await?;
+        // A topic created again under this name starts empty: its first publishes are new.
+        self.shared.dedup.forget_topic(topic);
+        Ok(())
     }
 
     async fn subscribe(

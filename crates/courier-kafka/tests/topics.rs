@@ -2,7 +2,7 @@
 
 mod common;
 
-use courier_core::{Bus, ErrorKind, Topic, TopicConfig};
+use courier_core::{Bus, Envelope, ErrorKind, PublisherConfig, Topic, TopicConfig};
 use courier_kafka::{KafkaBus, KafkaConfig};
 
 fn fresh(test: &str) -> TopicConfig {
@@ -31,4 +31,32 @@ async fn the_mock_cluster_refuses_to_delete_naming_why() {
     let err = bus.delete_topic(config.get_topic()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config, "{err}");
     assert!(err.message().contains("mock cluster"), "{err}");
+}
+
+/// A topic deleted and created again is empty: re-publishing an event it held before is a new
+/// write, not a duplicate answered from the bus's memory of the old topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_does_not_answer_duplicates_from_the_deleted_one() {
+    common::require_tansu();
+    let bus = KafkaBus::connect(KafkaConfig::new(common::TANSU)).unwrap();
+    let config = fresh("recreated");
+    let topic = config.get_topic().clone();
+    let event = Envelope::builder("order", "order-1", "OrderPlaced").payload("{}").build().unwrap();
+    let publish = |event: Envelope| {
+        let (bus, topic) = (bus.clone(), topic.clone());
+        async move {
+            let publisher = bus.publisher(PublisherConfig::default());
+            let receipt = publisher.publish(&topic, event).await.unwrap().await.unwrap();
+            publisher.close().await.unwrap();
+            receipt
+        }
+    };
+    bus.provision(&config).await.unwrap();
+    assert!(!publish(event.clone()).await.duplicate);
+    assert!(publish(event.clone()).await.duplicate, "a re-publish to the same topic is a duplicate");
+    bus.delete_topic(&topic).await.unwrap();
+    bus.provision(&config).await.unwrap();
+    let receipt = publish(event).await;
+    assert!(!receipt.duplicate, "the re-created topic reported a duplicate of the deleted one's event");
+    bus.delete_topic(&topic).await.unwrap();
 }
