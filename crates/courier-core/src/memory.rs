@@ -302,8 +302,11 @@ async fn next_delivery(log: &TopicLog, group: &Arc<Mutex<GroupState>>) -> Memory
         {
             let state = log.state.lock().expect("log lock");
             let mut g = group.lock().expect("group lock");
-            // Retention may have dropped events the group never read; skip to the oldest kept.
+            // Retention may have dropped events the group never read or acknowledged: skip to the
+            // oldest kept, and count the dropped ones as done, or every later acknowledgement
+            // would wait behind them in the tracker for ever.
             g.cursor = g.cursor.max(state.first_seq);
+            g.acked.skip_to(state.first_seq);
             if let Some(envelope) = state.get(g.cursor) {
                 let sequence = g.cursor;
                 g.cursor += 1;
@@ -311,5 +314,33 @@ async fn next_delivery(log: &TopicLog, group: &Arc<Mutex<GroupState>>) -> Memory
             }
         }
         appended.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    /// Events retention dropped before the group read them must not hold back the group's
+    /// committed position: the acknowledgements after them would pile up for ever.
+    #[tokio::test]
+    async fn acknowledgements_after_events_dropped_unread_do_not_pile_up() {
+        let bus = MemoryBus::new(MemoryConfig::default().max_messages(10));
+        let topic = Topic::new("retained").unwrap();
+        let publisher = bus.publisher(PublisherConfig::default());
+        for i in 0..30 {
+            let event = Envelope::builder("order", format!("order-{i}"), "Placed").build().unwrap();
+            publisher.publish(&topic, event).await.unwrap().await.unwrap();
+        }
+        let mut deliveries = bus.subscribe(&topic, "billing").await.unwrap();
+        for _ in 0..10 {
+            deliveries.next().await.unwrap().ack().await.unwrap();
+        }
+        let log = bus.inner.log(&topic);
+        let state = log.state.lock().unwrap();
+        let group = state.groups["billing"].lock().unwrap();
+        assert_eq!((group.acked.committed(), group.acked.waiting()), (31, 0));
     }
 }

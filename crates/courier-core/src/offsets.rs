@@ -31,6 +31,19 @@ impl OffsetTracker {
         (self.committed != before).then_some(self.committed)
     }
 
+    /// Counts every offset below `offset` as completed, as when retention dropped them unread:
+    /// they can never complete, and completions behind them would otherwise wait for ever.
+    pub fn skip_to(&mut self, offset: u64) {
+        if offset <= self.committed {
+            return;
+        }
+        self.done = self.done.split_off(&offset);
+        self.committed = offset;
+        while self.done.remove(&self.committed) {
+            self.committed += 1;
+        }
+    }
+
     /// The next offset to deliver after a restart: everything below it is completed.
     pub fn committed(&self) -> u64 {
         self.committed
@@ -55,5 +68,17 @@ mod tests {
         assert_eq!(t.complete(10), Some(13));
         assert_eq!(t.complete(5), None);
         assert_eq!(t.waiting(), 0);
+    }
+
+    #[test]
+    fn skipping_drops_what_waits_below_and_joins_what_follows() {
+        let mut t = OffsetTracker::new(1);
+        for offset in [3, 4, 8, 9] {
+            assert_eq!(t.complete(offset), None);
+        }
+        t.skip_to(8);
+        assert_eq!((t.committed(), t.waiting()), (10, 0));
+        t.skip_to(5);
+        assert_eq!(t.committed(), 10, "never moves back");
     }
 }
