@@ -329,12 +329,13 @@ mod tests {
     async fn acknowledgements_after_events_dropped_unread_do_not_pile_up() {
         let bus = MemoryBus::new(MemoryConfig::default().max_messages(10));
         let topic = Topic::new("retained").unwrap();
+        // The group exists before the events arrive, then falls 20 behind the retention limit.
+        let mut deliveries = bus.subscribe(&topic, "billing").await.unwrap();
         let publisher = bus.publisher(PublisherConfig::default());
         for i in 0..30 {
             let event = Envelope::builder("order", format!("order-{i}"), "Placed").build().unwrap();
             publisher.publish(&topic, event).await.unwrap().await.unwrap();
         }
-        let mut deliveries = bus.subscribe(&topic, "billing").await.unwrap();
         for _ in 0..10 {
             deliveries.next().await.unwrap().ack().await.unwrap();
         }
