@@ -139,7 +139,15 @@ impl RelayArgs {
             ));
         };
         let topics = config.provisioned_topics().map_err(|e| anyhow::Error::from(UsageError(e)))?;
-        config.relay_config().validate().map_err(|e| anyhow::Error::from(UsageError(e.into())))?;
+        let verdict_timeout = match &url {
+            BusUrl::Memory => Duration::ZERO,
+            BusUrl::Nats(nats) => NatsConfig::new(nats.as_str()).get_ack_timeout(),
+            BusUrl::Kafka(servers) => KafkaConfig::new(servers.as_str()).get_verdict_timeout(),
+        };
+        config
+            .relay_config()
+            .validate_with(verdict_timeout)
+            .map_err(|e| anyhow::Error::from(UsageError(e.into())))?;
         if url == BusUrl::Memory {
             tracing::warn!(
                 "relaying to the in-process memory bus: rows are marked published, and their events \

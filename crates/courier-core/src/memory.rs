@@ -199,6 +199,11 @@ impl Transport for MemoryTransport {
     fn max_payload(&self) -> usize {
         self.inner.config.max_payload
     }
+
+    /// The verdict is given in `send` itself.
+    fn verdict_timeout(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// A message received from a [`MemoryBus`] subscription.

@@ -95,6 +95,12 @@ pub trait Transport: Send + Sync + 'static {
     fn max_payload(&self) -> usize {
         DEFAULT_MAX_PAYLOAD
     }
+
+    /// The longest time from [`send`](Self::send) being called to the event's verdict: by then
+    /// the transport has a verdict or reports [`ErrorKind::Timeout`], and its client no longer
+    /// tries to deliver the event. Callers that must know when nothing of theirs is still on
+    /// the way rely on it, like the outbox relay before its partition lease can expire.
+    fn verdict_timeout(&self) -> Duration;
 }
 
 /// The obligation to report one accepted event's verdict. See [`Transport`].
@@ -369,6 +375,11 @@ impl<T: Transport> Publisher<T> {
         Ok(())
     }
 
+    /// The transport's bound on the time to a verdict; see [`Transport::verdict_timeout`].
+    pub fn verdict_timeout(&self) -> Duration {
+        self.inner.transport.verdict_timeout()
+    }
+
     /// Events accepted whose verdict has not arrived yet.
     pub fn pending(&self) -> usize {
         self.inner.pending.get()
@@ -464,6 +475,10 @@ mod tests {
     impl Transport for Stalling {
         async fn send(&self, _: &Topic, _: Envelope, completion: Completion) {
             self.0.lock().unwrap().push(completion);
+        }
+
+        fn verdict_timeout(&self) -> Duration {
+            Duration::MAX
         }
     }
 

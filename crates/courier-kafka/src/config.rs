@@ -28,6 +28,7 @@ pub struct KafkaConfig {
     pub(crate) bootstrap_servers: String,
     pub(crate) wire_mode: WireMode,
     pub(crate) queue_full_timeout: Duration,
+    pub(crate) delivery_timeout: Duration,
     pub(crate) provision: bool,
     pub(crate) compression: Option<String>,
     pub(crate) admin_timeout: Duration,
@@ -60,7 +61,8 @@ impl Default for KafkaConfig {
         Self {
             bootstrap_servers: "127.0.0.1:9092".into(),
             wire_mode: WireMode::CloudEvents,
-            queue_full_timeout: Duration::from_secs(10),
+            queue_full_timeout: Duration::from_secs(1),
+            delivery_timeout: Duration::from_secs(4),
             provision: true,
             compression: None,
             admin_timeout: Duration::from_secs(30),
@@ -116,9 +118,20 @@ impl KafkaConfig {
     /// How long a publish waits for room when librdkafka's local queue is full
     /// (`queue.buffering.max.messages`/`.kbytes`) before its verdict is
     /// [`ErrorKind::Backpressure`]; longer rides out slower brokers, shorter reports an overload
-    /// sooner. Default 10 s.
+    /// sooner. It adds to the [`delivery_timeout`](Self::delivery_timeout) in the bound on a
+    /// publish's verdict. Default 1 s.
     pub fn queue_full_timeout(mut self, timeout: Duration) -> Self {
         self.queue_full_timeout = timeout;
+        self
+    }
+
+    /// How long librdkafka tries to deliver an event it queued (`message.timeout.ms`, retries
+    /// included) before its verdict is [`ErrorKind::Timeout`]; from then on it does not send
+    /// the event. librdkafka's own default is 300 s, far longer than an outbox relay's lease:
+    /// an event still queued after a takeover would land after the new owner's events, out of
+    /// order. Longer rides out longer broker outages in one attempt. Default 4 s.
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.delivery_timeout = timeout;
         self
     }
 
@@ -221,7 +234,16 @@ impl KafkaConfig {
         config.extend(self.producer_settings.0.clone());
         // The ACK guarantee rests on these two; see the crate documentation.
         config.set("enable.idempotence", "true").set("acks", "all");
+        // The bound on a verdict (`Transport::verdict_timeout`) rests on this one.
+        config.set("message.timeout.ms", self.delivery_timeout.as_millis().max(1).to_string());
         config
+    }
+
+    /// The longest time from a publish to its verdict: waiting for queue room
+    /// ([`queue_full_timeout`](Self::queue_full_timeout)), then delivery
+    /// ([`delivery_timeout`](Self::delivery_timeout)).
+    pub fn get_verdict_timeout(&self) -> Duration {
+        self.queue_full_timeout + self.delivery_timeout
     }
 
     /// A consumer's librdkafka configuration; `bootstrap` is the mock cluster's address when
@@ -294,9 +316,10 @@ mod tests {
             .producer_set("acks", "1")
             .consumer_set("enable.auto.commit", "true")
             .consumer_set("auto.offset.reset", "latest");
-        let producer = config.producer_config();
+        let producer = config.clone().producer_set("message.timeout.ms", "300000").producer_config();
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         assert_eq!(producer.get("acks"), Some("all"));
+        assert_eq!(producer.get("message.timeout.ms"), Some("4000"));
         let consumer = config.consumer_config("x:1", "g");
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));

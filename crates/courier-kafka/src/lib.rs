@@ -11,6 +11,8 @@
 //!   [`WireMode::JsonEnvelope`](courier_core::wire::WireMode::JsonEnvelope), as the reference JSON
 //!   envelope plus `X-Event-*` headers). A full librdkafka queue makes the publish wait up to
 //!   [`KafkaConfig::queue_full_timeout`], then fail with `Backpressure`: nothing is dropped.
+//!   A queued event has its verdict within [`KafkaConfig::delivery_timeout`]
+//!   (`message.timeout.ms`); past it librdkafka reports a timeout and no longer sends the event.
 //!   When librdkafka declares the producer dead (a fatal error, e.g. the idempotent producer
 //!   losing track of its sequence numbers), the bus replaces it by a new one with the same
 //!   configuration: the events the old one still held get their verdicts (queued ones are

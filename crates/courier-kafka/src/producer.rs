@@ -252,6 +252,12 @@ impl Transport for KafkaTransport {
         }
     }
 
+    /// [`KafkaConfig::queue_full_timeout`](crate::KafkaConfig::queue_full_timeout) plus
+    /// [`KafkaConfig::delivery_timeout`](crate::KafkaConfig::delivery_timeout).
+    fn verdict_timeout(&self) -> Duration {
+        self.shared.config.get_verdict_timeout()
+    }
+
     fn max_payload(&self) -> usize {
         let room = self.shared.config.message_max_bytes().saturating_sub(RECORD_OVERHEAD);
         match self.shared.config.wire_mode {

@@ -290,7 +290,7 @@ fn inject_fatal_error(bus: &KafkaBus) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fatal_error_replaces_the_producer_and_loses_no_event() {
-    let bus = KafkaBus::connect(KafkaConfig::mock(1).producer_set("message.timeout.ms", "10000"))
+    let bus = KafkaBus::connect(KafkaConfig::mock(1).delivery_timeout(Duration::from_secs(10)))
         .expect("mock cluster");
     let topic = Topic::new(format!("fatal-{}", uuid::Uuid::now_v7().simple())).unwrap();
     bus.provision(&TopicConfig::new(topic.clone()).partitions(3)).await.expect("provision");

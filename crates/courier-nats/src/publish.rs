@@ -18,6 +18,7 @@ use courier_core::{Completion, Envelope, Error, ErrorKind, EventId, Position, Re
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio::time::{timeout_at, Instant};
 
 /// The header JetStream de-duplicates by.
 pub(crate) const MSG_ID_HEADER: &str = "Nats-Msg-Id";
@@ -29,6 +30,8 @@ struct Pending {
     ack: PubAckFuture,
     topic: Topic,
     completion: Completion,
+    /// When its verdict is due: the ack timeout after `send` started.
+    deadline: Instant,
 }
 
 /// The server's `max_payload`, re-read after every (re)connect because a restarted or different
@@ -133,16 +136,20 @@ fn message(envelope: &Envelope, mode: WireMode, max_payload: usize) -> Result<Pu
 
 impl Transport for NatsTransport {
     async fn send(&self, topic: &Topic, envelope: Envelope, completion: Completion) {
+        // One deadline for the whole publish, queueing included, so the verdict comes within
+        // `verdict_timeout` of this call.
+        let deadline = Instant::now() + self.ack_timeout;
         let max_payload = self.limit.get(&self.client);
         let message = match message(&envelope, self.wire_mode, max_payload) {
             Ok(message) => message,
             Err(err) => return completion.complete(Err(err)),
         };
-        // Awaits the client's outgoing queue (backpressure while disconnected, bounded by the
-        // ack timeout).
-        match self.context.send_publish(topic.as_str().to_owned(), message).await {
+        // Awaits the client's outgoing queue (backpressure while disconnected).
+        let sent = timeout_at(deadline, self.context.send_publish(topic.as_str().to_owned(), message)).await;
+        let sent = sent.unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)));
+        match sent {
             Ok(ack) => {
-                let pending = Pending { ack: ack.into_future(), topic: topic.clone(), completion };
+                let pending = Pending { ack: ack.into_future(), topic: topic.clone(), completion, deadline };
                 if let Err(unsent) = self.pending.send(pending) {
                     // Unreachable while the transport lives: the collector ends only after this
                     // sender is dropped. Report it rather than hide it.
@@ -166,6 +173,14 @@ impl Transport for NatsTransport {
     fn max_payload(&self) -> usize {
         self.limit.get(&self.client)
     }
+
+    /// The ack timeout, from `send` to the verdict. A message the client already took (written
+    /// to a stalled server's socket, or buffered while reconnecting) cannot be called back: it
+    /// may still be stored later, and JetStream then drops it as a duplicate of a re-publish
+    /// made within the stream's duplicate window.
+    fn verdict_timeout(&self) -> Duration {
+        self.ack_timeout
+    }
 }
 
 /// Awaits all PubAcks of one publisher concurrently and resolves their completions. Ends when the
@@ -174,8 +189,10 @@ async fn collect_acks(mut rx: mpsc::UnboundedReceiver<Pending>, ack_timeout: Dur
     let mut inflight = FuturesUnordered::new();
     let mut open = true;
     let resolve = |p: Pending| async move {
-        let Pending { ack, topic, completion } = p;
-        let result = ack.await;
+        let Pending { ack, topic, completion, deadline } = p;
+        let result = timeout_at(deadline, ack)
+            .await
+            .unwrap_or_else(|_| Err(PublishError::new(PublishErrorKind::TimedOut)));
         let verdict = verdict(&completion, &topic, result, ack_timeout);
         completion.complete(verdict);
     };

@@ -8,7 +8,7 @@ use sqlx::Executor as _;
 use crate::admin::{DeadEvent, DeadFilter, OutboxStats};
 use crate::row::{now_us, ClaimedRow, DEAD, PENDING, PUBLISHED};
 use crate::sql::queries::Queries;
-use crate::sql::{BlockedRow, ClaimQuery, Dialect, Failure, Mark, OutboxConnection};
+use crate::sql::{BlockedRow, ClaimQuery, Dialect, Failure, Mark, OutboxConnection, OwnerCheck};
 use crate::{Enqueue, Outbox, OutboxError};
 
 /// A connection pool to a database holding the outbox tables. Cheap to clone.
@@ -307,15 +307,17 @@ impl Store {
     }
 
     /// Records publish outcomes: acknowledged rows are kept as published, or deleted when
-    /// `delete_published` (retention zero); failed ones get their attempt.
+    /// `delete_published` (retention zero); failed ones get their attempt. Rows whose partition
+    /// `owner` no longer holds are left as they are.
     pub(crate) async fn write(
         &self,
         published: &[i64],
         delete_published: bool,
         failures: &[Failure],
+        owner: &OwnerCheck,
     ) -> Result<(), sqlx::Error> {
         let mark = if delete_published { Mark::Delete } else { Mark::Keep { published_at_us: now_us() } };
-        dispatch!(self.backend, Backend, ref pool => Queries::write(pool, published, mark, failures).await)
+        dispatch!(self.backend, Backend, ref pool => Queries::write(pool, published, mark, failures, owner).await)
     }
 
     pub(crate) async fn blocked(

@@ -5,19 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, fast_config, topic, Kind, TestDb};
+use common::{eventually, fast_config, nats, topic, Kind, TestDb};
 use courier_core::wire::{self, WireMode};
 use courier_core::{Bus, Envelope, ErrorKind, PublisherConfig, Topic, TopicConfig, DEFAULT_MAX_PAYLOAD};
-use courier_nats::{NatsBus, NatsConfig};
+use courier_nats::NatsBus;
 use courier_outbox::{DeadFilter, Enqueue, Outbox, OutboxError, Relay};
-
-const NATS_URL: &str = "nats://127.0.0.1:4222";
-
-async fn nats() -> NatsBus {
-    NatsBus::connect(NatsConfig::new(NATS_URL))
-        .await
-        .expect("nats-server with JetStream on 127.0.0.1:4222 (start it with scripts/services.sh)")
-}
 
 /// A topic with its stream; the stream is deleted when the test ends.
 async fn provisioned(bus: &NatsBus) -> Topic {

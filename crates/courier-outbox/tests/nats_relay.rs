@@ -5,12 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{enqueue_tx, event, eventually, fast_config, topic, Kind, TestDb};
+use common::{enqueue_tx, event, eventually, fast_config, nats, topic, Kind, TestDb};
 use courier_core::{Bus, TopicConfig};
-use courier_nats::{NatsBus, NatsConfig};
 use courier_outbox::Relay;
 
-const NATS_URL: &str = "nats://127.0.0.1:4222";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// `(status, attempts, last_error)` of the row holding `event_id`.
@@ -28,9 +26,7 @@ async fn row(pool: &sqlx::PgPool, event_id: &str) -> (String, i64, Option<String
 async fn row_for_a_topic_without_stream_is_retried_until_the_stream_exists() {
     let (db, store) = TestDb::create(Kind::Postgres).await;
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let bus = NatsBus::connect(NatsConfig::new(NATS_URL))
-        .await
-        .expect("nats-server with JetStream on 127.0.0.1:4222 (start it with scripts/services.sh)");
+    let bus = nats().await;
     let topic = topic();
     let waiting = event("order-1", 0);
     let event_id = waiting.event_id().to_string();

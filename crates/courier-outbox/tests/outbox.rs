@@ -329,8 +329,12 @@ async fn concurrent_relays(kind: Kind, relays: usize) {
     // Half the events wait before the relays start, half are written while they run.
     enqueue_many(&store, &topic, aggregates, per_aggregate / 2, 4).await;
     let duplicates = DuplicateCounter::default();
+    // No takeover is meant to happen here: a lease long enough that renewals delayed by a loaded
+    // machine (a busy pool, a MySQL deadlock retried) never let one expire, while the fast
+    // renewal interval keeps rebalancing quick.
+    let config = fast_config().lease_ttl(Duration::from_secs(10));
     let handles: Vec<RelayHandle> = (0..relays)
-        .map(|_| Relay::new(store.clone(), bus.clone(), fast_config()).observer(duplicates.clone()).start())
+        .map(|_| Relay::new(store.clone(), bus.clone(), config.clone()).observer(duplicates.clone()).start())
         .collect();
     let writer = {
         let (store, topic) = (store.clone(), topic.clone());

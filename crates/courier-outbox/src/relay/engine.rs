@@ -18,11 +18,13 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
+use super::fencing::PublishFence;
 use super::lease::{Keeper, KeeperCommand, LeaseEvent};
+use super::submit::{self, Submission, Unsubmitted};
 use super::subtasks::{self, Subtasks};
 use super::{AckedEvent, Counters, FailedEvent, RelayConfig, RelayObserver};
 use crate::row::{now_us, shard_of, ClaimedRow};
-use crate::sql::{BlockedRow, ClaimQuery, Failure, MAX_ERROR_LEN};
+use crate::sql::{BlockedRow, ClaimQuery, Failure, OwnerCheck, MAX_ERROR_LEN};
 use crate::{OutboxError, Store};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -46,9 +48,9 @@ pub(crate) async fn run<T: Transport>(
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), OutboxError> {
+    config.validate_with(publisher.verdict_timeout())?;
     store.ensure_partitions(config.partitions).await?;
     let mut results = publisher.results().expect("a fresh publisher has its results stream");
-    config.validate()?;
     // Subtasks die with this task (dropping the set aborts them), also when the relay is aborted.
     let mut tasks = Subtasks::default();
     let (lease_tx, mut lease_rx) = mpsc::unbounded_channel();
@@ -76,15 +78,19 @@ pub(crate) async fn run<T: Transport>(
         tasks.spawn("retention purge", subtasks::purge_loop(store.clone(), retention, config.purge_interval));
     }
 
+    let (submit_tx, submit_rx) = mpsc::unbounded_channel();
+    let (unsubmitted_tx, mut unsubmitted_rx) = mpsc::unbounded_channel();
+    tasks.spawn("publishing", submit::submit_loop(publisher.clone(), submit_rx, unsubmitted_tx));
+    let fence = PublishFence::new(config.lease_ttl, publisher.verdict_timeout());
     let mut engine =
-        Engine::new(store, publisher.clone(), config, observer, counters, keeper_tx.clone(), idle_tx);
+        Engine::new(store, submit_tx, fence, config, observer, counters, keeper_tx.clone(), idle_tx);
     let mut claim: Option<BoxFuture<ClaimStep>> = None;
     let mut write: Option<BoxFuture<WriteDone>> = None;
     let mut scan: Option<BoxFuture<ScanDone>> = None;
     let mut stop_deadline: Option<Instant> = None;
     loop {
-        engine.dispatch().await;
         let now = Instant::now();
+        engine.dispatch(now);
         engine.update_idle(now);
         if claim.is_none() && engine.should_claim(now) {
             claim = Some(engine.start_claim(now));
@@ -101,7 +107,8 @@ pub(crate) async fn run<T: Transport>(
                 if !drained {
                     tracing::warn!(
                         in_flight = engine.in_flight.len(),
-                        "relay shutdown timed out; unacknowledged rows stay pending for the next relay"
+                        "relay shutdown timed out; unacknowledged rows stay pending for the next relay, \
+                         and the leases of their partitions expire instead of being released"
                     );
                 }
                 break;
@@ -110,6 +117,7 @@ pub(crate) async fn run<T: Transport>(
         let timer = engine.next_timer(now, stop_deadline);
         tokio::select! {
             Some(result) = results.next() => engine.on_result(result),
+            Some((event_id, why)) = unsubmitted_rx.recv() => engine.on_unsubmitted(event_id, why),
             step = poll_slot(&mut claim) => claim = engine.on_claim_step(step),
             (published, failures, outcome) = poll_slot(&mut write) => {
                 write = None;
@@ -132,7 +140,8 @@ pub(crate) async fn run<T: Transport>(
         }
     }
     let (done_tx, done_rx) = oneshot::channel();
-    if keeper_tx.send(KeeperCommand::Shutdown(done_tx)).is_ok() {
+    let keep = engine.partitions_in_flight();
+    if keeper_tx.send(KeeperCommand::Shutdown { keep, done: done_tx }).is_ok() {
         let _ = done_rx.await;
     }
     publisher.close().await?;
@@ -239,9 +248,11 @@ struct InFlight {
     created_at_us: i64,
 }
 
-struct Engine<T: Transport> {
+struct Engine {
     store: Store,
-    publisher: Publisher<T>,
+    /// Hands events to the publishing task ([`submit::submit_loop`]).
+    submissions: mpsc::UnboundedSender<Submission>,
+    fence: PublishFence,
     config: RelayConfig,
     observer: Arc<dyn RelayObserver>,
     counters: Arc<Counters>,
@@ -289,10 +300,12 @@ struct Engine<T: Transport> {
     stopping: bool,
 }
 
-impl<T: Transport> Engine<T> {
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         store: Store,
-        publisher: Publisher<T>,
+        submissions: mpsc::UnboundedSender<Submission>,
+        fence: PublishFence,
         config: RelayConfig,
         observer: Arc<dyn RelayObserver>,
         counters: Arc<Counters>,
@@ -302,7 +315,8 @@ impl<T: Transport> Engine<T> {
         let now = Instant::now();
         Self {
             store,
-            publisher,
+            submissions,
+            fence,
             partition_count: i64::from(config.partitions),
             next_sweep: now + config.sweep_interval,
             config,
@@ -334,6 +348,11 @@ impl<T: Transport> Engine<T> {
             forget_later: Vec::new(),
             stopping: false,
         }
+    }
+
+    /// The database-side lease check of this relay's reads and writes.
+    fn owner_check(&self) -> OwnerCheck {
+        OwnerCheck { owner: self.config.instance_id.clone(), partition_count: self.partition_count }
     }
 
     fn writes_empty(&self) -> bool {
@@ -445,11 +464,7 @@ impl<T: Transport> Engine<T> {
             return None;
         }
         self.last_new_rows = Instant::now();
-        let query = ClaimQuery {
-            ids: wanted,
-            partition_count: self.partition_count,
-            owner: self.config.instance_id.clone(),
-        };
+        let query = ClaimQuery { ids: wanted, owner: self.owner_check() };
         let store = self.store.clone();
         Some(Box::pin(
             async move { ClaimStep::Fetched { epoch, from, rows: store.fetch_claimed(&query).await } },
@@ -486,9 +501,15 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    /// Hands the head row of ready aggregates to the broker while the window has room.
-    async fn dispatch(&mut self) {
-        while !self.stopping && self.in_flight.len() < self.config.max_in_flight {
+    /// Hands the head row of ready aggregates to the publishing task while the window has room
+    /// and the publish fence allows: the verdict of an event handed over later might come after
+    /// the lease can expire.
+    fn dispatch(&mut self, now: Instant) {
+        if self.stopping || !self.fence.allows(now) {
+            return;
+        }
+        let Some(submit_by) = self.fence.submit_by() else { return };
+        while self.in_flight.len() < self.config.max_in_flight {
             let Some(key) = self.ready.pop_front() else { return };
             let Some(aggregate) = self.aggregates.get_mut(&key) else { continue };
             aggregate.in_ready = false;
@@ -506,25 +527,51 @@ impl<T: Transport> Engine<T> {
                 attempts: row.attempts,
                 created_at_us: row.created_at_us,
             };
-            let submitted = match row.event {
-                Ok((topic, envelope)) => {
-                    let event_id = envelope.event_id();
-                    self.publisher.submit(&topic, envelope).await.map(|_| event_id)
+            let (topic, envelope) = match row.event {
+                Ok(event) => event,
+                // A corrupt row: refused before reaching the broker.
+                Err(err) => {
+                    self.fail(flight, &err);
+                    continue;
                 }
-                Err(err) => Err(err),
             };
-            match submitted {
-                Ok(event_id) => {
-                    if let Some(aggregate) = self.aggregates.get_mut(&flight.aggregate) {
-                        aggregate.busy = true;
-                    }
-                    self.in_flight.insert(event_id, flight);
-                    self.counters.in_flight.store(self.in_flight.len() as u64, Ordering::Relaxed);
-                }
-                // Refused before reaching the broker (payload over its limit, corrupt row).
-                Err(err) => self.fail(flight, &err),
+            let event_id = envelope.event_id();
+            if self.submissions.send(Submission { topic, envelope, submit_by }).is_err() {
+                // The publishing task is gone; the relay stops on its end. The row stays pending.
+                self.known.remove(&flight.row_id);
+                self.remove_if_idle(&flight.aggregate);
+                return;
+            }
+            if let Some(aggregate) = self.aggregates.get_mut(&flight.aggregate) {
+                aggregate.busy = true;
+            }
+            self.in_flight.insert(event_id, flight);
+            self.counters.in_flight.store(self.in_flight.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// An event handed to the publishing task never reached the broker.
+    fn on_unsubmitted(&mut self, event_id: EventId, why: Unsubmitted) {
+        let Some(flight) = self.in_flight.remove(&event_id) else { return };
+        self.counters.in_flight.store(self.in_flight.len() as u64, Ordering::Relaxed);
+        match why {
+            Unsubmitted::Refused(err) => self.fail(flight, &err),
+            Unsubmitted::Fenced => {
+                // Not an attempt: the row stays pending as it is. The aggregate waits and is
+                // re-read from this row, by this relay once its lease is renewed, or by the next
+                // owner.
+                self.known.remove(&flight.row_id);
+                self.park(&flight.aggregate, Park::retry(flight.row_id, Instant::now() + UNPARK_RECHECK));
             }
         }
+    }
+
+    /// Partitions with events on their way to the broker: their leases must not be released
+    /// before those events have their verdict.
+    fn partitions_in_flight(&self) -> Vec<i64> {
+        let partitions: BTreeSet<i64> =
+            self.in_flight.values().filter_map(|flight| self.known.get(&flight.row_id).copied()).collect();
+        partitions.into_iter().collect()
     }
 
     fn on_result(&mut self, result: PublishResult) {
@@ -695,10 +742,10 @@ impl<T: Transport> Engine<T> {
         }
         let published = std::mem::take(&mut self.published);
         let failures = std::mem::take(&mut self.failures);
-        let store = self.store.clone();
+        let (store, owner) = (self.store.clone(), self.owner_check());
         let delete_published = self.config.deletes_published();
         Some(Box::pin(async move {
-            let outcome = store.write(&published, delete_published, &failures).await;
+            let outcome = store.write(&published, delete_published, &failures, &owner).await;
             (published, failures, outcome)
         }))
     }
@@ -820,6 +867,7 @@ impl<T: Transport> Engine<T> {
 
     fn on_lease(&mut self, event: LeaseEvent) {
         match event {
+            LeaseEvent::Renewed(started) => self.fence.renewed(started, self.config.lease_ttl),
             LeaseEvent::Acquired(partitions) => {
                 for p in partitions {
                     self.draining.remove(&p);
@@ -900,22 +948,22 @@ impl<T: Transport> Engine<T> {
 /// in-memory SQLite the engine never reaches in these paths, the bus the memory bus.
 #[cfg(all(test, feature = "sqlite"))]
 mod tests {
-    use courier_core::memory::MemoryTransport;
-    use courier_core::{Bus as _, ErrorKind, MemoryBus, PublisherConfig};
+    use courier_core::ErrorKind;
 
     use super::*;
 
-    async fn engine() -> Engine<MemoryTransport> {
+    async fn engine() -> Engine {
         let store = Store::connect("sqlite::memory:").await.unwrap();
-        let publisher = MemoryBus::default().publisher(PublisherConfig::default());
+        let (submissions, _) = mpsc::unbounded_channel();
         let (keeper, _) = mpsc::unbounded_channel();
         let (idle, _) = watch::channel(false);
         let config = RelayConfig::default().partitions(1);
-        Engine::new(store, publisher, config, Arc::new(()), Arc::default(), keeper, idle)
+        let fence = PublishFence::new(config.lease_ttl, Duration::from_secs(5));
+        Engine::new(store, submissions, fence, config, Arc::new(()), Arc::default(), keeper, idle)
     }
 
     /// Takes partition 0 with nothing blocked in it.
-    fn own_partition_zero(engine: &mut Engine<MemoryTransport>) {
+    fn own_partition_zero(engine: &mut Engine) {
         engine.on_lease(LeaseEvent::Acquired(vec![0]));
         let _scan = engine.start_scan().expect("a scan of the new partition");
         engine.on_scanned(vec![0], engine.writes_done, Ok(Vec::new()));
@@ -923,14 +971,14 @@ mod tests {
     }
 
     /// The last attempt of `row_id` failed for good; returns the failure write it made.
-    fn dies(engine: &mut Engine<MemoryTransport>, aggregate: &str, row_id: i64) -> Vec<Failure> {
+    fn dies(engine: &mut Engine, aggregate: &str, row_id: i64) -> Vec<Failure> {
         let flight = InFlight { row_id, aggregate: aggregate.into(), attempts: 9, created_at_us: now_us() };
         engine.known.insert(row_id, 0);
         engine.fail(flight, &Error::new(ErrorKind::Rejected, "refused for good"));
         std::mem::take(&mut engine.failures)
     }
 
-    fn parked(engine: &Engine<MemoryTransport>, aggregate: &str) -> Option<Park> {
+    fn parked(engine: &Engine, aggregate: &str) -> Option<Park> {
         engine.aggregates.get(aggregate).and_then(|a| a.park)
     }
 

@@ -12,6 +12,9 @@ use crate::Store;
 /// What the keeper tells the engine.
 #[derive(Debug)]
 pub(crate) enum LeaseEvent {
+    /// A renewal that started at this instant succeeded: every lease this relay holds lasts
+    /// at least `lease_ttl` past it. Sent before the other events of the same renewal.
+    Renewed(Instant),
     /// Newly leased partitions; the engine reads their blocked aggregates before working on them.
     Acquired(Vec<i64>),
     /// Partitions whose lease is gone (taken over, or not renewable in time): stop at once.
@@ -27,8 +30,10 @@ pub(crate) enum LeaseEvent {
 pub(crate) enum KeeperCommand {
     /// These partitions have nothing in flight or unmarked any more.
     Released(Vec<i64>),
-    /// Release every lease and leave; answers when done.
-    Shutdown(oneshot::Sender<()>),
+    /// Release every lease except those of `keep` and leave; answers when done. Kept leases
+    /// (partitions with events still on their way to the broker) expire on their own, after
+    /// those events had their verdict.
+    Shutdown { keep: Vec<i64>, done: oneshot::Sender<()> },
 }
 
 pub(crate) struct Keeper {
@@ -69,8 +74,8 @@ impl Keeper {
                             state.releasing.remove(p);
                         }
                     }
-                    Some(KeeperCommand::Shutdown(done)) => {
-                        let all: Vec<i64> = state.owned.keys().copied().collect();
+                    Some(KeeperCommand::Shutdown { keep, done }) => {
+                        let all: Vec<i64> = state.owned.keys().filter(|p| !keep.contains(p)).copied().collect();
                         if !all.is_empty() {
                             if let Err(err) = self.store.release(&self.owner, &all).await {
                                 tracing::warn!(owner = %self.owner, error = %err, "releasing leases at shutdown failed");
@@ -99,6 +104,7 @@ impl Keeper {
         match renewed.unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut)) {
             Ok(owned) => {
                 state.renewed_at = Some(started);
+                let _ = self.events.send(LeaseEvent::Renewed(started));
                 self.apply(state, owned);
             }
             Err(err) => {

@@ -23,7 +23,9 @@
 //! can expire.
 
 mod engine;
+mod fencing;
 mod lease;
+mod submit;
 mod subtasks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -274,6 +276,27 @@ impl RelayConfig {
         }
         Ok(())
     }
+
+    /// [`validate`](Self::validate), and checks that the lease leaves time to publish on a bus
+    /// whose verdicts take up to `verdict_timeout`
+    /// ([`Publisher::verdict_timeout`](courier_core::Publisher::verdict_timeout)): the relay
+    /// hands an event to the broker only while its lease outlasts that, so that no event of a
+    /// partition is still on its way when another relay can take the partition over.
+    /// [`Relay::start`] checks this too.
+    pub fn validate_with(&self, verdict_timeout: Duration) -> Result<(), OutboxError> {
+        self.validate()?;
+        let renew_interval = self.lease_renew_interval.min(self.lease_ttl / 5);
+        let publish_time = fencing::PublishFence::publish_time(self.lease_ttl, renew_interval);
+        if verdict_timeout > publish_time {
+            return Err(OutboxError::Config(format!(
+                "relay setting lease_ttl: {:?} is too short for this bus, whose publishes take up to {verdict_timeout:?} \
+                 to be acknowledged or time out; a lease must outlast a publish, a renewal interval ({renew_interval:?}) \
+                 and a tenth of itself: raise lease_ttl or lower the bus's publish timeout",
+                self.lease_ttl
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for RelayConfig {
@@ -509,5 +532,15 @@ mod tests {
         assert!(refusal(base().poll_interval(Duration::ZERO)).contains("relay setting poll_interval"));
         assert!(refusal(base().busy_poll_interval(Duration::from_secs(1)))
             .contains("relay setting busy_poll_interval"));
+    }
+
+    #[test]
+    fn a_lease_shorter_than_a_publish_is_refused() {
+        let ttl = Duration::from_secs(10);
+        RelayConfig::default().lease_ttl(ttl).validate_with(Duration::from_secs(5)).unwrap();
+        let refused = RelayConfig::default().lease_ttl(ttl).validate_with(Duration::from_secs(8));
+        let message = refused.expect_err("refused").to_string();
+        assert!(message.contains("relay setting lease_ttl: 10s is too short for this bus"), "{message}");
+        assert!(message.contains("up to 8s"), "{message}");
     }
 }

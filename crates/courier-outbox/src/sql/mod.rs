@@ -130,13 +130,21 @@ pub(crate) struct BlockedRow {
     pub(crate) next_attempt_at_us: Option<i64>,
 }
 
-/// The rows a relay fetches after a scan: those in its partitions it does not hold yet. The
-/// database must still show their partitions as leased by `owner`.
+/// The rows a relay fetches after a scan: those in its partitions it does not hold yet.
 #[derive(Debug, Clone)]
 pub(crate) struct ClaimQuery {
     pub(crate) ids: Vec<i64>,
-    pub(crate) partition_count: i64,
+    pub(crate) owner: OwnerCheck,
+}
+
+/// The lease check on every row the relay reads or writes: the database must still show the
+/// row's partition (`shard % partition_count`) leased to `owner`, unexpired. A relay that lost a
+/// lease (its renewals failed, another relay took the partition) then neither claims nor changes
+/// rows of that partition, whatever it still had in memory or in flight to the database.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnerCheck {
     pub(crate) owner: String,
+    pub(crate) partition_count: i64,
 }
 
 /// Writes ` IN (?, ?, …)` for `ids`: the id-list form of MySQL and SQLite (PostgreSQL binds

@@ -214,7 +214,7 @@ mod tests {
     use sqlx::{ConnectOptions as _, Connection as _};
 
     use super::*;
-    use crate::sql::{ClaimQuery, Mark};
+    use crate::sql::{ClaimQuery, Mark, OwnerCheck};
 
     type Q = Queries<Postgres>;
 
@@ -248,11 +248,12 @@ mod tests {
 
             let options: PgConnectOptions = url.parse().unwrap();
             let mut relay = options.options(RELAY_SESSION).connect().await.unwrap();
-            let claim = ClaimQuery { ids: vec![1, 2, 3], partition_count: 16, owner: "relay".into() };
+            let owner = OwnerCheck { owner: "relay".into(), partition_count: 16 };
+            let claim = ClaimQuery { ids: vec![1, 2, 3], owner: owner.clone() };
             let statements = [
                 ("fetch", Q::fetch_claimed_query(&claim)),
-                ("mark (delete)", Q::mark_query(&[1, 2], Mark::Delete)),
-                ("mark (keep)", Q::mark_query(&[1, 2], Mark::Keep { published_at_us: 1 })),
+                ("mark (delete)", Q::mark_query(&[1, 2], Mark::Delete, &owner)),
+                ("mark (keep)", Q::mark_query(&[1, 2], Mark::Keep { published_at_us: 1 }, &owner)),
                 ("scan", Q::scan_pending_query(0, 1000)),
             ];
             let mut plans = Vec::new();

@@ -7,7 +7,9 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, QueryBuil
 
 use crate::admin::{DeadEvent, DeadFilter};
 use crate::row::{previous_pending, ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
-use crate::sql::{duplicate_key, BlockedRow, ClaimQuery, Dialect, Failure, Mark, INSERT_CHUNK, INSERT_INTO};
+use crate::sql::{
+    duplicate_key, BlockedRow, ClaimQuery, Dialect, Failure, Mark, OwnerCheck, INSERT_CHUNK, INSERT_INTO,
+};
 use crate::OutboxError;
 
 /// Reads an identifier column (`event_id`, `topic`, `aggregate_type`, `aggregate_id`,
@@ -89,7 +91,7 @@ where
     }
 
     /// Step 2 of a claim: the chosen rows, if still pending and in a partition the database
-    /// shows leased to `q.owner` (the fence against a lease lost in the meantime).
+    /// shows leased to this relay (see [`OwnerCheck`]).
     pub(crate) async fn fetch_claimed(
         pool: &Pool<D>,
         q: &ClaimQuery,
@@ -105,13 +107,8 @@ where
         // The status is a parameter (here and in the mark): see PostgreSQL's `PREPARE_ID_LISTS`.
         qb.push(" FROM courier_outbox o WHERE o.status = ").push_bind(PENDING).push(" AND o.id");
         D::push_ids(&mut qb, &q.ids);
-        qb.push(" AND EXISTS (SELECT 1 FROM courier_outbox_leases l WHERE l.partition_no = o.shard % ")
-            .push_bind(q.partition_count)
-            .push(" AND l.owner = ")
-            .push_bind(q.owner.clone())
-            .push(" AND l.lease_until_ms > ")
-            .push(D::NOW_MS)
-            .push(") ORDER BY o.id");
+        Self::push_owner_check(&mut qb, &q.owner, "o");
+        qb.push(" ORDER BY o.id");
         qb
     }
 
@@ -141,15 +138,16 @@ where
     }
 
     /// Marks acknowledged rows published or deletes them (one statement), and records
-    /// failed attempts.
+    /// failed attempts; each only where `owner` still holds the row's lease.
     pub(crate) async fn write(
         pool: &Pool<D>,
         published: &[i64],
         mark: Mark,
         failures: &[Failure],
+        owner: &OwnerCheck,
     ) -> Result<(), sqlx::Error> {
         if !published.is_empty() {
-            let mut qb = Self::mark_query(published, mark);
+            let mut qb = Self::mark_query(published, mark, owner);
             D::build(&mut qb).persistent(D::PREPARE_ID_LISTS).execute(pool).await?;
         }
         for f in failures {
@@ -165,12 +163,26 @@ where
                 .push_bind(PENDING)
                 .push(" AND id = ")
                 .push_bind(f.id);
+            Self::push_owner_check(&mut qb, owner, "courier_outbox");
             D::build(&mut qb).execute(pool).await?;
         }
         Ok(())
     }
 
-    pub(crate) fn mark_query(published: &[i64], mark: Mark) -> QueryBuilder<'static, D> {
+    /// Appends `owner` as a condition on the outbox row named `row` (the table or its alias).
+    fn push_owner_check(qb: &mut QueryBuilder<'static, D>, owner: &OwnerCheck, row: &str) {
+        qb.push(" AND EXISTS (SELECT 1 FROM courier_outbox_leases l WHERE l.partition_no = ")
+            .push(row)
+            .push(".shard % ")
+            .push_bind(owner.partition_count)
+            .push(" AND l.owner = ")
+            .push_bind(owner.owner.clone())
+            .push(" AND l.lease_until_ms > ")
+            .push(D::NOW_MS)
+            .push(")");
+    }
+
+    pub(crate) fn mark_query(published: &[i64], mark: Mark, owner: &OwnerCheck) -> QueryBuilder<'static, D> {
         let mut qb = match mark {
             Mark::Keep { published_at_us } => {
                 let mut qb = QueryBuilder::<D>::new("UPDATE courier_outbox SET status = ");
@@ -181,6 +193,7 @@ where
         };
         qb.push(" WHERE status = ").push_bind(PENDING).push(" AND id");
         D::push_ids(&mut qb, published);
+        Self::push_owner_check(&mut qb, owner, "courier_outbox");
         qb
     }
 

@@ -13,6 +13,17 @@ use futures::StreamExt;
 
 pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432";
 pub const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306";
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The shared NATS server, with PubAcks timing out after 1 s: a relay with [`fast_config`]'s
+/// 2 s lease refuses a bus whose publishes may take longer (see `RelayConfig::validate_with`).
+pub async fn nats() -> courier_nats::NatsBus {
+    courier_nats::NatsBus::connect(
+        courier_nats::NatsConfig::new(NATS_URL).ack_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .expect("nats-server with JetStream on 127.0.0.1:4222 (start it with scripts/services.sh)")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
