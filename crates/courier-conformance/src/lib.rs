@@ -20,6 +20,8 @@
 
 #![warn(missing_docs)]
 
+pub mod nats_server;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};

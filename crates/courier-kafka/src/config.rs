@@ -77,6 +77,9 @@ impl Default for KafkaConfig {
     }
 }
 
+/// How often librdkafka looks for messages past `message.timeout.ms` (a fixed second).
+const TIMEOUT_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The librdkafka setting that makes a client start its own in-process mock cluster.
 pub(crate) const MOCK_BROKERS_SETTING: &str = "test.mock.num.brokers";
 
@@ -129,7 +132,10 @@ impl KafkaConfig {
     /// included) before its verdict is [`ErrorKind::Timeout`]; from then on it does not send
     /// the event. librdkafka's own default is 300 s, far longer than an outbox relay's lease:
     /// an event still queued after a takeover would land after the new owner's events, out of
-    /// order. Longer rides out longer broker outages in one attempt. Default 4 s.
+    /// order. Longer rides out longer broker outages in one attempt. Default 4 s, which with
+    /// the other defaults bounds a verdict at 6 s
+    /// ([`get_verdict_timeout`](Self::get_verdict_timeout)), within what a relay's default
+    /// 10 s lease allows.
     pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
         self.delivery_timeout = timeout;
         self
@@ -241,9 +247,10 @@ impl KafkaConfig {
 
     /// The longest time from a publish to its verdict: waiting for queue room
     /// ([`queue_full_timeout`](Self::queue_full_timeout)), then delivery
-    /// ([`delivery_timeout`](Self::delivery_timeout)).
+    /// ([`delivery_timeout`](Self::delivery_timeout)), plus the interval at which librdkafka
+    /// looks for timed-out messages (once a second), so a timeout is reported up to that late.
     pub fn get_verdict_timeout(&self) -> Duration {
-        self.queue_full_timeout + self.delivery_timeout
+        self.queue_full_timeout + self.delivery_timeout + TIMEOUT_SCAN_INTERVAL
     }
 
     /// A consumer's librdkafka configuration; `bootstrap` is the mock cluster's address when

@@ -7,8 +7,9 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{event, stored_messages, PrivateServer};
+use common::{event, stored_messages};
 use courier_conformance::fresh_topic;
+use courier_conformance::nats_server::PrivateServer;
 use courier_core::dispatch::Delivery;
 use courier_core::{Bus, EventId, PublisherConfig, Topic};
 use courier_nats::{NatsBus, NatsConfig};

@@ -1,0 +1,173 @@
+//! Lease fencing: a relay that loses its lease while the broker holds its publishes back must
+//! have nothing of that partition on the way any more when another relay takes over, and must
+//! change none of its rows afterwards.
+//!
+//! Each test cuts relay A off its database (a frozen TCP proxy, like a network partition) while
+//! the broker holds A's events back (Kafka: the mock cluster's broker down; NATS: the server
+//! process stopped), lets relay B take the partitions over once A's leases expired, then lets
+//! the broker and A's database connections go. Every event must reach the consumer once, in
+//! order, and every row end published.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{consume, enqueue_tx, event, eventually, fast_config, topic, FreezableProxy, Kind, TestDb};
+use courier_conformance::nats_server::PrivateServer;
+use courier_core::{Bus, Topic, TopicConfig};
+use courier_kafka::{KafkaBus, KafkaConfig};
+use courier_nats::{NatsBus, NatsConfig};
+use courier_outbox::{Relay, RelayConfig, RelayHandle, Store};
+
+const AGGREGATES: usize = 20;
+/// Events per aggregate in each of the two batches.
+const PER_BATCH: u64 = 5;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A lease that allows publishes of up to 3.1 s (see `RelayConfig::validate_with`); the buses
+/// below give up on an event well within that.
+fn config(instance: &str) -> RelayConfig {
+    fast_config()
+        .instance_id(instance)
+        .lease_ttl(Duration::from_secs(4))
+        .lease_renew_interval(Duration::from_millis(500))
+}
+
+/// Enqueues events `from..from + PER_BATCH` of every aggregate.
+async fn enqueue_batch(store: &Store, topic: &Topic, from: u64) {
+    let events: Vec<_> = (from..from + PER_BATCH)
+        .flat_map(|seq| (0..AGGREGATES).map(move |a| event(&format!("agg-{a}"), seq)))
+        .collect();
+    enqueue_tx(store, topic, &events, true).await.unwrap();
+}
+
+async fn pending(store: &Store) -> u64 {
+    store.stats().await.unwrap().pending
+}
+
+/// How the broker holds publishes back and lets them go.
+trait Hold {
+    fn hold(&self);
+    fn release(&self);
+}
+
+/// Runs the takeover; returns the database (dropped at the test's end) and both relays.
+async fn takeover_while_the_broker_holds_acks_back<B: Bus>(
+    bus_a: B,
+    bus_b: B,
+    topic: &Topic,
+    broker: &impl Hold,
+) -> (TestDb, RelayHandle, RelayHandle) {
+    let (db, store) = TestDb::create(Kind::Postgres).await;
+    let proxy = FreezableProxy::start("127.0.0.1:5432").await;
+    let store_a = Store::connect(&db.url.replace("127.0.0.1:5432", &proxy.addr.to_string())).await.unwrap();
+
+    let relay_a = Relay::new(store_a, bus_a, config("relay-a")).start();
+    enqueue_batch(&store, topic, 0).await;
+    eventually(WAIT, "relay A to publish the first batch", || async { pending(&store).await == 0 }).await;
+
+    // A hands the second batch to a broker that does not answer, then loses its database.
+    broker.hold();
+    enqueue_batch(&store, topic, PER_BATCH).await;
+    eventually(WAIT, "relay A to have events in flight", || async { relay_a.stats().in_flight > 0 }).await;
+    proxy.freeze();
+
+    // B takes over once A's leases expired, and publishes the same events.
+    let relay_b = Relay::new(store.clone(), bus_b, config("relay-b")).start();
+    eventually(WAIT, "relay B to take every partition and publish", || async {
+        relay_b.stats().partitions == 16 && relay_b.stats().in_flight > 0
+    })
+    .await;
+    broker.release();
+    eventually(WAIT, "every row published", || async { pending(&store).await == 0 }).await;
+    // A's connections come back: whatever it still wanted to write is refused by the fence.
+    proxy.thaw();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (0, 0), "A's late writes changed rows B owns: {stats:?}");
+    (db, relay_a, relay_b)
+}
+
+async fn check_consumer<B: Bus>(bus: &B, topic: &Topic) {
+    let total = AGGREGATES * 2 * PER_BATCH as usize;
+    let consumed = consume(bus, topic, total, WAIT).await;
+    assert_eq!(consumed.distinct(), total, "every event reached the consumer");
+    assert_eq!(consumed.duplicates, 0, "no event twice");
+    assert_eq!(consumed.order_violations, 0, "per-aggregate order");
+}
+
+struct MockBroker<'a>(&'a KafkaBus);
+
+impl Hold for MockBroker<'_> {
+    fn hold(&self) {
+        self.0.mock_cluster().expect("a mock cluster").broker_down(1).unwrap();
+    }
+
+    fn release(&self) {
+        self.0.mock_cluster().expect("a mock cluster").broker_up(1).unwrap();
+    }
+}
+
+/// Without the fence, librdkafka kept A's events for `message.timeout.ms` (300 s by default)
+/// and sent them when the broker came back, after B had published them: every held event twice,
+/// A's copies after B's later events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_takeover_while_the_broker_is_down_publishes_each_event_once_in_order() {
+    let quick = |config: KafkaConfig| {
+        config.queue_full_timeout(Duration::from_millis(200)).delivery_timeout(Duration::from_secs(1))
+    };
+    let bus_a = KafkaBus::connect(quick(KafkaConfig::mock(1))).expect("mock cluster");
+    let bus_b = KafkaBus::connect(quick(KafkaConfig::new(bus_a.bootstrap_servers()))).expect("bus B");
+    let topic = topic();
+    bus_a.provision(&TopicConfig::new(topic.clone()).partitions(4)).await.unwrap();
+
+    let (_db, relay_a, relay_b) =
+        takeover_while_the_broker_holds_acks_back(bus_a.clone(), bus_b.clone(), &topic, &MockBroker(&bus_a))
+            .await;
+    check_consumer(&bus_b, &topic).await;
+    let records: i64 = (0..4)
+        .map(|partition| {
+            bus_b.with_producer_client(|client| {
+                let (low, high) =
+                    client.fetch_watermarks(topic.as_str(), partition, Duration::from_secs(10)).unwrap();
+                high - low
+            })
+        })
+        .sum();
+    assert_eq!(records, (AGGREGATES * 2 * PER_BATCH as usize) as i64, "records in the topic");
+    relay_a.abort();
+    relay_b.shutdown().await.unwrap();
+}
+
+struct Frozen<'a>(&'a PrivateServer);
+
+impl Hold for Frozen<'_> {
+    fn hold(&self) {
+        self.0.freeze();
+    }
+
+    fn release(&self) {
+        self.0.thaw();
+    }
+}
+
+/// A NATS client cannot call back what it wrote to a stopped server's socket: A's copies are
+/// stored once the server runs again, and JetStream drops B's as duplicates (or A's, whichever
+/// comes second) within the stream's duplicate window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_takeover_while_the_server_is_frozen_publishes_each_event_once_in_order() {
+    let server = PrivateServer::start("");
+    let connect = || NatsBus::connect(NatsConfig::new(server.url()).ack_timeout(Duration::from_secs(1)));
+    let (bus_a, bus_b) = (connect().await.unwrap(), connect().await.unwrap());
+    let topic = topic();
+    bus_a.provision(&TopicConfig::new(topic.clone())).await.unwrap();
+
+    let (_db, relay_a, relay_b) =
+        takeover_while_the_broker_holds_acks_back(bus_a.clone(), bus_b.clone(), &topic, &Frozen(&server))
+            .await;
+    check_consumer(&bus_b, &topic).await;
+    let stream = bus_b.jetstream().get_stream(courier_nats::stream_name(&topic)).await.unwrap();
+    assert_eq!(stream.cached_info().state.messages, (AGGREGATES * 2 * PER_BATCH as usize) as u64);
+    relay_a.abort();
+    relay_b.shutdown().await.unwrap();
+}
