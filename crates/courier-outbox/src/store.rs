@@ -427,3 +427,66 @@ where
     use sqlx::Connection as _;
     options.connect().await?.close().await
 }
+
+#[cfg(all(test, feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod tests {
+    use courier_core::Envelope;
+
+    use super::*;
+
+    /// Runs `check` on a fresh, migrated database of each kind, with one partition.
+    async fn on_each_database<F: std::future::Future<Output = ()>>(check: impl Fn(Store) -> F) {
+        let name = format!("courier_u_{:016x}", rand::random::<u64>());
+        let servers =
+            [("postgres://postgres@127.0.0.1:5432", "test"), ("mysql://root@127.0.0.1:3306", "test")];
+        for (server, admin_db) in servers {
+            let admin = Store::connect(&format!("{server}/{admin_db}"))
+                .await
+                .unwrap_or_else(|e| panic!("{server} is required (scripts/services.sh): {e}"));
+            admin.execute_raw(&format!("CREATE DATABASE {name}")).await.unwrap();
+            let store = Store::connect(&format!("{server}/{name}")).await.unwrap();
+            store.migrate().await.unwrap();
+            store.ensure_partitions(1).await.unwrap();
+            check(store.clone()).await;
+            store.close().await;
+            // Best effort, like the integration tests' databases.
+            let _ = admin.execute_raw(&format!("DROP DATABASE {name}")).await;
+        }
+        let file = std::env::temp_dir().join(format!("{name}.db"));
+        let store = Store::connect(&format!("sqlite://{}?mode=rwc", file.display())).await.unwrap();
+        store.migrate().await.unwrap();
+        store.ensure_partitions(1).await.unwrap();
+        check(store).await;
+        let _ = std::fs::remove_file(file);
+    }
+
+    fn dead(id: i64) -> Failure {
+        Failure { id, attempts: 10, dead: true, next_attempt_at_us: None, error: "refused".into() }
+    }
+
+    /// A relay whose lease was taken over (its renewals failed, another relay acquired the
+    /// partition) must not mark dead, or published, a row the new owner is publishing.
+    #[tokio::test]
+    async fn a_relay_changes_no_row_of_a_partition_it_no_longer_leases() {
+        on_each_database(|store| async move {
+            store.acquire("new-owner", 1, 60_000).await.unwrap();
+            let event = Envelope::builder("order", "order-1", "OrderPlaced").build().unwrap();
+            let topic = courier_core::Topic::new("orders").unwrap();
+            store.enqueue(&Outbox::default(), &[Enqueue::new(&event).topic(&topic)]).await.unwrap();
+            let id: i64 = match store.scan_pending(0, 10).await.unwrap().as_slice() {
+                [(id, _)] => *id,
+                other => panic!("one pending row expected, found {other:?}"),
+            };
+            let check = |owner: &str| OwnerCheck { owner: owner.into(), partition_count: 1 };
+
+            store.write(&[], false, &[dead(id)], &check("old-owner")).await.unwrap();
+            store.write(&[id], false, &[], &check("old-owner")).await.unwrap();
+            let stats = store.stats().await.unwrap();
+            assert_eq!((stats.pending, stats.dead, stats.published), (1, 0, 0), "{}", store.backend());
+
+            store.write(&[id], false, &[], &check("new-owner")).await.unwrap();
+            assert_eq!(store.stats().await.unwrap().published, 1, "{}", store.backend());
+        })
+        .await;
+    }
+}

@@ -171,3 +171,36 @@ async fn nats_takeover_while_the_server_is_frozen_publishes_each_event_once_in_o
     relay_a.abort();
     relay_b.shutdown().await.unwrap();
 }
+
+/// A shutdown that times out with events still on their way must not release their
+/// partitions' leases, or another relay could publish the same events at once: those leases
+/// expire instead, after the events had their verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_times_out_keeps_the_leases_of_events_in_flight() {
+    let server = PrivateServer::start("");
+    let bus =
+        NatsBus::connect(NatsConfig::new(server.url()).ack_timeout(Duration::from_secs(1))).await.unwrap();
+    let topic = topic();
+    bus.provision(&TopicConfig::new(topic.clone())).await.unwrap();
+    let (db, store) = TestDb::create(Kind::Postgres).await;
+    let relay =
+        Relay::new(store.clone(), bus, config("relay-a").drain_timeout(Duration::from_millis(100))).start();
+    eventually(WAIT, "the relay to hold every partition", || async { relay.stats().partitions == 16 }).await;
+
+    server.freeze();
+    enqueue_tx(&store, &topic, &[event("agg-0", 0)], true).await.unwrap();
+    eventually(WAIT, "the event to be in flight", || async { relay.stats().in_flight == 1 }).await;
+    let stopped = relay.shutdown().await.expect_err("the shutdown reports the event it left in flight");
+    assert!(stopped.to_string().contains("1 events still waiting for a broker verdict"), "{stopped}");
+    server.thaw();
+
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let held: Vec<i64> = sqlx::query_scalar(
+        "SELECT partition_no FROM courier_outbox_leases WHERE owner = 'relay-a' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let shard: i64 = sqlx::query_scalar("SELECT shard FROM courier_outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(held, vec![shard % 16], "only the partition with the event in flight stays leased");
+}

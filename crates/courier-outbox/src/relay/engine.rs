@@ -953,13 +953,88 @@ mod tests {
     use super::*;
 
     async fn engine() -> Engine {
+        engine_submitting().await.0
+    }
+
+    /// An engine, and what it hands to the publishing task.
+    async fn engine_submitting() -> (Engine, mpsc::UnboundedReceiver<Submission>) {
         let store = Store::connect("sqlite::memory:").await.unwrap();
-        let (submissions, _) = mpsc::unbounded_channel();
+        let (submissions, submitted) = mpsc::unbounded_channel();
         let (keeper, _) = mpsc::unbounded_channel();
         let (idle, _) = watch::channel(false);
         let config = RelayConfig::default().partitions(1);
         let fence = PublishFence::new(config.lease_ttl, Duration::from_secs(5));
-        Engine::new(store, submissions, fence, config, Arc::new(()), Arc::default(), keeper, idle)
+        let engine =
+            Engine::new(store, submissions, fence, config, Arc::new(()), Arc::default(), keeper, idle);
+        (engine, submitted)
+    }
+
+    /// A claimed pending row `id` of `aggregate`, in partition 0.
+    fn row(aggregate: &str, id: i64) -> ClaimedRow {
+        let envelope = courier_core::Envelope::builder("order", aggregate, "OrderPlaced").build().unwrap();
+        ClaimedRow {
+            id,
+            shard: 0,
+            aggregate_id: aggregate.into(),
+            attempts: 0,
+            created_at_us: now_us(),
+            previous_pending_id: None,
+            event: Ok((courier_core::Topic::new("orders").unwrap(), envelope)),
+        }
+    }
+
+    /// Nothing goes to the broker before a renewal told the engine how long its leases hold;
+    /// then the submission carries the fence's deadline.
+    #[tokio::test]
+    async fn events_go_out_only_while_the_lease_outlasts_a_publish() {
+        let (mut engine, mut submitted) = engine_submitting().await;
+        own_partition_zero(&mut engine);
+        engine.accept(row("order-1", 1));
+        let now = Instant::now();
+        engine.dispatch(now);
+        assert!(submitted.try_recv().is_err(), "published before any renewal");
+
+        // Renewed 6 s ago: a 10 s lease keeps 4 s, less than a 5 s publish and the margin.
+        engine.on_lease(LeaseEvent::Renewed(now - Duration::from_secs(6)));
+        engine.dispatch(now);
+        assert!(submitted.try_recv().is_err(), "published with a lease about to expire");
+
+        engine.on_lease(LeaseEvent::Renewed(now));
+        engine.dispatch(now);
+        let submission = submitted.try_recv().expect("published once renewed");
+        assert_eq!(submission.submit_by, now + Duration::from_secs(4));
+        assert_eq!(engine.in_flight.len(), 1);
+    }
+
+    /// An event that waited past its fence in the publishing task is no attempt: no failure
+    /// is recorded, and the aggregate waits to be re-read from it.
+    #[tokio::test]
+    async fn an_event_fenced_out_is_not_counted_as_an_attempt() {
+        let (mut engine, mut submitted) = engine_submitting().await;
+        own_partition_zero(&mut engine);
+        engine.on_lease(LeaseEvent::Renewed(Instant::now()));
+        engine.accept(row("order-1", 1));
+        engine.accept(row("order-1", 2));
+        engine.dispatch(Instant::now());
+        let event_id = submitted.try_recv().unwrap().envelope.event_id();
+        engine.on_unsubmitted(event_id, Unsubmitted::Fenced);
+        assert!(engine.failures.is_empty(), "a fenced event counted as a failed attempt");
+        assert!(engine.in_flight.is_empty() && !engine.known.contains_key(&1));
+        assert!(parked(&engine, "order-1").is_some_and(|p| p.row_id == 1 && !p.is_dead()));
+        engine.dispatch(Instant::now());
+        assert!(submitted.try_recv().is_err(), "the aggregate's next event overtook the fenced one");
+    }
+
+    /// At a shutdown that timed out, the partitions with events on their way keep their leases.
+    #[tokio::test]
+    async fn partitions_with_events_in_flight_are_not_released() {
+        let (mut engine, _submitted) = engine_submitting().await;
+        own_partition_zero(&mut engine);
+        assert!(engine.partitions_in_flight().is_empty());
+        engine.on_lease(LeaseEvent::Renewed(Instant::now()));
+        engine.accept(row("order-1", 1));
+        engine.dispatch(Instant::now());
+        assert_eq!(engine.partitions_in_flight(), vec![0]);
     }
 
     /// Takes partition 0 with nothing blocked in it.
