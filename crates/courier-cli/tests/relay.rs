@@ -379,6 +379,16 @@ fn nonsensical_relay_settings_are_refused_at_startup() {
         assert_eq!(out.status.code(), Some(2), "{variable}={value}: {stderr}");
         assert!(stderr.contains(expected), "{variable}={value} should name {expected}: {stderr}");
     }
+    // A lease the bus's publishes could outlast: the relay could never publish safely. Refused
+    // before connecting to anything (nothing listens on these ports).
+    for bus in ["nats://127.0.0.1:1", "kafka://127.0.0.1:1"] {
+        let out = refused(
+            courier().args(["relay", "--db", &db, "--bus", bus]).env("COURIER_RELAY__LEASE_TTL", "5s"),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bus}: {stderr}");
+        assert!(stderr.contains("relay setting lease_ttl: 5s is too short for this bus"), "{bus}: {stderr}");
+    }
 }
 
 /// Kubernetes injects `COURIER_*` variables for a Service named `courier` (or `courier-relay`)
