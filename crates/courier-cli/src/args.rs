@@ -178,6 +178,11 @@ pub struct BenchOutboxArgs {
     /// Events per transaction of the steady run (consecutive events, distinct aggregates).
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub tx_events: usize,
+    /// Before the drain and steady runs, park this many pending events behind one dead event of
+    /// an aggregate of their own (enqueued before the measured events), to show what a parked
+    /// backlog costs the healthy aggregates.
+    #[arg(long, default_value_t = 0)]
+    pub parked: usize,
     /// The idle relay's polling interval (default: the relay's own).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub poll_interval: Option<Duration>,

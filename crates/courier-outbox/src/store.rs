@@ -259,6 +259,14 @@ impl Store {
         dispatch!(self.backend, Backend, ref pool => Ok(Queries::claim_and_mark(pool, batch, delete).await?))
     }
 
+    /// Makes the oldest pending row of `aggregate_id` dead, as the relay does after its last
+    /// attempt: `courier bench outbox --parked` builds a backlog parked behind a dead event with
+    /// it. Returns the buried row's id, `None` when the aggregate has no pending row.
+    #[doc(hidden)]
+    pub async fn bench_bury_head(&self, aggregate_id: &str) -> Result<Option<i64>, OutboxError> {
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::bury_head(pool, aggregate_id).await?))
+    }
+
     /// A new pool of at most `connections` to the same database, so a relay sharing a process
     /// with the application never queues behind business transactions for a connection. SQLite
     /// keeps its pool: it has one writer anyway, and an in-memory database exists only there.

@@ -57,6 +57,7 @@ impl BenchOutboxArgs {
             duration: self.duration,
             writers: self.writers,
             tx_events: self.tx_events,
+            parked: self.parked,
             relay,
             timeout: self.timeout,
         };

@@ -42,6 +42,8 @@ pub struct OutboxLoad {
     pub writers: usize,
     /// Events per transaction of the steady run.
     pub tx_events: usize,
+    /// Pending events parked behind a dead one before the drain and steady runs.
+    pub parked: usize,
     pub relay: RelayConfig,
     /// How long to wait for the last ACK of a run before counting the rest as lost.
     pub timeout: Duration,
@@ -70,6 +72,7 @@ async fn run_drain<B: Bus>(bus: &B, store: Store, load: &OutboxLoad) -> anyhow::
     let topic = fresh_topic(bus, "bench-outbox").await?;
     let outbox = Outbox::new(TopicMapper::new().map("bench", topic.clone()));
     let envelopes = load.envelopes(load.events)?;
+    park_backlog(&store, &outbox, load.parked).await?;
     let t = Instant::now();
     enqueue_backlog(&store, &outbox, &envelopes).await?;
     eprintln!("drain: enqueued {} events in {:.2}s", envelopes.len(), t.elapsed().as_secs_f64());
@@ -105,6 +108,7 @@ async fn run_steady<B: Bus>(
     let business = writer_pool(&url, &store, load.writers).await.context("connecting the steady writers")?;
     let tx_events = load.tx_events.clamp(1, load.aggregates.max(1));
     let warm_up = warm_up_envelopes(load.writers.max(1) * tx_events)?;
+    park_backlog(&store, &outbox, load.parked).await?;
 
     let acks = Acks::new(&envelopes, &warm_up, load.aggregates);
     let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
@@ -244,6 +248,29 @@ async fn enqueue_backlog(store: &Store, outbox: &Outbox, envelopes: &[Envelope])
         store.enqueue(outbox, &batch).await.context("enqueueing the benchmark backlog")?;
     }
     store.analyze().await?;
+    Ok(())
+}
+
+/// The aggregate of [`park_backlog`]'s events, distinct from the measured ones.
+const PARKED_AGGREGATE: &str = "parked";
+
+/// Enqueues a dead event and `parked` pending events of one aggregate behind it (none when
+/// `parked` is zero): the relay must leave them waiting for an operator while the measured
+/// aggregates flow.
+async fn park_backlog(store: &Store, outbox: &Outbox, parked: usize) -> anyhow::Result<()> {
+    if parked == 0 {
+        return Ok(());
+    }
+    let envelopes = (0..=parked)
+        .map(|_| {
+            Envelope::builder("bench", PARKED_AGGREGATE, "Parked")
+                .build()
+                .context("building a parked envelope")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    enqueue_backlog(store, outbox, &envelopes).await?;
+    store.bench_bury_head(PARKED_AGGREGATE).await?.context("burying the parked backlog's head")?;
+    eprintln!("parked {parked} events behind a dead one");
     Ok(())
 }
 

@@ -20,6 +20,8 @@ use tokio::time::Instant;
 
 use super::fencing::PublishFence;
 use super::lease::{Keeper, KeeperCommand, LeaseEvent};
+use super::low_water::LowWater;
+use super::refused::Refused;
 use super::submit::{self, Submission, Unsubmitted};
 use super::subtasks::{self, Subtasks};
 use super::{AckedEvent, Counters, FailedEvent, RelayConfig, RelayObserver};
@@ -275,6 +277,10 @@ struct Engine {
     timers: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
     /// Claims read rows after this id; rewound to re-read skipped rows.
     cursor: i64,
+    /// Where caught-up claims start reading: see [`LowWater`].
+    low_water: LowWater,
+    /// Rows of parked aggregates that claims skip until the park is lifted.
+    refused: Refused,
     /// Bumped on every rewind: a claim started before it is discarded, as it may hold rows of an
     /// aggregate that must resume from an earlier row.
     epoch: u64,
@@ -319,6 +325,7 @@ impl Engine {
             fence,
             partition_count: i64::from(config.partitions),
             next_sweep: now + config.sweep_interval,
+            low_water: LowWater::new(config.sweep_interval, now),
             config,
             observer,
             counters,
@@ -333,6 +340,7 @@ impl Engine {
             queued: 0,
             timers: BinaryHeap::new(),
             cursor: 0,
+            refused: Refused::default(),
             epoch: 0,
             caught_up: false,
             wake_pending: false,
@@ -388,12 +396,10 @@ impl Engine {
     }
 
     /// Starts a claim: scan the next pending ids, then fetch the rows this relay should take.
-    /// Once caught up, scans start from the oldest pending row, so rows whose transaction
-    /// committed after rows with higher ids (a commit-order gap) are found at the next wake-up.
     fn start_claim(&mut self, now: Instant) -> BoxFuture<ClaimStep> {
         self.wake_pending = false;
         self.last_claim = now;
-        let after_id = if self.caught_up { 0 } else { self.cursor };
+        let after_id = self.scan_from(now);
         // Other relays' rows are skipped, so scan proportionally further.
         let share = (self.partition_count as usize / self.active.len().max(1)).clamp(1, 10);
         let limit = (self.config.batch_size * share) as i64;
@@ -404,12 +410,29 @@ impl Engine {
         })
     }
 
+    /// The id a claim starting at `now` reads after: the cursor, or once caught up the low-water
+    /// mark, so that rows whose transaction committed after rows with higher ids had been read
+    /// (a commit-order gap) are found at the next wake-up if their transaction took less than
+    /// `sweep_interval`, and at the next sweep otherwise. Not the oldest pending row: the rows
+    /// parked behind a failed event would be read again at every poll.
+    fn scan_from(&mut self, now: Instant) -> i64 {
+        let low_water = self.low_water.mark(now);
+        if self.caught_up {
+            // Below the mark only after a failed claim, which must re-read its rows.
+            low_water.min(self.cursor)
+        } else {
+            self.cursor
+        }
+    }
+
     /// Advances a claim; returns its next step, or `None` when it is complete.
     fn on_claim_step(&mut self, step: ClaimStep) -> Option<BoxFuture<ClaimStep>> {
         let next = match step {
-            ClaimStep::Scanned { ids: Err(err), .. } | ClaimStep::Fetched { rows: Err(err), .. } => {
+            ClaimStep::Scanned { from, ids: Err(err), .. }
+            | ClaimStep::Fetched { from, rows: Err(err), .. } => {
                 tracing::warn!(error = %err, "claiming outbox rows failed");
-                // Re-read from the oldest pending row at the next poll.
+                // Its rows were never taken: re-read them at the next poll.
+                self.cursor = self.cursor.min(from);
                 self.caught_up = true;
                 None
             }
@@ -440,7 +463,7 @@ impl Engine {
     }
 
     /// Picks, from scanned `(id, shard)` pairs, up to a batch of rows in active partitions that
-    /// are not in memory yet, and starts fetching them.
+    /// are not in memory yet nor refused for a park that still holds, and starts fetching them.
     fn choose(
         &mut self,
         epoch: u64,
@@ -449,10 +472,16 @@ impl Engine {
         limit: usize,
     ) -> Option<BoxFuture<ClaimStep>> {
         self.caught_up = ids.len() < limit;
+        if let Some(&(last, _)) = ids.last() {
+            self.low_water.saw(last);
+        }
         let mut wanted = Vec::new();
         for &(id, shard) in ids {
             self.cursor = id;
-            if self.active.contains(&(shard % self.partition_count)) && !self.known.contains_key(&id) {
+            if self.active.contains(&(shard % self.partition_count))
+                && !self.known.contains_key(&id)
+                && !self.refused.contains(id)
+            {
                 wanted.push(id);
                 if wanted.len() == self.config.batch_size {
                     self.caught_up = false;
@@ -479,6 +508,7 @@ impl Engine {
         let key = Arc::clone(&row.aggregate_id);
         let aggregate = self.aggregates.entry(Arc::clone(&key)).or_insert_with(|| Aggregate::new(partition));
         if aggregate.park.is_some() {
+            self.refused.insert(&key, row.id);
             return;
         }
         // Every older pending row of the aggregate must be in memory already. Checking the one
@@ -697,6 +727,7 @@ impl Engine {
                 continue;
             }
             aggregate.park = None;
+            self.refused.forget(&key);
             self.remove_if_idle(&key);
             self.rewind(park.row_id - 1);
         }
@@ -706,7 +737,8 @@ impl Engine {
         }
     }
 
-    /// Re-reads from `after_id`; rows already in memory are skipped by id.
+    /// Re-reads from `after_id`; rows already in memory, or refused for a park that holds, are
+    /// skipped by id.
     fn rewind(&mut self, after_id: i64) {
         self.cursor = self.cursor.min(after_id);
         self.epoch += 1;
@@ -831,6 +863,7 @@ impl Engine {
             if let Some(aggregate) = self.aggregates.get_mut(&key) {
                 aggregate.park = None;
             }
+            self.refused.forget(&key);
             self.remove_if_idle(&key);
         }
         let (now, now_micros) = (Instant::now(), now_us());
@@ -916,6 +949,7 @@ impl Engine {
             let Some(aggregate) = self.aggregates.get_mut(&key) else { continue };
             self.queued -= aggregate.drop_queue(&mut self.known);
             aggregate.park = None;
+            self.refused.forget(&key);
             self.remove_if_idle(&key);
         }
     }
@@ -967,20 +1001,6 @@ mod tests {
         let engine =
             Engine::new(store, submissions, fence, config, Arc::new(()), Arc::default(), keeper, idle);
         (engine, submitted)
-    }
-
-    /// A claimed pending row `id` of `aggregate`, in partition 0.
-    fn row(aggregate: &str, id: i64) -> ClaimedRow {
-        let envelope = courier_core::Envelope::builder("order", aggregate, "OrderPlaced").build().unwrap();
-        ClaimedRow {
-            id,
-            shard: 0,
-            aggregate_id: aggregate.into(),
-            attempts: 0,
-            created_at_us: now_us(),
-            previous_pending_id: None,
-            event: Ok((courier_core::Topic::new("orders").unwrap(), envelope)),
-        }
     }
 
     /// Nothing goes to the broker before a renewal told the engine how long its leases hold;
@@ -1055,6 +1075,145 @@ mod tests {
 
     fn parked(engine: &Engine, aggregate: &str) -> Option<Park> {
         engine.aggregates.get(aggregate).and_then(|a| a.park)
+    }
+
+    /// A pending row of `aggregate` as a claim fetches it.
+    fn row(aggregate: &str, id: i64) -> ClaimedRow {
+        let envelope = courier_core::Envelope::builder("order", aggregate, "OrderPlaced").build().unwrap();
+        ClaimedRow {
+            id,
+            shard: shard_of(aggregate),
+            aggregate_id: aggregate.into(),
+            attempts: 0,
+            created_at_us: now_us(),
+            previous_pending_id: None,
+            event: Ok((courier_core::Topic::new("orders").unwrap(), envelope)),
+        }
+    }
+
+    /// A claim whose scan finds `rows` and whose fetch returns those it asked for, standing in
+    /// for the database (the engine's futures are never polled); says whether it fetched any.
+    fn claim(engine: &mut Engine, rows: &[ClaimedRow]) -> bool {
+        let (epoch, from) = (engine.epoch, engine.cursor);
+        let ids = rows.iter().map(|r| (r.id, r.shard)).collect();
+        let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit: 1000 };
+        if engine.on_claim_step(scanned).is_none() {
+            return false;
+        }
+        let fetched = rows.iter().map(|r| row(&r.aggregate_id, r.id)).collect();
+        assert!(engine.on_claim_step(ClaimStep::Fetched { epoch, from, rows: Ok(fetched) }).is_none());
+        true
+    }
+
+    fn queued(engine: &Engine, aggregate: &str) -> usize {
+        engine.aggregates.get(aggregate).map_or(0, |a| a.queue.len())
+    }
+
+    /// Aggregate `stuck` with its head, row 1, dead (written) and rows 2 and 3 behind it, which
+    /// a claim fetched and refused.
+    async fn parked_behind_a_dead_head() -> (Engine, Vec<ClaimedRow>) {
+        let mut engine = engine().await;
+        own_partition_zero(&mut engine);
+        let failures = dies(&mut engine, "stuck", 1);
+        engine.on_written(Vec::new(), failures, Ok(()), false);
+        let behind = vec![row("stuck", 2), row("stuck", 3)];
+        assert!(claim(&mut engine, &behind), "the first claim fetches the rows behind the park");
+        assert_eq!(queued(&engine, "stuck"), 0, "a parked aggregate took rows");
+        (engine, behind)
+    }
+
+    /// The rows waiting behind a park are fetched once, not again at every sweep or poll
+    /// while the park holds (a backlog behind a dead event would be re-read for ever).
+    #[tokio::test]
+    async fn rows_refused_behind_a_park_are_not_fetched_again_while_it_holds() {
+        let (mut engine, behind) = parked_behind_a_dead_head().await;
+        engine.rewind(0);
+        assert!(!claim(&mut engine, &behind), "the refused rows were fetched again");
+        // Other aggregates' rows are still fetched.
+        assert!(claim(&mut engine, &[row("stuck", 2), row("healthy", 4)]));
+        assert_eq!(queued(&engine, "healthy"), 1);
+    }
+
+    /// An operator requeued the dead head: the rows behind it are read again.
+    #[tokio::test]
+    async fn refused_rows_are_read_again_once_an_operator_lifts_the_park() {
+        let (mut engine, behind) = parked_behind_a_dead_head().await;
+        engine.on_lease(LeaseEvent::Changed(vec![0]));
+        let _scan = engine.start_scan().expect("a scan");
+        engine.on_scanned(vec![0], engine.writes_done, Ok(Vec::new()));
+        assert!(parked(&engine, "stuck").is_none());
+        assert!(claim(&mut engine, &behind), "the rows behind the lifted park were not read again");
+        assert_eq!(queued(&engine, "stuck"), 2);
+    }
+
+    /// The retry of a failed head is due: the rows behind it are read again.
+    #[tokio::test]
+    async fn refused_rows_are_read_again_once_a_retry_is_due() {
+        let mut engine = engine().await;
+        own_partition_zero(&mut engine);
+        tokio::time::pause();
+        let flight = InFlight { row_id: 1, aggregate: "stuck".into(), attempts: 0, created_at_us: now_us() };
+        engine.known.insert(1, 0);
+        engine.fail(flight, &Error::new(ErrorKind::Timeout, "try again"));
+        let failures = std::mem::take(&mut engine.failures);
+        engine.on_written(Vec::new(), failures, Ok(()), false);
+        let behind = [row("stuck", 2), row("stuck", 3)];
+        assert!(claim(&mut engine, &behind));
+        engine.rewind(0);
+        assert!(!claim(&mut engine, &behind), "the refused rows were fetched again");
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        engine.on_timer();
+        assert!(parked(&engine, "stuck").is_none());
+        assert!(claim(&mut engine, &behind), "the rows behind the retried head were not read again");
+        assert_eq!(queued(&engine, "stuck"), 2);
+    }
+
+    /// A lease lost and taken again: the park is read from the database anew, and the rows
+    /// behind it are fetched again (the park may have been lifted meanwhile).
+    #[tokio::test]
+    async fn refused_rows_are_forgotten_with_a_lost_lease() {
+        let (mut engine, behind) = parked_behind_a_dead_head().await;
+        engine.on_lease(LeaseEvent::Lost(vec![0]));
+        own_partition_zero(&mut engine);
+        assert!(claim(&mut engine, &behind), "rows refused under the lost lease were skipped");
+    }
+
+    /// Once caught up, a claim re-reads only the rows allocated since a horizon ago (where a
+    /// commit-order gap can be), not every pending row from the oldest one on.
+    #[tokio::test]
+    async fn a_caught_up_claim_reads_from_the_low_water_mark() {
+        let mut engine = engine().await;
+        own_partition_zero(&mut engine);
+        let (t0, horizon) = (Instant::now(), engine.config.sweep_interval);
+        assert!(claim(&mut engine, &[row("a", 1), row("b", 2), row("c", 3)]));
+        assert!(engine.caught_up);
+        assert_eq!(engine.scan_from(t0), 0, "nothing was read a horizon ago");
+        assert_eq!(engine.scan_from(t0 + horizon), 0, "row 3 was read less than a horizon ago");
+        assert_eq!(engine.scan_from(t0 + horizon * 2), 3, "a caught-up claim re-reads old rows");
+        // A sweep still reads from the oldest row.
+        engine.rewind(0);
+        assert_eq!(engine.scan_from(t0 + horizon * 2), 0);
+    }
+
+    /// A claim whose fetch failed after its scan moved the cursor on: its rows are read again
+    /// at the next poll, also where they are below the low-water mark.
+    #[tokio::test]
+    async fn a_failed_fetch_is_read_again_at_the_next_poll() {
+        let mut engine = engine().await;
+        own_partition_zero(&mut engine);
+        let (t0, horizon) = (Instant::now(), engine.config.sweep_interval);
+        assert!(claim(&mut engine, &[row("a", 100)]));
+        engine.scan_from(t0 + horizon);
+        assert_eq!(engine.scan_from(t0 + horizon * 2), 100);
+        // A sweep finds rows 10 and 20 (committed late); their fetch fails.
+        engine.rewind(0);
+        let (epoch, from) = (engine.epoch, engine.scan_from(t0 + horizon * 2));
+        let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(vec![(10, 0), (20, 0)]), limit: 1000 };
+        assert!(engine.on_claim_step(scanned).is_some());
+        let failed = ClaimStep::Fetched { epoch, from, rows: Err(sqlx::Error::PoolTimedOut) };
+        assert!(engine.on_claim_step(failed).is_none());
+        assert!(engine.caught_up);
+        assert_eq!(engine.scan_from(t0 + horizon * 2), 0, "the failed claim's rows are skipped");
     }
 
     /// A scan that read the row while it was still pending must not lift its dead park, or the

@@ -25,6 +25,8 @@
 mod engine;
 mod fencing;
 mod lease;
+mod low_water;
+mod refused;
 mod submit;
 mod subtasks;
 
@@ -163,7 +165,10 @@ impl RelayConfig {
     }
 
     /// How often to re-read from the oldest pending row, catching rows whose transaction
-    /// committed after rows with higher ids had been read. Default 2 s.
+    /// committed after rows with higher ids had been read. Also how far back a caught-up relay
+    /// looks for such rows at each poll: one whose transaction took less than this from insert
+    /// to commit is found at the first poll after its commit, a longer one by the next sweep.
+    /// Default 2 s.
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval;
         self

@@ -412,4 +412,19 @@ where
         }
         Ok(marked)
     }
+
+    /// For benchmarks: makes the oldest pending row of `aggregate_id` dead, as the relay does
+    /// after its last attempt, so the aggregate's later rows wait behind it. Returns its id.
+    pub(crate) async fn bury_head(pool: &Pool<D>, aggregate_id: &str) -> Result<Option<i64>, sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new("SELECT MIN(id) FROM courier_outbox WHERE status = ");
+        qb.push_bind(PENDING).push(" AND aggregate_id = ").push_bind(aggregate_id.to_owned());
+        let head: Option<i64> = D::build(&mut qb).fetch_one(pool).await?.try_get(0)?;
+        let Some(id) = head else { return Ok(None) };
+        let mut qb = QueryBuilder::<D>::new("UPDATE courier_outbox SET status = ");
+        qb.push_bind(DEAD)
+            .push(", attempts = 1, last_error = 'buried by a benchmark' WHERE id = ")
+            .push_bind(id);
+        D::build(&mut qb).execute(pool).await?;
+        Ok(Some(id))
+    }
 }
