@@ -332,9 +332,10 @@ async fn concurrent_relays(kind: Kind, relays: usize) {
     // No takeover is meant to happen here: a lease long enough that renewals delayed by a loaded
     // machine (a busy pool, a MySQL deadlock retried) never let one expire, while the fast
     // renewal interval keeps rebalancing quick.
-    let config = fast_config().lease_ttl(Duration::from_secs(10));
+    // Each relay gets its own config, so its own instance id.
+    let config = || fast_config().lease_ttl(Duration::from_secs(10));
     let handles: Vec<RelayHandle> = (0..relays)
-        .map(|_| Relay::new(store.clone(), bus.clone(), config.clone()).observer(duplicates.clone()).start())
+        .map(|_| Relay::new(store.clone(), bus.clone(), config()).observer(duplicates.clone()).start())
         .collect();
     let writer = {
         let (store, topic) = (store.clone(), topic.clone());

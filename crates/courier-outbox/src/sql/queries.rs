@@ -148,7 +148,17 @@ where
     ) -> Result<(), sqlx::Error> {
         if !published.is_empty() {
             let mut qb = Self::mark_query(published, mark, owner);
-            D::build(&mut qb).persistent(D::PREPARE_ID_LISTS).execute(pool).await?;
+            let done = D::build(&mut qb).persistent(D::PREPARE_ID_LISTS).execute(pool).await?;
+            let marked = D::rows_affected(&done);
+            if marked < published.len() as u64 {
+                tracing::warn!(
+                    owner = %owner.owner,
+                    unmarked = published.len() as u64 - marked,
+                    "acknowledged outbox rows were not marked: their partition is no longer leased to this relay \
+                     (the next owner publishes them again; brokers that de-duplicate by event id drop the copies), \
+                     or they are no longer pending"
+                );
+            }
         }
         for f in failures {
             let mut qb = QueryBuilder::<D>::new("UPDATE courier_outbox SET status = ");
