@@ -6,13 +6,15 @@
 //! that lives only while that aggregate has work; unrelated aggregates never share a queue, so a
 //! slow aggregate delays only itself.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -232,7 +234,7 @@ impl<D: Delivery, H: Handler, L: DeadLetter> Engine<D, H, L> {
         let envelope = delivery.envelope();
         let mut attempt = 1;
         let failure = loop {
-            match self.handler.handle(envelope).await {
+            match self.attempt(envelope).await {
                 Ok(()) => break None,
                 Err(error) if error.is_retryable() && attempt < self.config.max_attempts => {
                     let delay = self.config.backoff.delay(attempt);
@@ -258,6 +260,18 @@ impl<D: Delivery, H: Handler, L: DeadLetter> Engine<D, H, L> {
         }
     }
 
+    /// One handler call. A panic is a failed attempt like an error: unwinding out of the worker
+    /// would leave the aggregate's queue without a worker, stalling it for good.
+    async fn attempt(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        // Inside the async block, so a handler that panics before returning its future is caught too.
+        let call = async { self.handler.handle(envelope).await };
+        AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(event_id = %envelope.event_id(), panic = message, "handler panicked");
+            Err(HandlerError::retryable(format!("handler panicked: {message}")))
+        })
+    }
+
     /// Retries until the dead-letter destination accepts the event: acknowledging without it
     /// would lose the event.
     async fn send_to_dead_letter(&self, delivery: &D, reason: &DeadLetterReason) {
@@ -272,6 +286,15 @@ impl<D: Delivery, H: Handler, L: DeadLetter> Engine<D, H, L> {
         }
         tracing::warn!(event_id = %envelope.event_id(), attempts = reason.attempts, error = %reason.error, "event dead-lettered");
     }
+}
+
+/// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`).
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-string panic payload")
 }
 
 impl Counters {
