@@ -37,7 +37,8 @@ pub mod wire;
 pub use backoff::Backoff;
 pub use bus::{Bus, DeadLetterTopic, TopicConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER};
 pub use envelope::{
-    Envelope, EnvelopeBuilder, Topic, TraceContext, DEFAULT_MAX_PAYLOAD, MAX_AGGREGATE_ID_LEN, MAX_TOPIC_LEN,
+    is_reserved_header, Envelope, EnvelopeBuilder, Topic, TraceContext, DEFAULT_MAX_PAYLOAD,
+    MAX_AGGREGATE_ID_LEN, MAX_TOPIC_LEN, RESERVED_HEADER_PREFIXES,
 };
 pub use error::{Error, ErrorKind, HandlerError, ValidationError};
 pub use event_id::{EventId, EventIdHasher, EventIdMap};
