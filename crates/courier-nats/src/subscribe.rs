@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::message::Acker;
@@ -26,7 +27,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NatsConfig;
-use crate::publish::MSG_ID_HEADER;
+use crate::publish::dead_letter_msg_id;
 use crate::streams::{self, admin_error};
 
 /// Deliveries decoded ahead of the dispatch engine; kept small because each one is a message
@@ -326,9 +327,13 @@ impl Puller {
         let mut headers = message.headers.clone().unwrap_or_default();
         headers.insert(DEAD_LETTER_REASON_HEADER, reason.replace(['\r', '\n'], " "));
         headers.insert(DEAD_LETTER_ATTEMPTS_HEADER, delivered.to_string());
-        if headers.get(MSG_ID_HEADER).is_none() {
-            headers.insert(MSG_ID_HEADER, format!("{}:{sequence}", self.topic));
-        }
+        // The standard name, not the text: received headers are parsed into it, and a custom
+        // `Nats-Msg-Id` would be a second header beside the original's, not its replacement.
+        let original_id = match headers.get(NATS_MESSAGE_ID) {
+            Some(id) => id.to_string(),
+            None => format!("{}:{sequence}", self.topic),
+        };
+        headers.insert(NATS_MESSAGE_ID, dead_letter_msg_id(&dlq, &original_id));
         let mut provisioned = false;
         loop {
             let ack =
