@@ -3,14 +3,16 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{event, shared_bus};
 use courier_conformance::fresh_topic;
 use courier_core::dispatch::{dispatch, Delivery, DispatchConfig};
+use courier_core::wire::{self, HeaderStyle, WireMode};
 use courier_core::{
     Bus, Envelope, HandlerError, PublisherConfig, Topic, DEAD_LETTER_ATTEMPTS_HEADER,
-    DEAD_LETTER_REASON_HEADER,
+    DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,
 };
 use futures::StreamExt;
 
@@ -130,4 +132,71 @@ async fn dead_letters_are_stored_when_one_stream_holds_the_topic_and_its_dead_le
     assert_eq!(copies[1].headers.get("ce-id").unwrap().as_str(), poison.event_id().to_string());
     assert_eq!(copies[1].headers.get(DEAD_LETTER_REASON_HEADER).unwrap().as_str(), "refused");
     bus.jetstream().delete_stream(&stream_name).await.unwrap();
+}
+
+/// An event as large as the server takes fails in its handler: its dead-letter copy (the event
+/// plus the reason headers) is too large to publish, a permanent error that is not retried.
+/// A record of the event (id, stream position, no payload) is dead-lettered instead, the
+/// aggregate's later events are handled, and the shared connection stays up.
+#[tokio::test]
+async fn an_event_too_large_to_dead_letter_leaves_a_record_and_later_events_flow() {
+    let bus = shared_bus(|c| c).await;
+    let topic = fresh_topic(&bus, "bigdead").await;
+    let dead_letter = bus.dead_letter(&topic).await.unwrap();
+    let dlq = bus.config().dead_letter_topic(&topic).unwrap();
+    // Sized so that the event's NATS message (header block and body) is the server's maximum.
+    let probe = event("big-1", "");
+    let mut headers: Vec<(String, String)> = Vec::new();
+    wire::encode(&probe, WireMode::CloudEvents, HeaderStyle::Nats, &mut headers);
+    headers.push(("Nats-Msg-Id".into(), probe.event_id().to_string()));
+    let framing =
+        "NATS/1.0\r\n\r\n".len() + headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>();
+    let max = bus.client().server_info().max_payload;
+    let big = probe.into_builder().payload(vec![b'x'; max - framing]).build().unwrap();
+    let after = event("big-1", "after");
+    let publisher = bus.publisher(PublisherConfig::default());
+    publisher.publish(&topic, big.clone()).await.unwrap().await.expect("the event itself fits");
+    publisher.publish(&topic, after.clone()).await.unwrap().await.unwrap();
+
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let (handled, big_id) = (handled.clone(), big.event_id());
+        move |e: Envelope| {
+            let handled = handled.clone();
+            async move {
+                if e.event_id() == big_id {
+                    return Err(HandlerError::permanent("too big to handle"));
+                }
+                handled.lock().unwrap().push(e.event_id());
+                Ok(())
+            }
+        }
+    };
+    let source = bus.subscribe(&topic, "worker").await.unwrap();
+    let watched = handled.clone();
+    let run = dispatch(source, handler, dead_letter, DispatchConfig::default(), async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while watched.lock().unwrap().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let stats = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap_or_else(|_| panic!("dispatch never stopped (handled {:?})", handled.lock().unwrap()));
+    assert_eq!(*handled.lock().unwrap(), [after.event_id()], "the aggregate's later event is handled");
+    assert_eq!(stats.dead_lettered, 1);
+
+    let mut dead = bus.jetstream().get_stream(courier_nats::stream_name(&dlq)).await.unwrap();
+    let record = dead.get_raw_message(1).await.expect("the dead-letter record");
+    assert!(record.payload.is_empty());
+    assert_eq!(record.headers.get("ce-id").unwrap().as_str(), big.event_id().to_string());
+    let stream = courier_nats::stream_name(&topic);
+    assert_eq!(
+        record.headers.get(DEAD_LETTER_POSITION_HEADER).unwrap().as_str(),
+        format!("stream {stream} sequence 1")
+    );
+    assert!(record.headers.get(DEAD_LETTER_ERROR_HEADER).unwrap().as_str().contains("max_payload"));
+    assert_eq!(record.headers.get(DEAD_LETTER_REASON_HEADER).unwrap().as_str(), "too big to handle");
+    bus.health().await.expect("the connection survived");
+    publisher.publish(&topic, event("big-2", "later")).await.unwrap().await.expect("publishing still works");
 }
