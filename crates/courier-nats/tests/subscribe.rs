@@ -186,7 +186,7 @@ async fn an_event_too_large_to_dead_letter_leaves_a_record_and_later_events_flow
     assert_eq!(*handled.lock().unwrap(), [after.event_id()], "the aggregate's later event is handled");
     assert_eq!(stats.dead_lettered, 1);
 
-    let mut dead = bus.jetstream().get_stream(courier_nats::stream_name(&dlq)).await.unwrap();
+    let dead = bus.jetstream().get_stream(courier_nats::stream_name(&dlq)).await.unwrap();
     let record = dead.get_raw_message(1).await.expect("the dead-letter record");
     assert!(record.payload.is_empty());
     assert_eq!(record.headers.get("ce-id").unwrap().as_str(), big.event_id().to_string());
