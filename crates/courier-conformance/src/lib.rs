@@ -59,6 +59,7 @@ macro_rules! conformance_tests {
             slow_results_reader_loses_nothing,
             subscriber_keeps_per_aggregate_order,
             failing_handler_is_retried_then_dead_lettered,
+            handler_panic_is_a_failed_attempt,
             close_flushes_every_accepted_event,
             invalid_input_is_refused_naming_the_field,
             republished_event_is_a_duplicate,
@@ -288,6 +289,85 @@ pub async fn failing_handler_is_retried_then_dead_lettered<H: Harness>(harness: 
     assert_eq!(envelope.event_id(), poison_id);
     assert_eq!(envelope.headers()[DEAD_LETTER_REASON_HEADER], "database is on fire");
     assert_eq!(envelope.headers()[DEAD_LETTER_ATTEMPTS_HEADER], "4");
+}
+
+/// A handler panic is a failed attempt: retried with backoff, then dead-lettered with the panic
+/// message, while the aggregate's later events (and other aggregates) are still handled.
+pub async fn handler_panic_is_a_failed_attempt<H: Harness>(harness: &H) {
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "panic").await;
+    let dlq = fresh_topic(&bus, "panic-dlq").await;
+    let event = |aggregate: &str, payload: &str| {
+        Envelope::builder("conformance", aggregate, "Tested").payload(payload.to_owned()).build().unwrap()
+    };
+    let poison = event("crash", "0:always panics");
+    let poison_id = poison.event_id();
+    publish_all(
+        &bus,
+        &topic,
+        vec![poison, event("crash", "1:fine"), event("flaky", "0:panics once"), event("crash", "2:fine")],
+    )
+    .await;
+
+    let handled = Arc::new(Mutex::new(Vec::<String>::new()));
+    let flaky_failed = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let (handled, flaky_failed) = (handled.clone(), flaky_failed.clone());
+        move |e: Envelope| {
+            let (handled, flaky_failed) = (handled.clone(), flaky_failed.clone());
+            async move {
+                let text = std::str::from_utf8(e.payload()).unwrap().to_owned();
+                if e.event_id() == poison_id {
+                    panic!("boom in {}", e.aggregate_id());
+                }
+                if e.aggregate_id() == "flaky" && flaky_failed.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("flaky once");
+                }
+                handled.lock().unwrap().push(format!("{}/{text}", e.aggregate_id()));
+                Ok::<(), HandlerError>(())
+            }
+        }
+    };
+    let config = DispatchConfig::default()
+        .max_attempts(3)
+        .backoff(Backoff::default().initial(Duration::from_millis(10)).jitter(0.0));
+    let dead_letter = DeadLetterTopic::new(bus.publisher(PublisherConfig::default()), dlq.clone());
+    let dead = Arc::new(Mutex::new(None));
+    let recorder = RecordingDeadLetter { inner: dead_letter, seen: dead.clone() };
+    let source = bus.subscribe(&topic, "panic-group").await.expect("subscribe");
+    let finished = {
+        let (handled, dead) = (handled.clone(), dead.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while handled.lock().unwrap().len() < 3 || dead.lock().unwrap().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "after a panic the aggregate stalled: handled {:?}, dead-lettered {}",
+                    handled.lock().unwrap(),
+                    dead.lock().unwrap().is_some()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let stats = dispatch::dispatch(source, handler, recorder, config, finished).await;
+    let mut seen = handled.lock().unwrap().clone();
+    let crash: Vec<_> = seen.iter().filter(|h| h.starts_with("crash/")).cloned().collect();
+    assert_eq!(crash, ["crash/1:fine", "crash/2:fine"], "the crashed aggregate's later events, in order");
+    seen.sort();
+    assert_eq!(seen, ["crash/1:fine", "crash/2:fine", "flaky/0:panics once"]);
+    assert_eq!((stats.handled, stats.dead_lettered, stats.retries), (3, 1, 3));
+    let reason = dead.lock().unwrap().clone().expect("dead-lettered");
+    assert_eq!(reason.attempts, 3);
+    assert!(reason.error.message().contains("handler panicked: boom in crash"), "{}", reason.error.message());
+
+    let mut dlq_stream = bus.subscribe(&dlq, "dlq-reader").await.expect("subscribe dlq");
+    let dead_event = tokio::time::timeout(Duration::from_secs(10), dlq_stream.next())
+        .await
+        .expect("dead-lettered event arrives")
+        .expect("stream open");
+    assert_eq!(dead_event.envelope().event_id(), poison_id);
+    assert!(dead_event.envelope().headers()[DEAD_LETTER_REASON_HEADER].contains("boom in crash"));
 }
 
 struct RecordingDeadLetter<L> {

@@ -165,8 +165,34 @@ impl TopicConfig {
 pub const DEAD_LETTER_REASON_HEADER: &str = "courier-dead-letter-reason";
 /// Header with the number of handler attempts before dead-lettering.
 pub const DEAD_LETTER_ATTEMPTS_HEADER: &str = "courier-dead-letter-attempts";
+/// Header of a dead-letter *record*, stored instead of a copy the destination refused
+/// permanently (e.g. too large): where the broker holds the original (`stream S sequence N`,
+/// `partition P offset O`, `sequence N`). A record has no payload and no user headers.
+pub const DEAD_LETTER_POSITION_HEADER: &str = "courier-dead-letter-position";
+/// Header of a dead-letter record: why the full copy was refused.
+pub const DEAD_LETTER_ERROR_HEADER: &str = "courier-dead-letter-error";
+/// Longest dead-letter reason or error header value, in bytes: a long error message must not
+/// make the copy too large to store.
+pub const MAX_DEAD_LETTER_REASON_LEN: usize = 1024;
+
+/// `text` as a header value: line breaks become spaces, and text beyond
+/// [`MAX_DEAD_LETTER_REASON_LEN`] bytes is cut at a character boundary, ending in `…`.
+pub fn bounded_header_value(text: &str) -> String {
+    let mut value = text.replace(['\r', '\n'], " ");
+    if value.len() > MAX_DEAD_LETTER_REASON_LEN {
+        let mut end = MAX_DEAD_LETTER_REASON_LEN - '…'.len_utf8();
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+        value.push('…');
+    }
+    value
+}
 
 /// Dead-letters by publishing the event, original headers plus the failure reason, to a topic.
+/// The transport checks the copy's size before sending it; a copy too large is refused with
+/// `PayloadTooLarge` and the dispatch engine stores a record instead.
 pub struct DeadLetterTopic<T> {
     publisher: Publisher<T>,
     topic: Topic,
@@ -184,9 +210,21 @@ impl<T: Transport> DeadLetter for DeadLetterTopic<T> {
         let marked = envelope
             .clone()
             .into_builder()
-            .header(DEAD_LETTER_REASON_HEADER, reason.error.message().replace(['\r', '\n'], " "))
+            .header(DEAD_LETTER_REASON_HEADER, bounded_header_value(reason.error.message()))
             .header(DEAD_LETTER_ATTEMPTS_HEADER, reason.attempts.to_string())
-            .validate()?;
+            .rebuild()?;
         self.publisher.publish(&self.topic, marked).await?.await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_bounded_and_on_one_line() {
+        assert_eq!(bounded_header_value("a\r\nb"), "a  b");
+        let long = bounded_header_value(&"é".repeat(2 * MAX_DEAD_LETTER_REASON_LEN));
+        assert!(long.len() <= MAX_DEAD_LETTER_REASON_LEN && long.ends_with('…'), "{}", long.len());
     }
 }

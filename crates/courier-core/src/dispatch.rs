@@ -6,17 +6,21 @@
 //! that lives only while that aggregate has work; unrelated aggregates never share a queue, so a
 //! slow aggregate delays only itself.
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::{Backoff, Envelope, Error, HandlerError};
+use crate::{
+    Backoff, Envelope, Error, HandlerError, Position, DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_POSITION_HEADER,
+};
 
 /// One message received from a broker, acknowledged once handled or dead-lettered.
 pub trait Delivery: Send + Sync + 'static {
@@ -30,6 +34,12 @@ pub trait Delivery: Send + Sync + 'static {
     /// do not redeliver a message that is still being retried.
     fn keep_alive(&self) -> impl Future<Output = ()> + Send {
         async {}
+    }
+
+    /// Where the broker stores the message, named in the dead-letter record that replaces a copy
+    /// the dead-letter destination refuses. Default `None`.
+    fn position(&self) -> Option<Position> {
+        None
     }
 }
 
@@ -61,7 +71,9 @@ pub struct DeadLetterReason {
 /// Where events go after their last failed attempt.
 pub trait DeadLetter: Send + Sync + 'static {
     /// Stores `envelope` with `reason` somewhere durable. The delivery is acknowledged only
-    /// after this succeeds; an error makes the engine try again.
+    /// after this succeeds. A retryable error makes the engine try again; a permanent one (e.g.
+    /// `PayloadTooLarge`) makes it store a record of the event without payload and user headers
+    /// instead (see [`DEAD_LETTER_POSITION_HEADER`]).
     fn dead_letter(
         &self,
         envelope: &Envelope,
@@ -232,7 +244,7 @@ impl<D: Delivery, H: Handler, L: DeadLetter> Engine<D, H, L> {
         let envelope = delivery.envelope();
         let mut attempt = 1;
         let failure = loop {
-            match self.handler.handle(envelope).await {
+            match self.attempt(envelope).await {
                 Ok(()) => break None,
                 Err(error) if error.is_retryable() && attempt < self.config.max_attempts => {
                     let delay = self.config.backoff.delay(attempt);
@@ -246,32 +258,104 @@ impl<D: Delivery, H: Handler, L: DeadLetter> Engine<D, H, L> {
             }
         };
         match failure {
-            None => self.counters.handled.fetch_add(1, Ordering::Relaxed),
-            Some(reason) => {
-                self.send_to_dead_letter(&delivery, &reason).await;
-                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed)
+            None => {
+                self.counters.handled.fetch_add(1, Ordering::Relaxed);
             }
-        };
+            Some(reason) => {
+                if !self.send_to_dead_letter(&delivery, &reason).await {
+                    // Nowhere to store it: left unacknowledged for the broker to redeliver.
+                    return;
+                }
+                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let Err(error) = delivery.ack().await {
             // The broker will redeliver; at-least-once holds.
             tracing::warn!(%error, "acknowledgement failed; the broker will redeliver");
         }
     }
 
-    /// Retries until the dead-letter destination accepts the event: acknowledging without it
-    /// would lose the event.
-    async fn send_to_dead_letter(&self, delivery: &D, reason: &DeadLetterReason) {
-        let envelope = delivery.envelope();
+    /// One handler call. A panic is a failed attempt like an error: unwinding out of the worker
+    /// would leave the aggregate's queue without a worker, stalling it for good.
+    async fn attempt(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+        // Inside the async block, so a handler that panics before returning its future is caught too.
+        let call = async { self.handler.handle(envelope).await };
+        AssertUnwindSafe(call).catch_unwind().await.unwrap_or_else(|panic| {
+            let message = panic_message(panic.as_ref());
+            tracing::error!(event_id = %envelope.event_id(), panic = message, "handler panicked");
+            Err(HandlerError::retryable(format!("handler panicked: {message}")))
+        })
+    }
+
+    /// Retries while the dead-letter destination fails retryably: acknowledging without it would
+    /// lose the event. A permanent refusal of the copy (too large, say) is never retried: a
+    /// record without payload and user headers, naming the event and its broker position, goes
+    /// instead. Returns whether something was stored; `false` when even that record is refused.
+    async fn send_to_dead_letter(&self, delivery: &D, reason: &DeadLetterReason) -> bool {
+        let original = delivery.envelope();
+        let mut record = None;
         let mut failures = 0;
-        while let Err(error) = self.dead_letter.dead_letter(envelope, reason).await {
+        loop {
+            let envelope = record.as_ref().unwrap_or(original);
+            let error = match self.dead_letter.dead_letter(envelope, reason).await {
+                Ok(()) => break,
+                Err(error) => error,
+            };
+            if !error.is_retryable() {
+                if record.is_some() {
+                    tracing::error!(event_id = %original.event_id(), %error, "the dead-letter destination refuses even a record of the event; it stays unacknowledged");
+                    return false;
+                }
+                tracing::error!(event_id = %original.event_id(), %error, "the dead-letter destination refuses the event; storing a record of it without payload");
+                match dead_letter_record(original, delivery.position(), &error) {
+                    Ok(made) => record = Some(made),
+                    Err(error) => {
+                        tracing::error!(event_id = %original.event_id(), %error, "no dead-letter record can be made; the event stays unacknowledged");
+                        return false;
+                    }
+                }
+                continue;
+            }
             failures += 1;
             let delay = self.config.backoff.delay(failures).max(Duration::from_millis(10));
-            tracing::error!(event_id = %envelope.event_id(), %error, ?delay, "dead-letter publish failed; retrying");
+            tracing::error!(event_id = %original.event_id(), %error, ?delay, "dead-letter publish failed; retrying");
             delivery.keep_alive().await;
             tokio::time::sleep(delay).await;
         }
-        tracing::warn!(event_id = %envelope.event_id(), attempts = reason.attempts, error = %reason.error, "event dead-lettered");
+        tracing::warn!(event_id = %original.event_id(), attempts = reason.attempts, error = %reason.error, record = record.is_some(), "event dead-lettered");
+        true
     }
+}
+
+/// The stand-in for a dead-letter copy the destination refused: the event's identity and
+/// metadata, where the broker holds it, and why the copy failed; no payload, no user headers.
+fn dead_letter_record(
+    envelope: &Envelope,
+    position: Option<Position>,
+    refused: &Error,
+) -> Result<Envelope, crate::ValidationError> {
+    let position = match position {
+        Some(Position::Memory { sequence }) => format!("sequence {sequence}"),
+        Some(Position::Stream { stream, sequence }) => format!("stream {stream} sequence {sequence}"),
+        Some(Position::Partition { partition, offset }) => format!("partition {partition} offset {offset}"),
+        None => "unknown".to_owned(),
+    };
+    Envelope::builder(envelope.aggregate_type(), envelope.aggregate_id(), envelope.event_type())
+        .event_id(envelope.event_id())
+        .event_version(envelope.event_version())
+        .timestamp(envelope.timestamp())
+        .header(DEAD_LETTER_POSITION_HEADER, position)
+        .header(DEAD_LETTER_ERROR_HEADER, crate::bus::bounded_header_value(&refused.to_string()))
+        .rebuild()
+}
+
+/// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`).
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a non-string panic payload")
 }
 
 impl Counters {

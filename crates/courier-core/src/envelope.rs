@@ -16,6 +16,21 @@ pub const MAX_TOPIC_LEN: usize = 249;
 /// Default payload limit, matching nats-server's default `max_payload` of 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
+/// Header-name prefixes Courier and the brokers write themselves, compared case-insensitively:
+/// CloudEvents attributes (`ce_`, `ce-`), the reference system's `X-Event-*`, NATS server headers
+/// (`Nats-Msg-Id`, `Nats-Rollup`, `Nats-Expected-*`) and Courier's own (`courier-dead-letter-*`).
+/// A user header with one of them would be read as the event's metadata or obeyed by the server.
+pub const RESERVED_HEADER_PREFIXES: &[&str] = &["ce_", "ce-", "x-event-", "nats-", "courier-"];
+/// Other header names Courier writes in JSON-envelope mode, reserved like the prefixes.
+const RESERVED_HEADER_NAMES: &[&str] = &["x-aggregate-id", "x-aggregate-type"];
+
+/// Whether `name` is reserved for Courier and the brokers (see [`RESERVED_HEADER_PREFIXES`]).
+pub fn is_reserved_header(name: &str) -> bool {
+    let starts_with = |prefix: &str| name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix));
+    RESERVED_HEADER_PREFIXES.iter().any(|p| starts_with(p))
+        || RESERVED_HEADER_NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
 /// A domain event with its metadata, valid by construction (see [`EnvelopeBuilder::build`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -191,14 +206,16 @@ impl EnvelopeBuilder {
         self
     }
     /// Adds a free-form header, replacing one of the same name. Names must be non-empty without
-    /// `:`, spaces or control characters; values without line breaks.
+    /// `:`, spaces or control characters, and not reserved ([`RESERVED_HEADER_PREFIXES`]);
+    /// values without line breaks.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.envelope.headers.insert(name.into(), value.into());
         self
     }
 
-    /// Validates and returns the envelope, or an error naming the first invalid field. With the
-    /// `otel` feature, an envelope without trace context takes the current span's.
+    /// Validates and returns the envelope, or an error naming the first invalid field (or the
+    /// reserved header). With the `otel` feature, an envelope without trace context takes the
+    /// current span's.
     pub fn build(self) -> Result<Envelope, ValidationError> {
         #[allow(unused_mut)]
         let mut builder = self;
@@ -206,7 +223,21 @@ impl EnvelopeBuilder {
         if builder.envelope.trace.is_none() {
             builder.envelope.trace = TraceContext::current();
         }
+        if let Some(name) = builder.envelope.headers.keys().find(|name| is_reserved_header(name)) {
+            return Err(ValidationError::new(
+                "headers",
+                format!("header name {name:?} is reserved for Courier and the brokers (ce_*, ce-*, X-Event-*, Nats-*, courier-*)"),
+            ));
+        }
         builder.validate()
+    }
+
+    /// Validates like [`build`](Self::build) an event Courier itself stored or received (the
+    /// outbox relay reading a row back): the reserved headers Courier wrote on it (e.g.
+    /// `courier-dead-letter-reason`) are accepted, and its trace context is what it carries,
+    /// never the current span's. Application code builds events with `build`.
+    pub fn rebuild(self) -> Result<Envelope, ValidationError> {
+        self.validate()
     }
 
     /// Validation alone, for envelopes read back from a broker or amended on their way: their
@@ -433,6 +464,34 @@ mod tests {
         for (result, field) in cases {
             assert_eq!(result.unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn reserved_header_names_are_refused_naming_the_header() {
+        for name in [
+            "ce_id",
+            "CE-Type",
+            "X-Event-ID",
+            "x-event-whatever",
+            "Nats-Rollup",
+            "nats-expected-stream",
+            "courier-x",
+            "X-Aggregate-Type",
+        ] {
+            let err = valid().header(name, "v").build().unwrap_err();
+            assert_eq!(err.field, "headers");
+            assert!(err.to_string().contains(&format!("{name:?}")), "{err}");
+        }
+        for name in ["ce", "cex", "x-eventual", "natsy", "courier", "X-Aggregate", "trace-id"] {
+            valid().header(name, "v").build().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn rebuilding_a_stored_event_keeps_couriers_own_headers() {
+        let stored = valid().header("courier-dead-letter-reason", "boom").rebuild().unwrap();
+        assert_eq!(stored.headers()["courier-dead-letter-reason"], "boom");
+        assert_eq!(valid().header("a b", "v").rebuild().unwrap_err().field, "headers");
     }
 
     #[test]

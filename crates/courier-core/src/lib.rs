@@ -35,9 +35,14 @@ mod redact;
 pub mod wire;
 
 pub use backoff::Backoff;
-pub use bus::{Bus, DeadLetterTopic, TopicConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER};
+pub use bus::{
+    bounded_header_value, Bus, DeadLetterTopic, TopicConfig, DEAD_LETTER_ATTEMPTS_HEADER,
+    DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,
+    MAX_DEAD_LETTER_REASON_LEN,
+};
 pub use envelope::{
-    Envelope, EnvelopeBuilder, Topic, TraceContext, DEFAULT_MAX_PAYLOAD, MAX_AGGREGATE_ID_LEN, MAX_TOPIC_LEN,
+    is_reserved_header, Envelope, EnvelopeBuilder, Topic, TraceContext, DEFAULT_MAX_PAYLOAD,
+    MAX_AGGREGATE_ID_LEN, MAX_TOPIC_LEN, RESERVED_HEADER_PREFIXES,
 };
 pub use error::{Error, ErrorKind, HandlerError, ValidationError};
 pub use event_id::{EventId, EventIdHasher, EventIdMap};

@@ -229,6 +229,10 @@ impl Delivery for MemoryDelivery {
         self.group.lock().expect("group lock").acked.complete(self.sequence);
         Ok(())
     }
+
+    fn position(&self) -> Option<Position> {
+        Some(Position::Memory { sequence: self.sequence })
+    }
 }
 
 /// Rewinds the group to its committed position when its last subscriber leaves, so events

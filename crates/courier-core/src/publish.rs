@@ -186,7 +186,7 @@ struct Pending {
 
 impl Pending {
     fn add(&self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
+        self.count.fetch_add(1, Ordering::SeqCst);
     }
 
     fn done(&self) {
@@ -196,7 +196,7 @@ impl Pending {
     }
 
     fn get(&self) -> usize {
-        self.count.load(Ordering::Acquire)
+        self.count.load(Ordering::SeqCst)
     }
 
     async fn wait_zero(&self) {
@@ -207,6 +207,16 @@ impl Pending {
             }
             notified.await;
         }
+    }
+}
+
+/// An event counted in [`Pending`] before it has a [`Completion`]; uncounted if it is refused
+/// (or its publish is dropped) before acceptance.
+struct Counted<'a>(&'a Pending);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.done();
     }
 }
 
@@ -358,12 +368,17 @@ impl<T: Transport> Publisher<T> {
 
     async fn accept(&self, topic: &Topic, envelope: Envelope, sink: Sink) -> Result<(), Error> {
         let inner = &*self.inner;
-        if inner.closed.load(Ordering::Acquire) {
+        // Counted before `closed` is checked (both SeqCst, as in close): close either sees this
+        // event pending and waits for its verdict, or this check sees it closed.
+        inner.pending.add();
+        let counted = Counted(&inner.pending);
+        if inner.closed.load(Ordering::SeqCst) {
             return Err(closed_error());
         }
         envelope.check_payload_size(inner.max_payload)?;
         let slot = Arc::clone(&inner.window).acquire_owned().await.map_err(|_| closed_error())?;
-        inner.pending.add();
+        // From here the completion owns the count.
+        std::mem::forget(counted);
         let completion = Completion {
             event_id: envelope.event_id(),
             topic: topic.clone(),
@@ -390,11 +405,12 @@ impl<T: Transport> Publisher<T> {
     /// configured close timeout. Idempotent.
     pub async fn close(&self) -> Result<(), Error> {
         let inner = &*self.inner;
-        inner.closed.store(true, Ordering::Release);
+        inner.closed.store(true, Ordering::SeqCst);
+        // Publishes still waiting for a window slot are refused, not accepted after close.
+        inner.window.close();
         inner.results_tx.lock().expect("results lock").take();
         inner.transport.flush().await;
         let drained = tokio::time::timeout(inner.close_timeout, inner.pending.wait_zero()).await;
-        inner.window.close();
         match drained {
             Ok(()) => Ok(()),
             Err(_) => Err(Error::new(
@@ -527,6 +543,43 @@ mod tests {
         assert!(err.is_retryable());
         publisher.close().await.unwrap();
         assert!(results.recv().await.is_none(), "the stream ends after close");
+    }
+
+    /// A publish that passed the closed check while waiting for a window slot is either refused or
+    /// waited for by close: close never returns while an accepted event has no verdict.
+    #[tokio::test]
+    async fn close_never_returns_before_a_concurrently_accepted_event_has_its_verdict() {
+        let transport = Stalling::default();
+        let publisher = Publisher::new(transport.clone(), PublisherConfig::default().window(1));
+        let topic = Topic::new("t").unwrap();
+        let first = publisher.publish(&topic, event()).await.unwrap();
+        let mut second = std::pin::pin!(publisher.publish(&topic, event()));
+        assert!(futures::poll!(second.as_mut()).is_pending(), "waits for the window");
+        let mut close = std::pin::pin!(publisher.close());
+        assert!(futures::poll!(close.as_mut()).is_pending(), "the first event has no verdict yet");
+        let completion = transport.0.lock().unwrap().remove(0);
+        let id = completion.event_id();
+        let receipt = Receipt { event_id: id, position: Position::Memory { sequence: 1 }, duplicate: false };
+        completion.complete(Ok(receipt.clone()));
+        first.await.unwrap();
+        let closed_early = futures::poll!(close.as_mut()).is_ready();
+        match second.await {
+            Ok(ack) => {
+                assert!(
+                    !closed_early,
+                    "close returned while accepted event {} had no verdict",
+                    ack.event_id()
+                );
+                let completion = transport.0.lock().unwrap().remove(0);
+                completion.complete(Ok(Receipt { event_id: ack.event_id(), ..receipt }));
+                close.await.unwrap();
+                ack.await.unwrap();
+            }
+            Err(err) => {
+                assert_eq!(err.kind(), ErrorKind::Closed);
+                close.await.unwrap();
+            }
+        }
     }
 
     #[tokio::test]

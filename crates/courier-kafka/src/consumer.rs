@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_core::dispatch::Delivery;
-use courier_core::{wire, Envelope, Error, ErrorKind, OffsetTracker, Topic};
+use courier_core::{wire, Envelope, Error, ErrorKind, OffsetTracker, Position, Topic};
 use futures::stream::{self, BoxStream, StreamExt};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
@@ -65,6 +65,10 @@ impl Delivery for KafkaDelivery {
     async fn ack(self) -> Result<(), Error> {
         self.offsets.acked(self.partition, self.assignment, self.seq);
         Ok(())
+    }
+
+    fn position(&self) -> Option<Position> {
+        Some(Position::Partition { partition: self.partition, offset: self.offset })
     }
 }
 

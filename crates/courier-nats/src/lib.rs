@@ -2,7 +2,9 @@
 //!
 //! * **Publishing**: every event is a JetStream publish whose `Nats-Msg-Id` header is the event
 //!   id, so the server drops re-publishes within the stream's duplicate window and answers them
-//!   with `duplicate: true` and the original sequence. Envelope metadata travels as CloudEvents
+//!   with `duplicate: true` and the original sequence. A dead-letter copy has its own id,
+//!   `dlq:<dead-letter topic>:<event id>`, so it is stored even when one stream holds both the
+//!   topic and its dead-letter subject. Envelope metadata travels as CloudEvents
 //!   `ce-*` headers with the payload as the body, or, in [`WireMode::JsonEnvelope`], as the
 //!   reference system's JSON envelope. One task per publisher awaits all PubAcks; each accepted
 //!   event gets exactly one result: [`Position::Stream`] with the duplicate flag, or an error

@@ -14,7 +14,10 @@ use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{Client, HeaderMap};
 use courier_core::wire::{self, HeaderSink, HeaderStyle, WireMode};
-use courier_core::{Completion, Envelope, Error, ErrorKind, EventId, Position, Receipt, Topic, Transport};
+use courier_core::{
+    Completion, Envelope, Error, ErrorKind, EventId, Position, Receipt, Topic, Transport,
+    DEAD_LETTER_REASON_HEADER,
+};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -22,6 +25,14 @@ use tokio::time::{timeout_at, Instant};
 
 /// The header JetStream de-duplicates by.
 pub(crate) const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// The `Nats-Msg-Id` of the dead-letter copy, on `dead_letter_topic`, of the message whose id is
+/// `original_id`. It must differ from the original's: a stream holding both subjects (a user's
+/// `orders.>`) would answer "duplicate" and store nothing. It is derived, not random, so
+/// dead-lettering the same message again (after a redelivery) is still de-duplicated.
+pub(crate) fn dead_letter_msg_id(dead_letter_topic: &Topic, original_id: &str) -> String {
+    format!("dlq:{dead_letter_topic}:{original_id}")
+}
 
 type PubAckFuture = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
 
@@ -114,11 +125,21 @@ impl HeaderSink for NatsHeaders {
 }
 
 /// Builds the message; `Err` when it cannot be sent at all (too large for the server).
-fn message(envelope: &Envelope, mode: WireMode, max_payload: usize) -> Result<PublishMessage, Error> {
+fn message(
+    topic: &Topic,
+    envelope: &Envelope,
+    mode: WireMode,
+    max_payload: usize,
+) -> Result<PublishMessage, Error> {
     let mut headers = NatsHeaders::default();
     let body = wire::encode(envelope, mode, HeaderStyle::Nats, &mut headers);
     let mut id_buffer = [0; EventId::TEXT_LEN];
-    headers.put_static(MSG_ID_HEADER, envelope.event_id().encode(&mut id_buffer));
+    let event_id = envelope.event_id().encode(&mut id_buffer);
+    if envelope.headers().contains_key(DEAD_LETTER_REASON_HEADER) {
+        headers.put_static(MSG_ID_HEADER, &dead_letter_msg_id(topic, event_id));
+    } else {
+        headers.put_static(MSG_ID_HEADER, event_id);
+    }
     // The server counts the serialized header block plus the body against `max_payload`, and
     // closes the connection of a client that exceeds it, so oversized events stop here.
     let size = b"NATS/1.0\r\n\r\n".len() + headers.line_bytes + body.len();
@@ -140,7 +161,7 @@ impl Transport for NatsTransport {
         // `verdict_timeout` of this call.
         let deadline = Instant::now() + self.ack_timeout;
         let max_payload = self.limit.get(&self.client);
-        let message = match message(&envelope, self.wire_mode, max_payload) {
+        let message = match message(topic, &envelope, self.wire_mode, max_payload) {
             Ok(message) => message,
             Err(err) => return completion.complete(Err(err)),
         };

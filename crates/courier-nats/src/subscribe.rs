@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::message::Acker;
@@ -19,14 +20,16 @@ use async_nats::HeaderMap;
 use courier_core::dispatch::Delivery;
 use courier_core::wire;
 use courier_core::{
-    Envelope, Error, ErrorKind, Topic, TopicConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER,
+    bounded_header_value, Envelope, Error, ErrorKind, Position, Topic, TopicConfig,
+    DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_POSITION_HEADER,
+    DEAD_LETTER_REASON_HEADER,
 };
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NatsConfig;
-use crate::publish::MSG_ID_HEADER;
+use crate::publish::dead_letter_msg_id;
 use crate::streams::{self, admin_error};
 
 /// Deliveries decoded ahead of the dispatch engine; kept small because each one is a message
@@ -47,6 +50,7 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 pub struct NatsDelivery {
     envelope: Envelope,
     acker: Option<Acker>,
+    stream: Arc<str>,
     stream_sequence: u64,
     delivered: u64,
     unacked: mpsc::UnboundedSender<Acker>,
@@ -79,6 +83,10 @@ impl Delivery for NatsDelivery {
                 format!("acknowledging stream sequence {}: {err}", self.stream_sequence),
             )
         })
+    }
+
+    fn position(&self) -> Option<Position> {
+        Some(Position::Stream { stream: self.stream.to_string(), sequence: self.stream_sequence })
     }
 
     /// Sends `+WPI` (work in progress), restarting the consumer's `ack_wait` timer.
@@ -171,6 +179,7 @@ pub(crate) async fn subscribe(
     tokio::spawn(nak_unacked(unacked_rx, released_rx));
     let (tx, rx) = mpsc::channel(HANDOFF);
     let puller = Puller {
+        stream: consumer.cached_info().stream_name.as_str().into(),
         js: js.clone(),
         config: Arc::clone(config),
         topic: topic.clone(),
@@ -216,6 +225,8 @@ async fn nak(acker: Acker) {
 }
 
 struct Puller {
+    /// The name of the stream the consumer reads.
+    stream: Arc<str>,
     js: Context,
     config: Arc<NatsConfig>,
     topic: Topic,
@@ -289,6 +300,7 @@ impl Puller {
         Some(NatsDelivery {
             envelope,
             acker: Some(acker),
+            stream: Arc::clone(&self.stream),
             stream_sequence,
             delivered,
             unacked: self.unacked.clone(),
@@ -315,6 +327,10 @@ impl Puller {
 
     /// Publishes the raw message plus the reason to the dead-letter topic, provisioning its stream
     /// on first use when provisioning is on. Returns the dead-letter topic.
+    ///
+    /// A copy larger than the server's `max_payload` is never sent (the server would close the
+    /// connection every publisher shares): a record naming the message's id and position goes
+    /// instead, without body or original headers.
     async fn publish_dead_letter(
         &self,
         message: &jetstream::Message,
@@ -323,16 +339,36 @@ impl Puller {
         sequence: u64,
     ) -> Result<Topic, Error> {
         let dlq = self.config.dead_letter_topic(&self.topic)?;
+        // The standard name, not the text: received headers are parsed into it, and a custom
+        // `Nats-Msg-Id` would be a second header beside the original's, not its replacement.
+        let original_id = match message.headers.as_ref().and_then(|h| h.get(NATS_MESSAGE_ID)) {
+            Some(id) => id.to_string(),
+            None => format!("{}:{sequence}", self.topic),
+        };
         let mut headers = message.headers.clone().unwrap_or_default();
-        headers.insert(DEAD_LETTER_REASON_HEADER, reason.replace(['\r', '\n'], " "));
-        headers.insert(DEAD_LETTER_ATTEMPTS_HEADER, delivered.to_string());
-        if headers.get(MSG_ID_HEADER).is_none() {
-            headers.insert(MSG_ID_HEADER, format!("{}:{sequence}", self.topic));
+        let mut body = message.payload.clone();
+        let mark = |headers: &mut HeaderMap| {
+            headers.insert(NATS_MESSAGE_ID, dead_letter_msg_id(&dlq, &original_id));
+            headers.insert(DEAD_LETTER_REASON_HEADER, bounded_header_value(reason));
+            headers.insert(DEAD_LETTER_ATTEMPTS_HEADER, delivered.to_string());
+        };
+        mark(&mut headers);
+        let max_payload = self.js.client().server_info().max_payload;
+        let size = wire_size(&headers, &body);
+        if size > max_payload {
+            tracing::error!(topic = %self.topic, sequence, size, max_payload, "dead-letter copy too large; storing a record of the message without its body");
+            headers = HeaderMap::new();
+            mark(&mut headers);
+            headers
+                .insert(DEAD_LETTER_POSITION_HEADER, format!("stream {} sequence {sequence}", self.stream));
+            let refused =
+                format!("the copy is {size} bytes, above the server's max_payload of {max_payload} bytes");
+            headers.insert(DEAD_LETTER_ERROR_HEADER, refused);
+            body = Default::default();
         }
         let mut provisioned = false;
         loop {
-            let ack =
-                self.js.publish_with_headers(dlq.to_string(), headers.clone(), message.payload.clone()).await;
+            let ack = self.js.publish_with_headers(dlq.to_string(), headers.clone(), body.clone()).await;
             let result = match ack {
                 Ok(ack) => ack.await,
                 Err(err) => Err(err),
@@ -357,6 +393,18 @@ impl Puller {
             }
         }
     }
+}
+
+/// What the server counts against `max_payload`: the header block (`NATS/1.0`, one
+/// `name: value` line per value, a blank line) plus the body.
+fn wire_size(headers: &HeaderMap, body: &[u8]) -> usize {
+    let lines: usize = headers
+        .iter()
+        .flat_map(|(name, values)| {
+            values.iter().map(move |v| AsRef::<str>::as_ref(name).len() + v.as_str().len() + 4)
+        })
+        .sum();
+    b"NATS/1.0\r\n\r\n".len() + lines + body.len()
 }
 
 fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {

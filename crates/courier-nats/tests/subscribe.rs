@@ -3,12 +3,17 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::{event, shared_bus};
 use courier_conformance::fresh_topic;
-use courier_core::dispatch::Delivery;
-use courier_core::{Bus, PublisherConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER};
+use courier_core::dispatch::{dispatch, Delivery, DispatchConfig};
+use courier_core::wire::{self, HeaderStyle, WireMode};
+use courier_core::{
+    Bus, Envelope, HandlerError, PublisherConfig, Topic, DEAD_LETTER_ATTEMPTS_HEADER,
+    DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,
+};
 use futures::StreamExt;
 
 #[tokio::test]
@@ -62,4 +67,136 @@ async fn message_redelivered_past_the_limit_is_dead_lettered() {
     assert_eq!(d.envelope().event_id(), poison.event_id());
     assert!(d.envelope().headers()[DEAD_LETTER_REASON_HEADER].contains("delivered 2 times"));
     assert_eq!(d.envelope().headers()[DEAD_LETTER_ATTEMPTS_HEADER], "2");
+}
+
+/// A user's stream holding both the topic and its dead-letter subject (`orders.>` holds
+/// `orders.x` and `orders.x.dlq`) stores both dead-letter copies: the one of a failed event and
+/// the one of a foreign message with its own `Nats-Msg-Id`. Each keeps its original's id in a
+/// derived form, so JetStream's de-duplication, which spans the whole stream, does not drop it.
+#[tokio::test]
+async fn dead_letters_are_stored_when_one_stream_holds_the_topic_and_its_dead_letter_subject() {
+    let bus = shared_bus(|c| c).await;
+    let prefix = format!("shared{}", uuid::Uuid::now_v7().simple());
+    let stream_name = format!("ORDERS_{prefix}");
+    let mut stream = bus
+        .jetstream()
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![format!("{prefix}.>")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let topic = Topic::new(format!("{prefix}.orders")).unwrap();
+    let dead_letter = bus.dead_letter(&topic).await.unwrap();
+    let dlq = bus.config().dead_letter_topic(&topic).unwrap();
+
+    let poison = event("p-1", "the handler refuses it");
+    let publisher = bus.publisher(PublisherConfig::default());
+    publisher.publish(&topic, poison.clone()).await.unwrap().await.unwrap();
+    publisher.close().await.unwrap();
+    let mut foreign = async_nats::HeaderMap::new();
+    foreign.insert(async_nats::header::NATS_MESSAGE_ID, "foreign-1");
+    bus.jetstream()
+        .publish_with_headers(topic.to_string(), foreign, "not an event".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let source = bus.subscribe(&topic, "worker").await.unwrap();
+    let handler = |_: Envelope| async { Err(HandlerError::permanent("refused")) };
+    let watched = stream.clone();
+    let stats = dispatch(source, handler, dead_letter, DispatchConfig::default(), async move {
+        let mut watched = watched;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while watched.info().await.unwrap().state.messages < 4 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(stats.dead_lettered, 1);
+    assert_eq!(stream.info().await.unwrap().state.messages, 4, "both dead-letter copies are stored");
+    let mut copies = Vec::new();
+    for sequence in [3, 4] {
+        let message = stream.get_raw_message(sequence).await.unwrap();
+        assert_eq!(message.subject.as_str(), dlq.as_str());
+        copies.push(message);
+    }
+    copies.sort_by_key(|m| m.payload.to_vec());
+    assert_eq!(copies[0].payload.as_ref(), b"not an event");
+    assert_eq!(
+        copies[0].headers.get(async_nats::header::NATS_MESSAGE_ID).unwrap().as_str(),
+        format!("dlq:{dlq}:foreign-1")
+    );
+    assert_eq!(copies[1].headers.get("ce-id").unwrap().as_str(), poison.event_id().to_string());
+    assert_eq!(copies[1].headers.get(DEAD_LETTER_REASON_HEADER).unwrap().as_str(), "refused");
+    bus.jetstream().delete_stream(&stream_name).await.unwrap();
+}
+
+/// An event as large as the server takes fails in its handler: its dead-letter copy (the event
+/// plus the reason headers) is too large to publish, a permanent error that is not retried.
+/// A record of the event (id, stream position, no payload) is dead-lettered instead, the
+/// aggregate's later events are handled, and the shared connection stays up.
+#[tokio::test]
+async fn an_event_too_large_to_dead_letter_leaves_a_record_and_later_events_flow() {
+    let bus = shared_bus(|c| c).await;
+    let topic = fresh_topic(&bus, "bigdead").await;
+    let dead_letter = bus.dead_letter(&topic).await.unwrap();
+    let dlq = bus.config().dead_letter_topic(&topic).unwrap();
+    // Sized so that the event's NATS message (header block and body) is the server's maximum.
+    let probe = event("big-1", "");
+    let mut headers: Vec<(String, String)> = Vec::new();
+    wire::encode(&probe, WireMode::CloudEvents, HeaderStyle::Nats, &mut headers);
+    headers.push(("Nats-Msg-Id".into(), probe.event_id().to_string()));
+    let framing =
+        "NATS/1.0\r\n\r\n".len() + headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>();
+    let max = bus.client().server_info().max_payload;
+    let big = probe.into_builder().payload(vec![b'x'; max - framing]).build().unwrap();
+    let after = event("big-1", "after");
+    let publisher = bus.publisher(PublisherConfig::default());
+    publisher.publish(&topic, big.clone()).await.unwrap().await.expect("the event itself fits");
+    publisher.publish(&topic, after.clone()).await.unwrap().await.unwrap();
+
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let (handled, big_id) = (handled.clone(), big.event_id());
+        move |e: Envelope| {
+            let handled = handled.clone();
+            async move {
+                if e.event_id() == big_id {
+                    return Err(HandlerError::permanent("too big to handle"));
+                }
+                handled.lock().unwrap().push(e.event_id());
+                Ok(())
+            }
+        }
+    };
+    let source = bus.subscribe(&topic, "worker").await.unwrap();
+    let watched = handled.clone();
+    let run = dispatch(source, handler, dead_letter, DispatchConfig::default(), async move {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while watched.lock().unwrap().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let stats = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap_or_else(|_| panic!("dispatch never stopped (handled {:?})", handled.lock().unwrap()));
+    assert_eq!(*handled.lock().unwrap(), [after.event_id()], "the aggregate's later event is handled");
+    assert_eq!(stats.dead_lettered, 1);
+
+    let dead = bus.jetstream().get_stream(courier_nats::stream_name(&dlq)).await.unwrap();
+    let record = dead.get_raw_message(1).await.expect("the dead-letter record");
+    assert!(record.payload.is_empty());
+    assert_eq!(record.headers.get("ce-id").unwrap().as_str(), big.event_id().to_string());
+    let stream = courier_nats::stream_name(&topic);
+    assert_eq!(
+        record.headers.get(DEAD_LETTER_POSITION_HEADER).unwrap().as_str(),
+        format!("stream {stream} sequence 1")
+    );
+    assert!(record.headers.get(DEAD_LETTER_ERROR_HEADER).unwrap().as_str().contains("max_payload"));
+    assert_eq!(record.headers.get(DEAD_LETTER_REASON_HEADER).unwrap().as_str(), "too big to handle");
+    bus.health().await.expect("the connection survived");
+    publisher.publish(&topic, event("big-2", "later")).await.unwrap().await.expect("publishing still works");
 }

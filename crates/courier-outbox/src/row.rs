@@ -156,7 +156,7 @@ impl RawRow {
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
-        Ok((topic, builder.build().map_err(|e| e.to_string())?))
+        Ok((topic, builder.rebuild().map_err(|e| e.to_string())?))
     }
 }
 
