@@ -110,7 +110,7 @@ impl MemoryConfig {
     }
 
     /// The longest time from a publish to its verdict
-    /// ([`Transport::verdict_timeout`](crate::Transport::verdict_timeout)): a verdict an
+    /// ([`Transport::verdict_timeout`]): a verdict an
     /// injected [`Fault`] delays or withholds is [`ErrorKind::Timeout`] at this bound. Without
     /// faults verdicts are immediate. An outbox relay stops handing out events this long before
     /// its lease may expire, so the bound must be shorter than the lease: the default 500 ms fits
