@@ -1,5 +1,52 @@
 //! The in-memory bus: a per-topic log with sequences, de-duplication by event id, and consumer
 //! groups with committed positions, giving tests and single-process apps the brokers' semantics.
+//!
+//! # Playing broker faults
+//! [`MemoryBus::inject`] makes the next publishes meet a [`Fault`]: a NACK, an ACK lost after
+//! the event was stored, a duplicate ACK, a delayed ACK, a stall, or a delivery the broker's
+//! de-duplication misses. It is plain public API, not behind a feature: this bus exists for tests
+//! and single-process apps, and a fault only happens when a test injects it. Pair it with
+//! `courier_outbox::testing` (feature `testing`), which stops a relay between the broker's ACK and
+//! the row's mark, to show that a consumer copes with what at-least-once delivery brings.
+//!
+//! A consumer that de-duplicates by event id (here in memory; in an app, an inbox table in the
+//! same transaction as its effect) applies each event once although the broker delivers one
+//! twice:
+//!
+//! ```
+//! use std::collections::HashSet;
+//!
+//! use courier_core::dispatch::Delivery;
+//! use courier_core::memory::Fault;
+//! use courier_core::{Bus, Envelope, MemoryBus, PublisherConfig, Topic};
+//! use futures::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), courier_core::Error> {
+//! let bus = MemoryBus::default();
+//! let topic = Topic::new("payments")?;
+//! let mut deliveries = bus.subscribe(&topic, "ledger").await?;
+//! let publisher = bus.publisher(PublisherConfig::default());
+//!
+//! // The first event reaches the consumer twice.
+//! bus.inject(Fault::DuplicateDelivery, 1);
+//! for n in 0..2 {
+//!     let event = Envelope::builder("payment", format!("payment-{n}"), "PaymentTaken").build()?;
+//!     publisher.publish(&topic, event).await?.await?;
+//! }
+//!
+//! let mut applied = HashSet::new();
+//! let mut deliveries_seen = 0;
+//! while applied.len() < 2 {
+//!     let delivery = deliveries.next().await.expect("subscribed");
+//!     deliveries_seen += 1;
+//!     applied.insert(delivery.envelope().event_id()); // the consumer's own de-duplication
+//!     delivery.ack().await?;
+//! }
+//! assert_eq!((deliveries_seen, applied.len()), (3, 2));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -7,6 +54,13 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::Notify;
+
+mod faults;
+mod late;
+
+pub use faults::Fault;
+use faults::{Copies, Plan, Verdict};
+use late::LateVerdicts;
 
 use crate::bus::{Bus, TopicConfig};
 use crate::dispatch::Delivery;
@@ -26,11 +80,16 @@ use crate::{
 pub struct MemoryConfig {
     max_payload: usize,
     max_messages: usize,
+    verdict_timeout: Duration,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
-        Self { max_payload: DEFAULT_MAX_PAYLOAD, max_messages: 1_000_000 }
+        Self {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_messages: 1_000_000,
+            verdict_timeout: Duration::from_millis(500),
+        }
     }
 }
 
@@ -49,6 +108,22 @@ impl MemoryConfig {
         self.max_messages = max;
         self
     }
+
+    /// The longest time from a publish to its verdict
+    /// ([`Transport::verdict_timeout`]): a verdict an
+    /// injected [`Fault`] delays or withholds is [`ErrorKind::Timeout`] at this bound. Without
+    /// faults verdicts are immediate. An outbox relay stops handing out events this long before
+    /// its lease may expire, so the bound must be shorter than the lease: the default 500 ms fits
+    /// the shortest lease the relay accepts (1 s). Raise it to play ACKs delayed for longer.
+    pub fn verdict_timeout(mut self, timeout: Duration) -> Self {
+        self.verdict_timeout = timeout;
+        self
+    }
+
+    /// The verdict bound; see [`verdict_timeout`](Self::verdict_timeout).
+    pub fn get_verdict_timeout(&self) -> Duration {
+        self.verdict_timeout
+    }
 }
 
 /// An in-process bus. Cheap to clone; clones share topics.
@@ -61,8 +136,9 @@ pub struct MemoryBus {
 struct Shared {
     config: MemoryConfig,
     topics: Mutex<HashMap<Topic, Arc<TopicLog>>>,
-    /// Injected failures for the next publishes, for testing retry paths of callers.
-    faults: Mutex<VecDeque<ErrorKind>>,
+    /// Faults the next publishes meet, in order.
+    faults: Mutex<VecDeque<Fault>>,
+    late: LateVerdicts,
 }
 
 struct TopicLog {
@@ -95,10 +171,37 @@ impl MemoryBus {
         Self { inner: Arc::new(Shared { config, ..Shared::default() }) }
     }
 
-    /// Makes each of the next `count` publishes fail with `kind` instead of being stored, so
-    /// callers can exercise their retry and dead-letter paths against this bus.
-    pub fn inject_faults(&self, kind: ErrorKind, count: usize) {
-        self.inner.faults.lock().expect("faults lock").extend(std::iter::repeat_n(kind, count));
+    /// Makes each of the next `count` publishes to any topic of this bus (dead letters
+    /// included) meet `fault`, after the faults injected before, so callers can exercise their
+    /// retry, duplicate and timeout paths. See [`Fault`] for what each does.
+    ///
+    /// ```
+    /// use courier_core::memory::Fault;
+    /// use courier_core::{Bus, Envelope, ErrorKind, MemoryBus, PublisherConfig, Topic};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), courier_core::Error> {
+    /// let bus = MemoryBus::default();
+    /// let publisher = bus.publisher(PublisherConfig::default());
+    /// let topic = Topic::new("orders")?;
+    /// let event = Envelope::builder("order", "order-1", "OrderPlaced").build()?;
+    ///
+    /// bus.inject(Fault::LostAck, 1);
+    /// let lost = publisher.publish(&topic, event.clone()).await?.await.unwrap_err();
+    /// assert_eq!(lost.kind(), ErrorKind::Timeout); // stored, but the ACK never came
+    /// let again = publisher.publish(&topic, event).await?.await?;
+    /// assert!(again.duplicate); // the re-publish is recognised
+    /// assert_eq!(bus.events(&topic).len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn inject(&self, fault: Fault, count: usize) {
+        self.inner.faults.lock().expect("faults lock").extend(std::iter::repeat_n(fault, count));
+    }
+
+    /// Injected faults that no publish has met yet.
+    pub fn faults_left(&self) -> usize {
+        self.inner.faults.lock().expect("faults lock").len()
     }
 
     /// Every event currently stored in `topic`, oldest first.
@@ -140,30 +243,48 @@ impl TopicLog {
         }
     }
 
-    /// Stores the event unless its id was seen within the duplicate window.
-    fn append(&self, envelope: Envelope) -> Receipt {
+    /// Stores the event unless its id was seen within the duplicate window; with
+    /// [`Copies::Two`], then once more whatever the window says. Stores nothing for
+    /// [`Copies::None`] and returns `None`.
+    fn append(&self, envelope: Envelope, copies: Copies) -> Option<Receipt> {
+        if copies == Copies::None {
+            return None;
+        }
         let event_id = envelope.event_id();
+        let envelope = Arc::new(envelope);
         let mut state = self.state.lock().expect("log lock");
         let now = Instant::now();
         state.forget_ids_before(now);
-        if let Some(&sequence) = state.seen.get(&event_id) {
-            return Receipt { event_id, position: Position::Memory { sequence }, duplicate: true };
+        let receipt = if let Some(&sequence) = state.seen.get(&event_id) {
+            Receipt { event_id, position: Position::Memory { sequence }, duplicate: true }
+        } else {
+            let sequence = state.push(Arc::clone(&envelope));
+            state.seen.insert(event_id, sequence);
+            state.seen_order.push_back((now, event_id));
+            Receipt { event_id, position: Position::Memory { sequence }, duplicate: false }
+        };
+        if copies == Copies::Two {
+            state.push(envelope);
         }
-        let sequence = state.first_seq + state.messages.len() as u64;
-        state.messages.push_back(Arc::new(envelope));
-        if state.messages.len() > state.max_messages {
-            state.messages.pop_front();
-            state.first_seq += 1;
-        }
-        state.seen.insert(event_id, sequence);
-        state.seen_order.push_back((now, event_id));
         drop(state);
         self.appended.notify_waiters();
-        Receipt { event_id, position: Position::Memory { sequence }, duplicate: false }
+        Some(receipt)
     }
 }
 
 impl LogState {
+    /// Appends `envelope` past any de-duplication, dropping the oldest beyond the retention
+    /// limit; returns its sequence.
+    fn push(&mut self, envelope: Arc<Envelope>) -> u64 {
+        let sequence = self.first_seq + self.messages.len() as u64;
+        self.messages.push_back(envelope);
+        if self.messages.len() > self.max_messages {
+            self.messages.pop_front();
+            self.first_seq += 1;
+        }
+        sequence
+    }
+
     fn forget_ids_before(&mut self, now: Instant) {
         while let Some(&(at, id)) = self.seen_order.front() {
             if now.duration_since(at) < self.duplicate_window {
@@ -180,7 +301,8 @@ impl LogState {
     }
 }
 
-/// Publishes into a [`MemoryBus`]; the verdict is immediate.
+/// Publishes into a [`MemoryBus`]; the verdict is immediate unless an injected [`Fault`]
+/// delays it.
 #[derive(Clone)]
 pub struct MemoryTransport {
     inner: Arc<Shared>,
@@ -188,21 +310,43 @@ pub struct MemoryTransport {
 
 impl Transport for MemoryTransport {
     async fn send(&self, topic: &Topic, envelope: Envelope, completion: Completion) {
+        let sent_at = tokio::time::Instant::now();
         let fault = self.inner.faults.lock().expect("faults lock").pop_front();
-        let outcome = match fault {
-            Some(kind) => Err(Error::new(kind, format!("injected {kind} for event {}", envelope.event_id()))),
-            None => Ok(self.inner.log(topic).append(envelope)),
+        let bound = self.inner.config.verdict_timeout;
+        let plan = Plan::new(fault, bound);
+        let event_id = envelope.event_id();
+        let stored = self.inner.log(topic).append(envelope, plan.copies);
+        let outcome = match (plan.verdict, stored) {
+            (Verdict::Receipt, Some(receipt)) => Ok(receipt),
+            (Verdict::DuplicateReceipt, Some(receipt)) => Ok(Receipt { duplicate: true, ..receipt }),
+            (Verdict::Error(kind), _) => {
+                let fault = fault.expect("only an injected fault fails a publish");
+                let message = match fault {
+                    Fault::Nack(_) => format!("injected {fault} for event {event_id}"),
+                    _ => {
+                        format!("no broker verdict for event {event_id} within {bound:?} (injected {fault})")
+                    }
+                };
+                Err(Error::new(kind, message))
+            }
+            (Verdict::Receipt | Verdict::DuplicateReceipt, None) => {
+                unreachable!("a plan that stores nothing has no receipt")
+            }
         };
-        completion.complete(outcome);
+        if plan.after.is_zero() {
+            completion.complete(outcome);
+        } else {
+            self.inner.late.schedule(sent_at + plan.after, completion, outcome);
+        }
     }
 
     fn max_payload(&self) -> usize {
         self.inner.config.max_payload
     }
 
-    /// The verdict is given in `send` itself.
+    /// [`MemoryConfig::verdict_timeout`].
     fn verdict_timeout(&self) -> Duration {
-        Duration::ZERO
+        self.inner.config.verdict_timeout
     }
 }
 
@@ -331,6 +475,119 @@ mod tests {
     use futures::StreamExt as _;
 
     use super::*;
+
+    fn order(n: usize) -> Envelope {
+        Envelope::builder("order", format!("order-{n}"), "Placed").build().unwrap()
+    }
+
+    /// A publisher on a bus whose verdicts take at most 500 ms, and a topic.
+    fn setup() -> (MemoryBus, Publisher<MemoryTransport>, Topic) {
+        let bus = MemoryBus::new(MemoryConfig::default().verdict_timeout(Duration::from_millis(500)));
+        let publisher = bus.publisher(PublisherConfig::default());
+        (bus, publisher, Topic::new("faults").unwrap())
+    }
+
+    #[test]
+    fn the_transport_reports_the_configured_verdict_bound() {
+        let bus = MemoryBus::new(MemoryConfig::default().verdict_timeout(Duration::from_secs(3)));
+        let publisher = bus.publisher(PublisherConfig::default());
+        assert_eq!(publisher.verdict_timeout(), Duration::from_secs(3));
+        assert_eq!(MemoryConfig::default().get_verdict_timeout(), Duration::from_millis(500));
+    }
+
+    /// A withheld verdict does not hold up the publishing caller, and arrives at the bound.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_stores_nothing_and_times_out_at_the_bound_without_blocking_the_caller() {
+        let (bus, publisher, topic) = setup();
+        bus.inject(Fault::Stall, 1);
+        let start = tokio::time::Instant::now();
+        let ack = publisher.publish(&topic, order(0)).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO, "publish returned at once");
+        let err = ack.await.unwrap_err();
+        assert_eq!((err.kind(), start.elapsed()), (ErrorKind::Timeout, Duration::from_millis(500)));
+        assert!(err.message().contains("injected stall"), "{err}");
+        assert!(bus.events(&topic).is_empty());
+        assert_eq!(bus.faults_left(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_ack_arrives_after_the_delay_and_later_publishes_are_not_held_up() {
+        let (bus, publisher, topic) = setup();
+        bus.inject(Fault::DelayedAck(Duration::from_millis(200)), 1);
+        let start = tokio::time::Instant::now();
+        let delayed = publisher.publish(&topic, order(0)).await.unwrap();
+        let prompt = publisher.publish(&topic, order(1)).await.unwrap().await.unwrap();
+        assert_eq!(
+            (prompt.position.clone(), start.elapsed()),
+            (Position::Memory { sequence: 2 }, Duration::ZERO)
+        );
+        assert_eq!(bus.events(&topic).len(), 2, "stored before its ACK arrives");
+        let receipt = delayed.await.unwrap();
+        assert_eq!(
+            (receipt.position, start.elapsed()),
+            (Position::Memory { sequence: 1 }, Duration::from_millis(200))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_delayed_past_the_bound_times_out_but_the_event_is_stored() {
+        let (bus, publisher, topic) = setup();
+        bus.inject(Fault::DelayedAck(Duration::from_secs(60)), 1);
+        let start = tokio::time::Instant::now();
+        let err = publisher.publish(&topic, order(0)).await.unwrap().await.unwrap_err();
+        assert_eq!((err.kind(), start.elapsed()), (ErrorKind::Timeout, Duration::from_millis(500)));
+        assert_eq!(bus.events(&topic).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_nack_stores_nothing() {
+        let (bus, publisher, topic) = setup();
+        bus.inject(Fault::Nack(ErrorKind::Rejected), 1);
+        let err = publisher.publish(&topic, order(0)).await.unwrap().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Rejected);
+        assert!(err.message().contains("injected NACK (rejected)"), "{err}");
+        assert!(bus.events(&topic).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_ack_stores_once_and_says_duplicate() {
+        let (bus, publisher, topic) = setup();
+        bus.inject(Fault::DuplicateAck, 1);
+        let receipt = publisher.publish(&topic, order(0)).await.unwrap().await.unwrap();
+        assert!(receipt.duplicate);
+        assert_eq!(bus.events(&topic).len(), 1);
+    }
+
+    /// The second copy bypasses de-duplication: consumers get the event twice, and a later
+    /// re-publish is still recognised as a duplicate of the first copy.
+    #[tokio::test]
+    async fn a_duplicate_delivery_reaches_consumers_twice() {
+        let (bus, publisher, topic) = setup();
+        bus.inject(Fault::DuplicateDelivery, 1);
+        let event = order(0);
+        let receipt = publisher.publish(&topic, event.clone()).await.unwrap().await.unwrap();
+        assert_eq!((receipt.position, receipt.duplicate), (Position::Memory { sequence: 1 }, false));
+        let ids: Vec<EventId> = bus.events(&topic).iter().map(|e| e.event_id()).collect();
+        assert_eq!(ids, vec![event.event_id(); 2]);
+        let again = publisher.publish(&topic, event).await.unwrap().await.unwrap();
+        assert_eq!((again.position, again.duplicate), (Position::Memory { sequence: 1 }, true));
+    }
+
+    /// Faults apply in the order injected, one publish each.
+    #[tokio::test(start_paused = true)]
+    async fn faults_apply_in_order_then_publishes_are_healthy() {
+        let (bus, publisher, topic) = setup();
+        bus.inject(Fault::Nack(ErrorKind::Unavailable), 1);
+        bus.inject(Fault::LostAck, 1);
+        assert_eq!(bus.faults_left(), 2);
+        let mut kinds = Vec::new();
+        for n in 0..3 {
+            let outcome = publisher.publish(&topic, order(n)).await.unwrap().await;
+            kinds.push(outcome.err().map(|e| e.kind()));
+        }
+        assert_eq!(kinds, vec![Some(ErrorKind::Unavailable), Some(ErrorKind::Timeout), None]);
+        assert_eq!(bus.events(&topic).len(), 2, "the lost ACK's event and the healthy one");
+    }
 
     /// Events retention dropped before the group read them must not hold back the group's
     /// committed position: the acknowledgements after them would pile up for ever.

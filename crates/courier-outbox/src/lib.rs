@@ -11,7 +11,8 @@
 //! Row lifecycle: `pending` → `published` (ACK received); a failed ACK or NACK counts as an
 //! attempt and schedules a retry with exponential backoff and jitter; after
 //! [`RelayConfig::max_attempts`], or at once for a non-retryable error, the row is `dead`.
-//! See [`relay`] for ordering and multi-relay guarantees.
+//! See [`relay`] for ordering and multi-relay guarantees, and the `testing` module (feature
+//! `testing`) for proving that a consumer copes with a relay crashing between ACK and mark.
 
 #![warn(missing_docs)]
 // Without a database feature there is no backend: the crate builds (e.g. for documentation) but
@@ -25,6 +26,8 @@ pub mod relay;
 mod row;
 mod sql;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use admin::{DeadEvent, DeadFilter, OutboxStats};
 pub use enqueue::{Enqueue, Outbox, TopicMapper};

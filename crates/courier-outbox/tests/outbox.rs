@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{consume, enqueue_many, enqueue_tx, event, eventually, fast_config, topic, Kind, TestDb};
+use courier_core::memory::Fault;
 use courier_core::wire::{self, WireMode};
 use courier_core::{Envelope, ErrorKind, MemoryBus, MemoryConfig, Topic, TraceContext};
 use courier_outbox::{
@@ -201,7 +202,7 @@ async fn failed_acks_are_retried_then_dead_then_requeued(kind: Kind) {
     let (bus, topic) = (MemoryBus::default(), topic());
     let config = fast_config().max_attempts(3);
     // Two failed ACKs, then success: published on the third attempt.
-    bus.inject_faults(ErrorKind::Unavailable, 2);
+    bus.inject(Fault::Nack(ErrorKind::Unavailable), 2);
     let retried = event("order-1", 0);
     enqueue_tx(&store, &topic, std::slice::from_ref(&retried), true).await.unwrap();
     let relay = Relay::new(store.clone(), bus.clone(), config.clone()).start();
@@ -213,7 +214,7 @@ async fn failed_acks_are_retried_then_dead_then_requeued(kind: Kind) {
     assert_eq!(bus.events(&topic).len(), 1);
 
     // Three failed ACKs with max_attempts = 3: dead, never marked published, never on the bus.
-    bus.inject_faults(ErrorKind::Timeout, 3);
+    bus.inject(Fault::Nack(ErrorKind::Timeout), 3);
     let doomed = event("order-2", 0);
     enqueue_tx(&store, &topic, std::slice::from_ref(&doomed), true).await.unwrap();
     eventually(WAIT, "the event to go dead", || async { store.stats().await.unwrap().dead == 1 }).await;
@@ -284,7 +285,7 @@ async fn retries_keep_per_aggregate_order(kind: Kind) {
         let bus = bus.clone();
         tokio::spawn(async move {
             for _ in 0..100 {
-                bus.inject_faults(ErrorKind::Unavailable, 1);
+                bus.inject(Fault::Nack(ErrorKind::Unavailable), 1);
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
         })
@@ -451,7 +452,7 @@ async fn zero_retention_deletes_acked_rows_only(kind: Kind) {
     let (_db, store) = TestDb::create(kind).await;
     let (bus, topic) = (MemoryBus::default(), topic());
     let config = fast_config().retention(Some(Duration::ZERO)).max_attempts(1);
-    bus.inject_faults(ErrorKind::Timeout, 1);
+    bus.inject(Fault::Nack(ErrorKind::Timeout), 1);
     let doomed = event("doomed", 0);
     enqueue_tx(&store, &topic, std::slice::from_ref(&doomed), true).await.unwrap();
     let relay = Relay::new(store.clone(), bus.clone(), config).start();

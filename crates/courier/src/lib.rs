@@ -3,7 +3,8 @@
 //!
 //! This facade re-exports the crates behind features, in the manner of sqlx: the core (event
 //! model, publisher, subscriber dispatch, memory bus) is always present; `nats`, `kafka` and
-//! `outbox` (with `postgres`, `mysql`, `sqlite` for its databases) add the rest.
+//! `outbox` (with `postgres`, `mysql`, `sqlite` for its databases) add the rest, and `testing` the
+//! outbox's crash-consistency test helpers (for dev-dependencies).
 
 #![warn(missing_docs)]
 

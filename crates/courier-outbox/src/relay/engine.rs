@@ -776,7 +776,13 @@ impl Engine {
         let failures = std::mem::take(&mut self.failures);
         let (store, owner) = (self.store.clone(), self.owner_check());
         let delete_published = self.config.deletes_published();
+        #[cfg(feature = "testing")]
+        let gate = self.config.mark_gate.clone();
         Some(Box::pin(async move {
+            #[cfg(feature = "testing")]
+            if let Some(gate) = gate {
+                gate.pass().await;
+            }
             let outcome = store.write(&published, delete_published, &failures, &owner).await;
             (published, failures, outcome)
         }))

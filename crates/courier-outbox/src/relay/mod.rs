@@ -74,6 +74,9 @@ pub struct RelayConfig {
     pub(crate) purge_interval: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) connections: u32,
+    /// Set by [`Relay::mark_gate`], not by users of the config.
+    #[cfg(feature = "testing")]
+    pub(crate) mark_gate: Option<crate::testing::MarkGate>,
 }
 
 impl RelayConfig {
@@ -325,6 +328,8 @@ impl Default for RelayConfig {
             purge_interval: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             connections: 4,
+            #[cfg(feature = "testing")]
+            mark_gate: None,
         }
     }
 }
@@ -449,6 +454,15 @@ impl<B: Bus> Relay<B> {
     /// Reports every ACK and failed attempt to `observer`, e.g. for metrics. Default: none.
     pub fn observer(mut self, observer: impl RelayObserver) -> Self {
         self.observer = Arc::new(observer);
+        self
+    }
+
+    /// Makes the relay's outcome writes wait while `gate` is held, to stop it between the
+    /// broker's ACK and the row's mark in a test (feature `testing`; see
+    /// [`testing`](crate::testing)). Default: writes never wait.
+    #[cfg(feature = "testing")]
+    pub fn mark_gate(mut self, gate: &crate::testing::MarkGate) -> Self {
+        self.config.mark_gate = Some(gate.clone());
         self
     }
 
