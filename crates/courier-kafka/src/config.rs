@@ -132,7 +132,9 @@ impl KafkaConfig {
     /// included) before its verdict is [`ErrorKind::Timeout`]; from then on it does not send
     /// the event. librdkafka's own default is 300 s, far longer than an outbox relay's lease:
     /// an event still queued after a takeover would land after the new owner's events, out of
-    /// order. Longer rides out longer broker outages in one attempt. Default 4 s, which with
+    /// order. Longer rides out longer broker outages in one attempt. It overrides a
+    /// `message.timeout.ms` given to [`set`](Self::set) or [`producer_set`](Self::producer_set),
+    /// as the bound on a verdict rests on it. Default 4 s, which with
     /// the other defaults bounds a verdict at 6 s
     /// ([`get_verdict_timeout`](Self::get_verdict_timeout)), within what a relay's default
     /// 10 s lease allows.

@@ -67,7 +67,7 @@ async fn consume(bus: &KafkaBus, topic: &Topic, expected: &HashSet<EventId>) -> 
 async fn brokers_down_then_up_every_event_gets_one_verdict_and_none_is_lost() {
     let bus = KafkaBus::connect(
         KafkaConfig::mock(BROKERS as u32)
-            .producer_set("message.timeout.ms", "1500")
+            .delivery_timeout(Duration::from_millis(1500))
             .producer_set("reconnect.backoff.max.ms", "200"),
     )
     .expect("mock cluster");
@@ -200,7 +200,9 @@ async fn tiny_queue_bus(wait: Duration) -> (KafkaBus, Topic) {
     let config = KafkaConfig::mock(1)
         .producer_set("queue.buffering.max.messages", "10")
         .producer_set("reconnect.backoff.max.ms", "100")
-        .queue_full_timeout(wait);
+        .queue_full_timeout(wait)
+        // Queued events outlive the outage: these tests are about waiting for queue room.
+        .delivery_timeout(Duration::from_secs(30));
     let bus = KafkaBus::connect(config).expect("mock cluster");
     let topic = topic_on(&bus, "queue", 1).await;
     (bus, topic)
