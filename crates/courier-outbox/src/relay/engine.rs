@@ -439,6 +439,13 @@ impl Engine {
             ClaimStep::Scanned { epoch, from, .. } | ClaimStep::Fetched { epoch, from, .. }
                 if epoch != self.epoch =>
             {
+                if let ClaimStep::Fetched { rows: Ok(rows), .. } = &step {
+                    // Refusing needs no order: a fetch slower than the sweep interval is
+                    // discarded at every sweep, and would otherwise fetch a parked backlog for ever.
+                    for row in rows {
+                        self.refuse_if_parked(row);
+                    }
+                }
                 // Its rows were never taken: they must be read again, not left behind the cursor.
                 self.cursor = self.cursor.min(from);
                 self.caught_up = false;
@@ -505,12 +512,11 @@ impl Engine {
         if self.known.contains_key(&row.id) || !self.active.contains(&partition) {
             return;
         }
-        let key = Arc::clone(&row.aggregate_id);
-        let aggregate = self.aggregates.entry(Arc::clone(&key)).or_insert_with(|| Aggregate::new(partition));
-        if aggregate.park.is_some() {
-            self.refused.insert(&key, row.id);
+        if self.refuse_if_parked(&row) {
             return;
         }
+        let key = Arc::clone(&row.aggregate_id);
+        let aggregate = self.aggregates.entry(Arc::clone(&key)).or_insert_with(|| Aggregate::new(partition));
         // Every older pending row of the aggregate must be in memory already. Checking the one
         // just before suffices: it passed the same check when it was taken. (Checking the oldest
         // does not: it may be in memory, published with its mark not yet committed, while a row
@@ -529,6 +535,16 @@ impl Engine {
             aggregate.in_ready = true;
             self.ready.push_back(key);
         }
+    }
+
+    /// Remembers `row` as refused if its aggregate is parked, so that claims skip it while the
+    /// park holds; says whether it was.
+    fn refuse_if_parked(&mut self, row: &ClaimedRow) -> bool {
+        let parked = self.aggregates.get(&row.aggregate_id).is_some_and(|a| a.park.is_some());
+        if parked {
+            self.refused.insert(&row.aggregate_id, row.id);
+        }
+        parked
     }
 
     /// Hands the head row of ready aggregates to the publishing task while the window has room
@@ -1138,6 +1154,23 @@ mod tests {
         // Other aggregates' rows are still fetched.
         assert!(claim(&mut engine, &[row("stuck", 2), row("healthy", 4)]));
         assert_eq!(queued(&engine, "healthy"), 1);
+    }
+
+    /// A fetch slower than the sweep interval is discarded, as a sweep rewound the cursor while
+    /// it ran; the rows of parked aggregates it read are refused all the same, or every sweep
+    /// would discard the next such fetch and the backlog would be fetched for ever.
+    #[tokio::test]
+    async fn rows_fetched_by_a_discarded_claim_are_refused_behind_a_park() {
+        let (mut engine, _) = parked_behind_a_dead_head().await;
+        let behind = [row("stuck", 4), row("stuck", 5)];
+        let (epoch, from) = (engine.epoch, engine.cursor);
+        let ids = behind.iter().map(|r| (r.id, r.shard)).collect();
+        let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit: 1000 };
+        assert!(engine.on_claim_step(scanned).is_some());
+        engine.rewind(0);
+        let fetched = behind.iter().map(|r| row(&r.aggregate_id, r.id)).collect();
+        assert!(engine.on_claim_step(ClaimStep::Fetched { epoch, from, rows: Ok(fetched) }).is_none());
+        assert!(!claim(&mut engine, &behind), "the rows read by the discarded claim were fetched again");
     }
 
     /// An operator requeued the dead head: the rows behind it are read again.

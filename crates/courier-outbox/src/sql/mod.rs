@@ -78,6 +78,11 @@ pub(crate) trait Dialect: sqlx::Database + sqlx::database::HasStatementCache {
     /// milliseconds.
     fn upsert_member_sql() -> String;
 
+    /// The claim's `previous_pending_id` column, reading `courier_outbox p`.
+    fn previous_pending() -> String {
+        crate::row::previous_pending(Self::PENDING_AGGREGATE_HINT)
+    }
+
     /// The duplicate idempotency key a unique violation names, if the database names it.
     fn duplicate_value(err: &dyn sqlx::error::DatabaseError) -> Option<String>;
 

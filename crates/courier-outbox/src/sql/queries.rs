@@ -6,7 +6,7 @@ use sqlx::migrate::Migrate;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Row as _, Type};
 
 use crate::admin::{DeadEvent, DeadFilter};
-use crate::row::{previous_pending, ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
+use crate::row::{ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
 use crate::sql::{
     duplicate_key, BlockedRow, ClaimQuery, Dialect, Failure, Mark, OwnerCheck, INSERT_CHUNK, INSERT_INTO,
 };
@@ -103,7 +103,7 @@ where
 
     pub(crate) fn fetch_claimed_query(q: &ClaimQuery) -> QueryBuilder<'static, D> {
         let mut qb = QueryBuilder::<D>::new("SELECT ");
-        qb.push(CLAIM_COLUMNS).push(", ").push(previous_pending(D::PENDING_AGGREGATE_HINT));
+        qb.push(CLAIM_COLUMNS).push(", ").push(D::previous_pending());
         // The status is a parameter (here and in the mark): see PostgreSQL's `PREPARE_ID_LISTS`.
         qb.push(" FROM courier_outbox o WHERE o.status = ").push_bind(PENDING).push(" AND o.id");
         D::push_ids(&mut qb, &q.ids);
