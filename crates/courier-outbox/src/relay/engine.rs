@@ -18,6 +18,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
+use super::aggregate::{Aggregate, Park};
 use super::fencing::PublishFence;
 use super::lease::{Keeper, KeeperCommand, LeaseEvent};
 use super::low_water::LowWater;
@@ -163,84 +164,6 @@ async fn poll_slot<T>(slot: &mut Option<BoxFuture<T>>) -> T {
 enum ClaimStep {
     Scanned { epoch: u64, from: i64, ids: Result<Vec<(i64, i64)>, sqlx::Error>, limit: usize },
     Fetched { epoch: u64, from: i64, rows: Result<Vec<ClaimedRow>, sqlx::Error> },
-}
-
-/// Why an aggregate is parked.
-#[derive(Debug, Clone, Copy)]
-struct Park {
-    /// The failed row the aggregate resumes from.
-    row_id: i64,
-    /// When the retry is due; `None` for a dead row (until requeued or discarded).
-    until: Option<Instant>,
-    /// For a dead row: after how many committed outcome writes its death is in the database;
-    /// `None` while not yet written. Only a scan that started after that may lift the park:
-    /// an earlier one may have read the row while it was still pending.
-    recorded: Option<u64>,
-}
-
-impl Park {
-    /// A retry of `row_id` due at `until`.
-    fn retry(row_id: i64, until: Instant) -> Self {
-        Self { row_id, until: Some(until), recorded: None }
-    }
-
-    /// A dead `row_id`, its death in the database once `recorded` writes committed.
-    fn dead(row_id: i64, recorded: Option<u64>) -> Self {
-        Self { row_id, until: None, recorded }
-    }
-
-    fn is_dead(&self) -> bool {
-        self.until.is_none()
-    }
-
-    /// Whether a blocked-rows scan started after `writes_done` committed writes shows this
-    /// park's row as it is now, so that not finding it blocked means an operator lifted it.
-    fn seen_by_scan_after(&self, writes_done: u64) -> bool {
-        self.recorded.is_some_and(|recorded| recorded <= writes_done)
-    }
-
-    /// Both parks of one aggregate as one: the earliest failed row, and the later retry time
-    /// (a dead row waits for ever). A dead park stays unrecorded until both are.
-    fn merge(self, other: Self) -> Self {
-        let recorded = match (self.is_dead(), other.is_dead()) {
-            (true, true) => self.recorded.zip(other.recorded).map(|(a, b)| a.max(b)),
-            (true, false) => self.recorded,
-            (false, _) => other.recorded,
-        };
-        Self {
-            row_id: self.row_id.min(other.row_id),
-            until: self.until.zip(other.until).map(|(a, b)| a.max(b)),
-            recorded,
-        }
-    }
-}
-
-/// The relay's state of one aggregate with rows in memory.
-struct Aggregate {
-    partition: i64,
-    /// Claimed rows not yet handed to the broker, in id order.
-    queue: VecDeque<ClaimedRow>,
-    /// One event of this aggregate awaits its ACK.
-    busy: bool,
-    park: Option<Park>,
-    /// Listed in the engine's `ready` queue.
-    in_ready: bool,
-}
-
-impl Aggregate {
-    fn new(partition: i64) -> Self {
-        Self { partition, queue: VecDeque::new(), busy: false, park: None, in_ready: false }
-    }
-
-    /// Drops the queued rows (they stay pending in the database) and forgets them in `known`;
-    /// returns how many there were.
-    fn drop_queue(&mut self, known: &mut HashMap<i64, i64>) -> usize {
-        let dropped = self.queue.len();
-        for row in self.queue.drain(..) {
-            known.remove(&row.id);
-        }
-        dropped
-    }
 }
 
 struct InFlight {

@@ -22,6 +22,7 @@
 //! the lease in the database, and a relay that cannot renew stops publishing before its lease
 //! can expire.
 
+mod aggregate;
 mod engine;
 mod fencing;
 mod lease;
