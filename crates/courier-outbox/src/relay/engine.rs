@@ -22,6 +22,7 @@ use super::aggregate::{Aggregate, Park};
 use super::fencing::PublishFence;
 use super::lease::{Keeper, KeeperCommand, LeaseEvent};
 use super::low_water::LowWater;
+use super::partitions::Partitions;
 use super::refused::Refused;
 use super::submit::{self, Submission, Unsubmitted};
 use super::subtasks::{self, Subtasks};
@@ -183,12 +184,7 @@ struct Engine {
     counters: Arc<Counters>,
     keeper: mpsc::UnboundedSender<KeeperCommand>,
     partition_count: i64,
-    /// Partitions whose rows are claimed and published.
-    active: BTreeSet<i64>,
-    /// Partitions waiting for (or in) a blocked-aggregate scan before they become active.
-    to_scan: BTreeSet<i64>,
-    /// Partitions being handed over: nothing new is published, in-flight rows finish.
-    draining: BTreeSet<i64>,
+    partitions: Partitions,
     aggregates: HashMap<Arc<str>, Aggregate>,
     /// Aggregates with a publishable head row.
     ready: VecDeque<Arc<str>>,
@@ -221,9 +217,6 @@ struct Engine {
     scan_retry_at: Instant,
     /// Outcome writes committed so far; orders dead parks against scans.
     writes_done: u64,
-    /// Partitions this relay holds a lease on (from `Acquired` until `Lost` or `Release`): a
-    /// scan that finishes after its partition was lost must not bring it back.
-    owned: BTreeSet<i64>,
     /// Written rows to forget once the claim in progress (which may predate the write) is done.
     forget_later: Vec<i64>,
     stopping: bool,
@@ -253,9 +246,7 @@ impl Engine {
             observer,
             counters,
             keeper,
-            active: BTreeSet::new(),
-            to_scan: BTreeSet::new(),
-            draining: BTreeSet::new(),
+            partitions: Partitions::default(),
             aggregates: HashMap::new(),
             ready: VecDeque::new(),
             in_flight: EventIdMap::default(),
@@ -275,7 +266,6 @@ impl Engine {
             write_retry_at: now,
             scan_retry_at: now,
             writes_done: 0,
-            owned: BTreeSet::new(),
             forget_later: Vec::new(),
             stopping: false,
         }
@@ -292,7 +282,7 @@ impl Engine {
 
     fn should_claim(&self, now: Instant) -> bool {
         !self.stopping
-            && !self.active.is_empty()
+            && self.partitions.active_count() > 0
             && self.queued < self.config.batch_size
             && (!self.caught_up || self.wake_pending || now >= self.last_claim + self.poll_interval(now))
     }
@@ -324,7 +314,7 @@ impl Engine {
         self.last_claim = now;
         let after_id = self.scan_from(now);
         // Other relays' rows are skipped, so scan proportionally further.
-        let share = (self.partition_count as usize / self.active.len().max(1)).clamp(1, 10);
+        let share = (self.partition_count as usize / self.partitions.active_count().max(1)).clamp(1, 10);
         let limit = (self.config.batch_size * share) as i64;
         let (store, epoch) = (self.store.clone(), self.epoch);
         Box::pin(async move {
@@ -408,7 +398,7 @@ impl Engine {
         let mut wanted = Vec::new();
         for &(id, shard) in ids {
             self.cursor = id;
-            if self.active.contains(&(shard % self.partition_count))
+            if self.partitions.is_active(shard % self.partition_count)
                 && !self.known.contains_key(&id)
                 && !self.refused.contains(id)
             {
@@ -432,7 +422,7 @@ impl Engine {
 
     fn accept(&mut self, row: ClaimedRow) {
         let partition = row.shard % self.partition_count;
-        if self.known.contains_key(&row.id) || !self.active.contains(&partition) {
+        if self.known.contains_key(&row.id) || !self.partitions.is_active(partition) {
             return;
         }
         if self.refuse_if_parked(&row) {
@@ -482,7 +472,7 @@ impl Engine {
             let Some(key) = self.ready.pop_front() else { return };
             let Some(aggregate) = self.aggregates.get_mut(&key) else { continue };
             aggregate.in_ready = false;
-            if aggregate.busy || aggregate.park.is_some() || !self.active.contains(&aggregate.partition) {
+            if aggregate.busy || aggregate.park.is_some() || !self.partitions.is_active(aggregate.partition) {
                 continue;
             }
             let Some(row) = aggregate.queue.pop_front() else {
@@ -698,7 +688,7 @@ impl Engine {
         if !self.writes_empty() {
             next = next.min(self.write_retry_at);
         }
-        if !self.to_scan.is_empty() {
+        if self.partitions.scan_due() {
             next = next.min(self.scan_retry_at);
         }
         if let Some(deadline) = stop_deadline {
@@ -761,10 +751,10 @@ impl Engine {
     }
 
     fn start_scan(&mut self) -> Option<BoxFuture<ScanDone>> {
-        if self.to_scan.is_empty() {
+        if !self.partitions.scan_due() {
             return None;
         }
-        let partitions: Vec<i64> = std::mem::take(&mut self.to_scan).into_iter().collect();
+        let partitions = self.partitions.take_to_scan();
         let (store, count, writes_done) = (self.store.clone(), self.partition_count, self.writes_done);
         Some(Box::pin(async move {
             let outcome = store.blocked(&partitions, count).await;
@@ -781,12 +771,12 @@ impl Engine {
         outcome: Result<Vec<BlockedRow>, sqlx::Error>,
     ) {
         // Partitions lost while the scan ran are no longer this relay's to work on.
-        let partitions: Vec<i64> = partitions.into_iter().filter(|p| self.owned.contains(p)).collect();
+        let partitions = self.partitions.still_owned(partitions);
         let blocked = match outcome {
             Ok(blocked) => blocked,
             Err(err) => {
                 tracing::warn!(error = %err, "reading blocked outbox aggregates failed; retrying");
-                self.to_scan.extend(partitions);
+                self.partitions.rescan(partitions);
                 self.scan_retry_at = Instant::now() + DB_RETRY;
                 return;
             }
@@ -838,52 +828,34 @@ impl Engine {
             }
             self.park(&key, park);
         }
-        self.active.extend(partitions.iter().filter(|p| !self.draining.contains(p)));
-        self.counters.partitions.store(self.active.len() as u64, Ordering::Relaxed);
+        self.partitions.activate(&partitions);
+        self.counters.partitions.store(self.partitions.active_count() as u64, Ordering::Relaxed);
         self.rewind(0);
     }
 
     fn on_lease(&mut self, event: LeaseEvent) {
         match event {
             LeaseEvent::Renewed(started) => self.fence.renewed(started, self.config.lease_ttl),
-            LeaseEvent::Acquired(partitions) => {
-                for p in partitions {
-                    self.draining.remove(&p);
-                    self.owned.insert(p);
-                    self.to_scan.insert(p);
-                }
-            }
-            LeaseEvent::Changed(partitions) => {
-                self.to_scan.extend(partitions.into_iter().filter(|p| self.active.contains(p)));
-            }
+            LeaseEvent::Acquired(partitions) => self.partitions.acquired(partitions),
+            LeaseEvent::Changed(partitions) => self.partitions.changed(partitions),
             LeaseEvent::Lost(partitions) => {
                 tracing::warn!(?partitions, "outbox partition leases lost; stopping work on them");
-                for p in &partitions {
-                    self.draining.remove(p);
-                    self.owned.remove(p);
-                    self.to_scan.remove(p);
-                }
+                self.partitions.lost(&partitions);
                 self.drop_partitions(&partitions);
             }
             LeaseEvent::Release(partitions) => {
-                for p in &partitions {
-                    self.owned.remove(p);
-                    self.to_scan.remove(p);
-                }
-                self.draining.extend(&partitions);
+                self.partitions.release(&partitions);
                 self.drop_partitions(&partitions);
                 self.check_drained();
             }
         }
     }
 
-    /// Stops working on `partitions`: queued rows and parks are dropped (they are still pending
-    /// in the database for the next owner); in-flight events finish and are marked.
+    /// Forgets the rows of `partitions`, which are no longer active: queued rows and parks are
+    /// dropped (they are still pending in the database for the next owner); in-flight events
+    /// finish and are marked.
     fn drop_partitions(&mut self, partitions: &[i64]) {
-        for p in partitions {
-            self.active.remove(p);
-        }
-        self.counters.partitions.store(self.active.len() as u64, Ordering::Relaxed);
+        self.counters.partitions.store(self.partitions.active_count() as u64, Ordering::Relaxed);
         let gone: Vec<Arc<str>> = self
             .aggregates
             .iter()
@@ -901,15 +873,12 @@ impl Engine {
 
     /// Tells the keeper which draining partitions have nothing left in memory.
     fn check_drained(&mut self) {
-        if self.draining.is_empty() {
+        if !self.partitions.any_draining() {
             return;
         }
         let busy: HashSet<i64> = self.known.values().copied().collect();
-        let done: Vec<i64> = self.draining.iter().filter(|p| !busy.contains(p)).copied().collect();
+        let done = self.partitions.drained(&busy);
         if !done.is_empty() {
-            for p in &done {
-                self.draining.remove(p);
-            }
             let _ = self.keeper.send(KeeperCommand::Released(done));
         }
     }
@@ -917,7 +886,7 @@ impl Engine {
     /// Graceful shutdown: nothing new is published; queued rows stay pending in the database.
     fn stop(&mut self) {
         self.stopping = true;
-        let all: Vec<i64> = self.active.iter().chain(&self.draining).copied().collect();
+        let all = self.partitions.stop();
         self.drop_partitions(&all);
         self.ready.clear();
     }
@@ -1007,7 +976,7 @@ mod tests {
         engine.on_lease(LeaseEvent::Acquired(vec![0]));
         let _scan = engine.start_scan().expect("a scan of the new partition");
         engine.on_scanned(vec![0], engine.writes_done, Ok(Vec::new()));
-        assert!(engine.active.contains(&0));
+        assert!(engine.partitions.is_active(0));
     }
 
     /// The last attempt of `row_id` failed for good; returns the failure write it made.
@@ -1229,9 +1198,9 @@ mod tests {
         let _scan = engine.start_scan().expect("a scan of the new partition");
         engine.on_lease(LeaseEvent::Lost(vec![0]));
         engine.on_scanned(vec![0], engine.writes_done, Ok(Vec::new()));
-        assert!(!engine.active.contains(&0), "the lost partition is active again");
+        assert!(!engine.partitions.is_active(0), "the lost partition is active again");
         // Nor is it queued to be scanned again after a failed scan.
         engine.on_scanned(vec![0], engine.writes_done, Err(sqlx::Error::PoolTimedOut));
-        assert!(engine.to_scan.is_empty());
+        assert!(!engine.partitions.scan_due());
     }
 }

@@ -27,6 +27,7 @@ mod engine;
 mod fencing;
 mod lease;
 mod low_water;
+mod partitions;
 mod refused;
 mod submit;
 mod subtasks;
