@@ -10,7 +10,7 @@
 
 mod common;
 
-use courier_kafka::{KafkaBus, KafkaConfig};
+use courier_kafka::KafkaBus;
 
 struct Tansu;
 
@@ -19,7 +19,7 @@ impl courier_conformance::Harness for Tansu {
 
     async fn bus(&self) -> KafkaBus {
         common::require_tansu();
-        let config = KafkaConfig::new(common::TANSU).producer_set("batch.num.messages", "1");
+        let config = common::tansu().producer_set("batch.num.messages", "1");
         KafkaBus::connect(config).expect("connect to Tansu")
     }
 

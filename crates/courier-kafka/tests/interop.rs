@@ -8,7 +8,7 @@ use std::process::Command;
 use chrono::{DateTime, Utc};
 use courier_core::wire::{self, WireMode};
 use courier_core::{Bus, Envelope, PublisherConfig, Topic, TopicConfig, TraceContext};
-use courier_kafka::{KafkaBus, KafkaConfig};
+use courier_kafka::KafkaBus;
 use serde_json::Value;
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -31,7 +31,7 @@ fn sample_events() -> Vec<Envelope> {
 /// Publishes `events` in `mode` to a fresh topic and returns what kafka-python read, by event.
 async fn publish_and_read(mode: WireMode, events: &[Envelope]) -> Vec<(Envelope, Value)> {
     common::require_tansu();
-    let bus = KafkaBus::connect(KafkaConfig::new(common::TANSU).wire_mode(mode)).expect("connect");
+    let bus = KafkaBus::connect(common::tansu().wire_mode(mode)).expect("connect");
     let topic = Topic::new(format!("interop-{}", uuid::Uuid::now_v7().simple())).unwrap();
     bus.provision(&TopicConfig::new(topic.clone())).await.expect("provision");
     let publisher = bus.publisher(PublisherConfig::default());

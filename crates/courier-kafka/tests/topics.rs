@@ -3,7 +3,7 @@
 mod common;
 
 use courier_core::{Bus, Envelope, ErrorKind, PublisherConfig, Topic, TopicConfig};
-use courier_kafka::{KafkaBus, KafkaConfig};
+use courier_kafka::KafkaBus;
 
 fn fresh(test: &str) -> TopicConfig {
     TopicConfig::new(Topic::new(format!("kafka-{test}-{}", uuid::Uuid::now_v7().simple())).unwrap())
@@ -12,12 +12,12 @@ fn fresh(test: &str) -> TopicConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_topic_removes_it_and_a_missing_one_is_fine() {
     common::require_tansu();
-    let bus = KafkaBus::connect(KafkaConfig::new(common::TANSU)).unwrap();
+    let bus = KafkaBus::connect(common::tansu()).unwrap();
     let config = fresh("delete");
     bus.provision(&config).await.unwrap();
     bus.delete_topic(config.get_topic()).await.unwrap();
     // With provisioning off, provision only checks that the topic exists.
-    let checker = KafkaBus::connect(KafkaConfig::new(common::TANSU).provision(false)).unwrap();
+    let checker = KafkaBus::connect(common::tansu().provision(false)).unwrap();
     let err = checker.provision(&config).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
     bus.delete_topic(config.get_topic()).await.unwrap();
@@ -38,7 +38,7 @@ async fn the_mock_cluster_refuses_to_delete_naming_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_topic_does_not_answer_duplicates_from_the_deleted_one() {
     common::require_tansu();
-    let bus = KafkaBus::connect(KafkaConfig::new(common::TANSU)).unwrap();
+    let bus = KafkaBus::connect(common::tansu()).unwrap();
     let config = fresh("recreated");
     let topic = config.get_topic().clone();
     let event = Envelope::builder("order", "order-1", "OrderPlaced").payload("{}").build().unwrap();
