@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use super::aggregate::{Aggregate, Park};
+use super::cursor::Cursor;
 use super::fencing::PublishFence;
 use super::lease::{Keeper, KeeperCommand, LeaseEvent};
-use super::low_water::LowWater;
 use super::partitions::Partitions;
 use super::refused::Refused;
 use super::submit::{self, Submission, Unsubmitted};
@@ -135,7 +135,7 @@ pub(crate) async fn run<T: Transport>(
             // A subtask never ends on its own: without it the relay would go on silently idle
             // (no leases) or blind (no wake-ups, no purge). Stop loudly instead.
             ended = tasks.next_end() => return Err(ended.into_error()),
-            () = wake.notified() => engine.wake_pending = true,
+            () = wake.notified() => engine.cursor.wake_pending = true,
             () = tokio::time::sleep_until(timer) => engine.on_timer(),
             _ = stop.changed(), if stop_deadline.is_none() => {
                 stop_deadline = Some(Instant::now() + engine.config.drain_timeout);
@@ -194,20 +194,10 @@ struct Engine {
     queued: usize,
     /// Retry deadlines of parked aggregates (stale entries are skipped).
     timers: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
-    /// Claims read rows after this id; rewound to re-read skipped rows.
-    cursor: i64,
-    /// Where caught-up claims start reading: see [`LowWater`].
-    low_water: LowWater,
+    /// Where claims read from and when the next is due.
+    cursor: Cursor,
     /// Rows of parked aggregates that claims skip until the park is lifted.
     refused: Refused,
-    /// Bumped on every rewind: a claim started before it is discarded, as it may hold rows of an
-    /// aggregate that must resume from an earlier row.
-    epoch: u64,
-    caught_up: bool,
-    wake_pending: bool,
-    last_claim: Instant,
-    /// When a claim last found rows new to this relay; `idle_after` later the relay is idle.
-    last_new_rows: Instant,
     /// Whether the relay is idle, for the NOTIFY listener.
     idle: watch::Sender<bool>,
     next_sweep: Instant,
@@ -241,7 +231,7 @@ impl Engine {
             fence,
             partition_count: i64::from(config.partitions),
             next_sweep: now + config.sweep_interval,
-            low_water: LowWater::new(config.sweep_interval, now),
+            cursor: Cursor::new(&config, now),
             config,
             observer,
             counters,
@@ -253,13 +243,7 @@ impl Engine {
             known: HashMap::new(),
             queued: 0,
             timers: BinaryHeap::new(),
-            cursor: 0,
             refused: Refused::default(),
-            epoch: 0,
-            caught_up: false,
-            wake_pending: false,
-            last_claim: now,
-            last_new_rows: now,
             idle,
             published: Vec::new(),
             failures: Vec::new(),
@@ -284,25 +268,13 @@ impl Engine {
         !self.stopping
             && self.partitions.active_count() > 0
             && self.queued < self.config.batch_size
-            && (!self.caught_up || self.wake_pending || now >= self.last_claim + self.poll_interval(now))
-    }
-
-    /// Backs off in proportion to how long no new rows arrived: a short stall of the writers
-    /// costs little latency, a long idle little database load.
-    fn poll_interval(&self, now: Instant) -> Duration {
-        (now.saturating_duration_since(self.last_new_rows) / 10)
-            .max(self.config.busy_poll_interval)
-            .min(self.config.poll_interval)
-    }
-
-    fn is_idle(&self, now: Instant) -> bool {
-        self.caught_up && now >= self.last_new_rows + self.config.idle_after
+            && self.cursor.due(now)
     }
 
     /// Publishes idle/busy transitions to the NOTIFY listener (a read lock when nothing changed,
     /// as this runs on every turn of the loop).
     fn update_idle(&self, now: Instant) {
-        let idle = self.is_idle(now) && !self.stopping;
+        let idle = self.cursor.is_idle(now) && !self.stopping;
         if *self.idle.borrow() != idle {
             self.idle.send_replace(idle);
         }
@@ -310,32 +282,15 @@ impl Engine {
 
     /// Starts a claim: scan the next pending ids, then fetch the rows this relay should take.
     fn start_claim(&mut self, now: Instant) -> BoxFuture<ClaimStep> {
-        self.wake_pending = false;
-        self.last_claim = now;
-        let after_id = self.scan_from(now);
+        let after_id = self.cursor.start(now);
         // Other relays' rows are skipped, so scan proportionally further.
         let share = (self.partition_count as usize / self.partitions.active_count().max(1)).clamp(1, 10);
         let limit = (self.config.batch_size * share) as i64;
-        let (store, epoch) = (self.store.clone(), self.epoch);
+        let (store, epoch) = (self.store.clone(), self.cursor.epoch);
         Box::pin(async move {
             let ids = store.scan_pending(after_id, limit).await;
             ClaimStep::Scanned { epoch, from: after_id, ids, limit: limit as usize }
         })
-    }
-
-    /// The id a claim starting at `now` reads after: the cursor, or once caught up the low-water
-    /// mark, so that rows whose transaction committed after rows with higher ids had been read
-    /// (a commit-order gap) are found at the next wake-up if their transaction took less than
-    /// `sweep_interval`, and at the next sweep otherwise. Not the oldest pending row: the rows
-    /// parked behind a failed event would be read again at every poll.
-    fn scan_from(&mut self, now: Instant) -> i64 {
-        let low_water = self.low_water.mark(now);
-        if self.caught_up {
-            // Below the mark only after a failed claim, which must re-read its rows.
-            low_water.min(self.cursor)
-        } else {
-            self.cursor
-        }
     }
 
     /// Advances a claim; returns its next step, or `None` when it is complete.
@@ -345,12 +300,11 @@ impl Engine {
             | ClaimStep::Fetched { from, rows: Err(err), .. } => {
                 tracing::warn!(error = %err, "claiming outbox rows failed");
                 // Its rows were never taken: re-read them at the next poll.
-                self.cursor = self.cursor.min(from);
-                self.caught_up = true;
+                self.cursor.failed(from);
                 None
             }
             ClaimStep::Scanned { epoch, from, .. } | ClaimStep::Fetched { epoch, from, .. }
-                if epoch != self.epoch =>
+                if epoch != self.cursor.epoch =>
             {
                 if let ClaimStep::Fetched { rows: Ok(rows), .. } = &step {
                     // Refusing needs no order: a fetch slower than the sweep interval is
@@ -360,8 +314,7 @@ impl Engine {
                     }
                 }
                 // Its rows were never taken: they must be read again, not left behind the cursor.
-                self.cursor = self.cursor.min(from);
-                self.caught_up = false;
+                self.cursor.discarded(from);
                 None
             }
             ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit } => self.choose(epoch, from, &ids, limit),
@@ -391,28 +344,25 @@ impl Engine {
         ids: &[(i64, i64)],
         limit: usize,
     ) -> Option<BoxFuture<ClaimStep>> {
-        self.caught_up = ids.len() < limit;
-        if let Some(&(last, _)) = ids.last() {
-            self.low_water.saw(last);
-        }
+        self.cursor.scanned(ids.len(), limit, ids.last().map(|&(last, _)| last));
         let mut wanted = Vec::new();
         for &(id, shard) in ids {
-            self.cursor = id;
-            if self.partitions.is_active(shard % self.partition_count)
+            let wants = self.partitions.is_active(shard % self.partition_count)
                 && !self.known.contains_key(&id)
-                && !self.refused.contains(id)
-            {
+                && !self.refused.contains(id);
+            if wants {
                 wanted.push(id);
-                if wanted.len() == self.config.batch_size {
-                    self.caught_up = false;
-                    break;
-                }
+            }
+            let full = wanted.len() == self.config.batch_size;
+            self.cursor.passed(id, full);
+            if full {
+                break;
             }
         }
         if wanted.is_empty() {
             return None;
         }
-        self.last_new_rows = Instant::now();
+        self.cursor.found_new_rows(Instant::now());
         let query = ClaimQuery { ids: wanted, owner: self.owner_check() };
         let store = self.store.clone();
         Some(Box::pin(
@@ -669,9 +619,7 @@ impl Engine {
     /// Re-reads from `after_id`; rows already in memory, or refused for a park that holds, are
     /// skipped by id.
     fn rewind(&mut self, after_id: i64) {
-        self.cursor = self.cursor.min(after_id);
-        self.epoch += 1;
-        self.caught_up = false;
+        self.cursor.rewind(after_id);
     }
 
     fn next_timer(&self, now: Instant, stop_deadline: Option<Instant>) -> Instant {
@@ -679,10 +627,10 @@ impl Engine {
         if let Some(Reverse((at, _))) = self.timers.peek() {
             next = next.min(*at);
         }
-        if self.caught_up && !self.stopping {
-            next = next.min(self.last_claim + self.poll_interval(now));
-            if !self.is_idle(now) {
-                next = next.min(self.last_new_rows + self.config.idle_after);
+        if self.cursor.caught_up && !self.stopping {
+            next = next.min(self.cursor.next_poll(now));
+            if !self.cursor.is_idle(now) {
+                next = next.min(self.cursor.idle_since());
             }
         }
         if !self.writes_empty() {
@@ -1008,7 +956,7 @@ mod tests {
     /// A claim whose scan finds `rows` and whose fetch returns those it asked for, standing in
     /// for the database (the engine's futures are never polled); says whether it fetched any.
     fn claim(engine: &mut Engine, rows: &[ClaimedRow]) -> bool {
-        let (epoch, from) = (engine.epoch, engine.cursor);
+        let (epoch, from) = (engine.cursor.epoch, engine.cursor.after);
         let ids = rows.iter().map(|r| (r.id, r.shard)).collect();
         let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit: 1000 };
         if engine.on_claim_step(scanned).is_none() {
@@ -1055,7 +1003,7 @@ mod tests {
     async fn rows_fetched_by_a_discarded_claim_are_refused_behind_a_park() {
         let (mut engine, _) = parked_behind_a_dead_head().await;
         let behind = [row("stuck", 4), row("stuck", 5)];
-        let (epoch, from) = (engine.epoch, engine.cursor);
+        let (epoch, from) = (engine.cursor.epoch, engine.cursor.after);
         let ids = behind.iter().map(|r| (r.id, r.shard)).collect();
         let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit: 1000 };
         assert!(engine.on_claim_step(scanned).is_some());
@@ -1117,13 +1065,13 @@ mod tests {
         own_partition_zero(&mut engine);
         let (t0, horizon) = (Instant::now(), engine.config.sweep_interval);
         assert!(claim(&mut engine, &[row("a", 1), row("b", 2), row("c", 3)]));
-        assert!(engine.caught_up);
-        assert_eq!(engine.scan_from(t0), 0, "nothing was read a horizon ago");
-        assert_eq!(engine.scan_from(t0 + horizon), 0, "row 3 was read less than a horizon ago");
-        assert_eq!(engine.scan_from(t0 + horizon * 2), 3, "a caught-up claim re-reads old rows");
+        assert!(engine.cursor.caught_up);
+        assert_eq!(engine.cursor.start(t0), 0, "nothing was read a horizon ago");
+        assert_eq!(engine.cursor.start(t0 + horizon), 0, "row 3 was read less than a horizon ago");
+        assert_eq!(engine.cursor.start(t0 + horizon * 2), 3, "a caught-up claim re-reads old rows");
         // A sweep still reads from the oldest row.
         engine.rewind(0);
-        assert_eq!(engine.scan_from(t0 + horizon * 2), 0);
+        assert_eq!(engine.cursor.start(t0 + horizon * 2), 0);
     }
 
     /// A claim whose fetch failed after its scan moved the cursor on: its rows are read again
@@ -1134,17 +1082,17 @@ mod tests {
         own_partition_zero(&mut engine);
         let (t0, horizon) = (Instant::now(), engine.config.sweep_interval);
         assert!(claim(&mut engine, &[row("a", 100)]));
-        engine.scan_from(t0 + horizon);
-        assert_eq!(engine.scan_from(t0 + horizon * 2), 100);
+        engine.cursor.start(t0 + horizon);
+        assert_eq!(engine.cursor.start(t0 + horizon * 2), 100);
         // A sweep finds rows 10 and 20 (committed late); their fetch fails.
         engine.rewind(0);
-        let (epoch, from) = (engine.epoch, engine.scan_from(t0 + horizon * 2));
+        let (epoch, from) = (engine.cursor.epoch, engine.cursor.start(t0 + horizon * 2));
         let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(vec![(10, 0), (20, 0)]), limit: 1000 };
         assert!(engine.on_claim_step(scanned).is_some());
         let failed = ClaimStep::Fetched { epoch, from, rows: Err(sqlx::Error::PoolTimedOut) };
         assert!(engine.on_claim_step(failed).is_none());
-        assert!(engine.caught_up);
-        assert_eq!(engine.scan_from(t0 + horizon * 2), 0, "the failed claim's rows are skipped");
+        assert!(engine.cursor.caught_up);
+        assert_eq!(engine.cursor.start(t0 + horizon * 2), 0, "the failed claim's rows are skipped");
     }
 
     /// A scan that read the row while it was still pending must not lift its dead park, or the

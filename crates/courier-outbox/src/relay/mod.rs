@@ -23,6 +23,7 @@
 //! can expire.
 
 mod aggregate;
+mod cursor;
 mod engine;
 mod fencing;
 mod lease;
