@@ -204,3 +204,34 @@ async fn a_shutdown_that_times_out_keeps_the_leases_of_events_in_flight() {
     let shard: i64 = sqlx::query_scalar("SELECT shard FROM courier_outbox").fetch_one(&pool).await.unwrap();
     assert_eq!(held, vec![shard % 16], "only the partition with the event in flight stays leased");
 }
+
+/// A publish that waits for room in the client (librdkafka's queue full while the broker is
+/// down) must not hold up the relay: it once waited inside the engine's loop, which then
+/// handled neither lease losses nor a shutdown until every queued submit had timed out (30 s
+/// each here). The bound below is a liveness check, a tenth of that, not a performance figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_waiting_for_room_does_not_hold_up_a_shutdown() {
+    let bus = KafkaBus::connect(
+        KafkaConfig::mock(1)
+            .producer_set("queue.buffering.max.messages", "1")
+            .queue_full_timeout(Duration::from_secs(30))
+            .delivery_timeout(Duration::from_secs(1))
+            .flush_timeout(Duration::from_millis(200)),
+    )
+    .expect("mock cluster");
+    let topic = topic();
+    bus.provision(&TopicConfig::new(topic.clone())).await.unwrap();
+    let (_db, store) = TestDb::create(Kind::Postgres).await;
+    let config = fast_config().lease_ttl(Duration::from_secs(60)).drain_timeout(Duration::from_millis(200));
+    let relay = Relay::new(store.clone(), bus.clone(), config).start();
+    eventually(WAIT, "the relay to hold every partition", || async { relay.stats().partitions == 16 }).await;
+
+    MockBroker(&bus).hold();
+    let events: Vec<_> = (0..4).map(|a| event(&format!("agg-{a}"), 0)).collect();
+    enqueue_tx(&store, &topic, &events, true).await.unwrap();
+    // One event fills librdkafka's queue; the next waits for room.
+    eventually(WAIT, "events in flight", || async { relay.stats().in_flight >= 2 }).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(3), relay.shutdown()).await;
+    MockBroker(&bus).release();
+    assert!(stopped.is_ok(), "the shutdown waited for a publish stuck in the client");
+}
