@@ -388,7 +388,7 @@ impl Engine {
             // An older row of this aggregate committed after the cursor passed its id: re-read
             // from it, so that this row does not overtake it.
             self.remove_if_idle(&key);
-            self.rewind(previous - 1);
+            self.cursor.rewind(previous - 1);
             return;
         }
         self.known.insert(row.id, partition);
@@ -608,20 +608,13 @@ impl Engine {
             aggregate.park = None;
             self.refused.forget(&key);
             self.remove_if_idle(&key);
-            self.rewind(park.row_id - 1);
+            self.cursor.rewind(park.row_id - 1);
         }
         if now >= self.next_sweep {
             self.next_sweep = now + self.config.sweep_interval;
-            self.rewind(0);
+            self.cursor.rewind(0);
         }
     }
-
-    /// Re-reads from `after_id`; rows already in memory, or refused for a park that holds, are
-    /// skipped by id.
-    fn rewind(&mut self, after_id: i64) {
-        self.cursor.rewind(after_id);
-    }
-
     fn next_timer(&self, now: Instant, stop_deadline: Option<Instant>) -> Instant {
         let mut next = self.next_sweep;
         if let Some(Reverse((at, _))) = self.timers.peek() {
@@ -778,7 +771,7 @@ impl Engine {
         }
         self.partitions.activate(&partitions);
         self.counters.partitions.store(self.partitions.active_count() as u64, Ordering::Relaxed);
-        self.rewind(0);
+        self.cursor.rewind(0);
     }
 
     fn on_lease(&mut self, event: LeaseEvent) {
@@ -989,7 +982,7 @@ mod tests {
     #[tokio::test]
     async fn rows_refused_behind_a_park_are_not_fetched_again_while_it_holds() {
         let (mut engine, behind) = parked_behind_a_dead_head().await;
-        engine.rewind(0);
+        engine.cursor.rewind(0);
         assert!(!claim(&mut engine, &behind), "the refused rows were fetched again");
         // Other aggregates' rows are still fetched.
         assert!(claim(&mut engine, &[row("stuck", 2), row("healthy", 4)]));
@@ -1007,7 +1000,7 @@ mod tests {
         let ids = behind.iter().map(|r| (r.id, r.shard)).collect();
         let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit: 1000 };
         assert!(engine.on_claim_step(scanned).is_some());
-        engine.rewind(0);
+        engine.cursor.rewind(0);
         let fetched = behind.iter().map(|r| row(&r.aggregate_id, r.id)).collect();
         assert!(engine.on_claim_step(ClaimStep::Fetched { epoch, from, rows: Ok(fetched) }).is_none());
         assert!(!claim(&mut engine, &behind), "the rows read by the discarded claim were fetched again");
@@ -1038,7 +1031,7 @@ mod tests {
         engine.on_written(Vec::new(), failures, Ok(()), false);
         let behind = [row("stuck", 2), row("stuck", 3)];
         assert!(claim(&mut engine, &behind));
-        engine.rewind(0);
+        engine.cursor.rewind(0);
         assert!(!claim(&mut engine, &behind), "the refused rows were fetched again");
         tokio::time::advance(Duration::from_secs(3600)).await;
         engine.on_timer();
@@ -1070,7 +1063,7 @@ mod tests {
         assert_eq!(engine.cursor.start(t0 + horizon), 0, "row 3 was read less than a horizon ago");
         assert_eq!(engine.cursor.start(t0 + horizon * 2), 3, "a caught-up claim re-reads old rows");
         // A sweep still reads from the oldest row.
-        engine.rewind(0);
+        engine.cursor.rewind(0);
         assert_eq!(engine.cursor.start(t0 + horizon * 2), 0);
     }
 
@@ -1085,7 +1078,7 @@ mod tests {
         engine.cursor.start(t0 + horizon);
         assert_eq!(engine.cursor.start(t0 + horizon * 2), 100);
         // A sweep finds rows 10 and 20 (committed late); their fetch fails.
-        engine.rewind(0);
+        engine.cursor.rewind(0);
         let (epoch, from) = (engine.cursor.epoch, engine.cursor.start(t0 + horizon * 2));
         let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(vec![(10, 0), (20, 0)]), limit: 1000 };
         assert!(engine.on_claim_step(scanned).is_some());

@@ -70,22 +70,25 @@ impl Partitions {
 
     /// The leases of `partitions` are gone: stop at once (the caller drops their rows).
     pub(super) fn lost(&mut self, partitions: &[i64]) {
+        self.give_up(partitions);
         for p in partitions {
             self.draining.remove(p);
-            self.owned.remove(p);
-            self.to_scan.remove(p);
-            self.active.remove(p);
         }
     }
 
     /// `partitions` are to be handed over: drain them (the caller drops their queued rows).
     pub(super) fn release(&mut self, partitions: &[i64]) {
+        self.give_up(partitions);
+        self.draining.extend(partitions);
+    }
+
+    /// No longer owned, scanned or published, whether lost or handed over.
+    fn give_up(&mut self, partitions: &[i64]) {
         for p in partitions {
             self.owned.remove(p);
             self.to_scan.remove(p);
             self.active.remove(p);
         }
-        self.draining.extend(partitions);
     }
 
     /// Stops publishing in every partition (graceful shutdown); returns those it worked on.
