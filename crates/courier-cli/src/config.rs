@@ -11,6 +11,7 @@ use courier_core::wire::WireMode;
 use serde::Deserialize;
 
 use crate::bus_url::BusUrl;
+use crate::secret::{self, Secret};
 
 /// Where a service command's configuration comes from: defaults, then --config, then COURIER_*
 /// variables, then these flags.
@@ -56,6 +57,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Database {
     pub url: String,
+    /// Set into `url`'s user info at connect time, so the URL itself can be shown and logged.
+    pub password: Secret,
+    pub password_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,7 +174,9 @@ fn merge(base: &mut toml::Table, overlay: toml::Table, prefix: &str) -> anyhow::
     for (key, value) in overlay {
         let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(inner)), toml::Value::Table(value)) if path != "topics.map" => {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(value))
+                if !FREE_FORM.contains(&path.as_str()) =>
+            {
                 merge(inner, value, &path)?
             }
             (Some(slot), value) => *slot = value,
@@ -181,6 +187,15 @@ fn merge(base: &mut toml::Table, overlay: toml::Table, prefix: &str) -> anyhow::
     }
     Ok(())
 }
+
+/// `text` percent-encoded for a URL's user info. `url` leaves `%` as it is (it takes it for an
+/// escape), while the database drivers decode it, so everything but letters and digits is encoded.
+fn encoded(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Tables whose keys are the user's (aggregate types), not Courier's: any key may be set in them.
+const FREE_FORM: &[&str] = &["topics.map"];
 
 /// The separator of environment overrides: `COURIER_RELAY__BATCH_SIZE` sets `relay.batch_size`.
 /// A single underscore could not tell Courier's settings from the variables Kubernetes injects
@@ -205,42 +220,74 @@ fn apply_env(
         }
         let path: Vec<String> = rest.to_ascii_lowercase().split(ENV_SEPARATOR).map(str::to_owned).collect();
         let key = path.join(".");
-        let table = match path.as_slice() {
-            [section, key] => {
-                config.get_mut(section).and_then(toml::Value::as_table_mut).filter(|t| t.contains_key(key))
-            }
-            [topics, map, _] if topics == "topics" && map == "map" => {
-                config.get_mut("topics").and_then(|t| t.get_mut("map")).and_then(toml::Value::as_table_mut)
-            }
-            _ => None,
-        };
-        let Some(table) = table else {
+        let Some(table) = parent_table(config, &path) else {
             anyhow::bail!(
                 "unknown environment override {name}: `{key}` is not a configuration key (every key is listed \
-                 in reference.toml; overrides are COURIER_<SECTION>__<KEY>)"
+                 in reference.toml; overrides are COURIER_<SECTION>__<KEY>, COURIER_<SECTION>__<TABLE>__<KEY> \
+                 for nested tables)"
             );
         };
-        let value = format!("v = {raw}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .filter(|v| !v.is_table())
-            .unwrap_or(toml::Value::String(raw));
-        table.insert(path.last().expect("two parts at least").clone(), value);
+        let last = path.last().expect("parent_table found one part at least").clone();
+        // A string key takes the text as it is: a password `123` or `true` must stay a string.
+        let value = match table.get(&last) {
+            Some(toml::Value::String(_)) | None => toml::Value::String(raw),
+            Some(_) => format!("v = {raw}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .filter(|v| !v.is_table())
+                .unwrap_or(toml::Value::String(raw)),
+        };
+        table.insert(last, value);
         applied.insert(key, name);
     }
     Ok((applied, ignored))
 }
 
+/// The table that holds the value at `path`, if `path` names a configuration value: each table on
+/// the way must exist, and so must the value, unless its table is free-form.
+fn parent_table<'a>(config: &'a mut toml::Table, path: &[String]) -> Option<&'a mut toml::Table> {
+    let (last, parents) = path.split_last()?;
+    let free_form = FREE_FORM.contains(&parents.join(".").as_str());
+    let mut table = config;
+    for part in parents {
+        table = table.get_mut(part)?.as_table_mut()?;
+    }
+    (free_form || table.get(last).is_some_and(|value| !value.is_table())).then_some(table)
+}
+
 impl Config {
     /// The outbox store of `database.url`, with its tables created or upgraded.
     pub async fn connect_store(&self) -> anyhow::Result<courier_outbox::Store> {
-        let url = &self.database.url;
-        let shown = courier_core::redact_url(url);
-        let store =
-            courier_outbox::Store::connect(url).await.with_context(|| format!("connecting to {shown}"))?;
+        let shown = courier_core::redact_url(&self.database.url);
+        let store = courier_outbox::Store::connect(&self.database_url()?)
+            .await
+            .with_context(|| format!("connecting to {shown}"))?;
         store.migrate().await.with_context(|| format!("migrating the outbox tables in {shown}"))?;
         Ok(store)
+    }
+
+    /// `database.url`, with the password of `database.password` or `database.password_file` set in
+    /// its user info (percent-encoded, so any character may appear in it).
+    fn database_url(&self) -> anyhow::Result<String> {
+        let database = &self.database;
+        let Some(password) =
+            secret::resolve("database.password", &database.password, &database.password_file)?
+        else {
+            return Ok(database.url.clone());
+        };
+        let shown = courier_core::redact_url(&database.url);
+        let mut url =
+            url::Url::parse(&database.url).with_context(|| format!("database.url {shown} is not a URL"))?;
+        anyhow::ensure!(
+            url.password().is_none(),
+            "database.url {shown} has a password and database.password is set too; set one of them"
+        );
+        anyhow::ensure!(
+            !url.username().is_empty() && url.set_password(Some(&encoded(password.expose()))).is_ok(),
+            "database.password needs a user name and host in database.url ({shown})"
+        );
+        Ok(url.into())
     }
 
     /// The relay settings this configuration describes.
@@ -361,5 +408,52 @@ mod tests {
         );
         let err = load_str("[http]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
+        for (variable, key) in
+            [("COURIER_TOPICS__MAP", "topics.map"), ("COURIER_RELAY__BATCH_SIZE__X", "relay.batch_size.x")]
+        {
+            let err = load_str("", &[(variable, "1")]).unwrap_err().to_string();
+            assert!(err.contains(&format!("unknown environment override {variable}: `{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn string_keys_take_environment_text_as_it_is() {
+        let c =
+            load_str("", &[("COURIER_DATABASE__PASSWORD", "123"), ("COURIER_TOPICS__MAP__ORDER", "true")])
+                .unwrap();
+        assert_eq!(c.database.password.expose(), "123");
+        assert_eq!(c.topics.map["order"], "true");
+    }
+
+    #[test]
+    fn the_database_password_is_set_into_the_url_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db-password");
+        std::fs::write(&file, "p@ss:w/rd%\n").unwrap();
+        let file = file.to_str().unwrap();
+        let c =
+            load_str("", &[("COURIER_DATABASE__URL", "postgres://app@db:5432/app?sslmode=require")]).unwrap();
+        assert_eq!(
+            c.database_url().unwrap(),
+            "postgres://app@db:5432/app?sslmode=require",
+            "no password set"
+        );
+        let c = load_str(
+            "[database]\nurl = \"postgres://app@db:5432/app?sslmode=require\"\n",
+            &[("COURIER_DATABASE__PASSWORD_FILE", file)],
+        )
+        .unwrap();
+        assert_eq!(
+            c.database_url().unwrap(),
+            "postgres://app:p%40ss%3Aw%2Frd%25@db:5432/app?sslmode=require"
+        );
+        let c = load_str("[database]\nurl = \"mysql://app:old@db/app\"\npassword = \"new\"\n", &[]).unwrap();
+        let err = c.database_url().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "database.url mysql://app:***@db/app has a password and database.password is set too; set one of them"
+        );
+        let c = load_str("[database]\nurl = \"postgres://db/app\"\npassword = \"pw\"\n", &[]).unwrap();
+        assert!(c.database_url().unwrap_err().to_string().contains("needs a user name"));
     }
 }

@@ -9,6 +9,7 @@ mod demo;
 mod exit;
 mod http;
 mod report;
+mod secret;
 mod serve;
 mod telemetry;
 
