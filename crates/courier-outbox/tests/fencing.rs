@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use common::{consume, enqueue_tx, event, eventually, fast_config, topic, FreezableProxy, Kind, TestDb};
 use courier_conformance::nats_server::PrivateServer;
-use courier_core::{Bus, Topic, TopicConfig};
+use courier_core::{Bus, MemoryBus, Topic, TopicConfig};
 use courier_kafka::{KafkaBus, KafkaConfig};
 use courier_nats::{NatsBus, NatsConfig};
+use courier_outbox::testing::MarkGate;
 use courier_outbox::{Relay, RelayConfig, RelayHandle, Store};
+use sqlx::Connection as _;
 
 const AGGREGATES: usize = 20;
 /// Events per aggregate in each of the two batches.
@@ -234,4 +236,36 @@ async fn a_publish_waiting_for_room_does_not_hold_up_a_shutdown() {
     let stopped = tokio::time::timeout(Duration::from_secs(3), relay.shutdown()).await;
     MockBroker(&bus).release();
     assert!(stopped.is_ok(), "the shutdown waited for a publish stuck in the client");
+}
+
+/// Lease renewals have a connection of their own. They once shared the relay's pool, so a
+/// relay whose claim and mark both waited on a lock of the outbox table (a migration, a
+/// `VACUUM FULL`, an application's `LOCK TABLE`) could not renew either, and lost every lease
+/// for a wait that touched no lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_renewed_while_every_outbox_statement_waits_on_a_lock() {
+    let (db, store) = TestDb::create(Kind::Postgres).await;
+    let topic = topic();
+    let gate = MarkGate::held();
+    let relay = Relay::new(store.clone(), MemoryBus::default(), config("relay-a").connections(2))
+        .mark_gate(&gate)
+        .start();
+    eventually(WAIT, "the relay to hold every partition", || async { relay.stats().partitions == 16 }).await;
+    enqueue_tx(&store, &topic, &[event("agg-0", 0)], true).await.unwrap();
+    eventually(WAIT, "the event to be acknowledged", || async { relay.stats().published == 1 }).await;
+
+    // The next claim waits on the lock, and so does the mark once the gate lets it go: both of
+    // the relay's pooled connections wait.
+    let mut lock = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE courier_outbox IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    gate.release();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(relay.stats().partitions, 16, "leases were lost while outbox statements waited on a lock");
+
+    sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
+    eventually(WAIT, "the row to be marked", || async { pending(&store).await == 0 }).await;
+    relay.shutdown().await.unwrap();
 }

@@ -62,7 +62,9 @@ pub(crate) async fn run<T: Transport>(
     tasks.spawn(
         "lease keeper",
         Keeper {
-            store: store.clone(),
+            // Renewals must not queue for a connection behind claims and marks, which may wait
+            // on a lock of the outbox table for longer than the lease.
+            store: store.dedicated(1),
             owner: config.instance_id.clone(),
             partitions: config.partitions,
             ttl: config.lease_ttl,
