@@ -182,6 +182,9 @@ pub(super) fn decode(headers: &[(String, String)], body: &[u8]) -> Result<Envelo
             builder = builder.header(k, v);
         }
     }
+    if document.event_id.trim().is_empty() {
+        return Err(malformed("event_id must not be empty".to_owned()));
+    }
     builder = match document.event_id.parse::<EventId>() {
         Ok(id) => builder.event_id(id),
         // The reference system made ids like "aggregate:type:version:nanos"; map them to a stable
@@ -434,6 +437,7 @@ mod tests {
             ),
             (REFERENCE.replace(r#""aggregate_id":"order-7""#, r#""aggregate_id":"order 7""#), "aggregate_id"),
             (REFERENCE.replace(r#""event_version":3"#, r#""event_version":0"#), "event_version"),
+            (REFERENCE.replace("019c4a3e-8f1a-7b2c-9d3e-4f5a6b7c8d9e", " "), "event_id must not be empty"),
             (REFERENCE.replace(r#"{"total":7,"items":["a","b"]}}"#, r#"{"total":7"#), "EOF"),
         ];
         for (body, problem) in cases {
