@@ -22,7 +22,8 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 /// A user header with one of them would be read as the event's metadata or obeyed by the server.
 pub const RESERVED_HEADER_PREFIXES: &[&str] = &["ce_", "ce-", "x-event-", "nats-", "courier-"];
 /// Other header names Courier writes in JSON-envelope mode, reserved like the prefixes.
-const RESERVED_HEADER_NAMES: &[&str] = &["x-aggregate-id", "x-aggregate-type"];
+const RESERVED_HEADER_NAMES: &[&str] =
+    &["x-aggregate-id", "x-aggregate-type", "x-trace-id", "x-correlation-id", "x-tenant-id"];
 
 /// Whether `name` is reserved for Courier and the brokers (see [`RESERVED_HEADER_PREFIXES`]).
 pub fn is_reserved_header(name: &str) -> bool {
@@ -113,7 +114,9 @@ impl Envelope {
     pub fn correlation_id(&self) -> Option<&str> {
         self.correlation_id.as_deref()
     }
-    /// The tenant the event belongs to, for multi-tenant consumers.
+    /// The tenant the event belongs to, for multi-tenant consumers. It travels as the
+    /// CloudEvents `tenant` attribute, or as the reference envelope's `tenant_id` and
+    /// `X-Tenant-ID` (see [`wire`](crate::wire)), and reads back the same in either mode.
     pub fn tenant(&self) -> Option<&str> {
         self.tenant.as_deref()
     }
@@ -226,7 +229,7 @@ impl EnvelopeBuilder {
         if let Some(name) = builder.envelope.headers.keys().find(|name| is_reserved_header(name)) {
             return Err(ValidationError::new(
                 "headers",
-                format!("header name {name:?} is reserved for Courier and the brokers (ce_*, ce-*, X-Event-*, Nats-*, courier-*)"),
+                format!("header name {name:?} is reserved for Courier and the brokers (ce_*, ce-*, X-Event-*, Nats-*, courier-*, and the reference envelope's X-Aggregate-ID, X-Aggregate-Type, X-Trace-ID, X-Correlation-ID, X-Tenant-ID)"),
             ));
         }
         builder.validate()
@@ -477,6 +480,9 @@ mod tests {
             "nats-expected-stream",
             "courier-x",
             "X-Aggregate-Type",
+            "X-Tenant-ID",
+            "x-trace-id",
+            "X-Correlation-ID",
         ] {
             let err = valid().header(name, "v").build().unwrap_err();
             assert_eq!(err.field, "headers");

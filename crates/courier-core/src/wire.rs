@@ -2,13 +2,13 @@
 //! payload as the body) and the reference system's JSON envelope. Consumers detect the mode from
 //! the headers, so both can flow through one topic during a migration.
 
+mod reference;
+
 use std::borrow::Cow;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::{Envelope, Error, ErrorKind, EventId, TraceContext};
 
@@ -19,8 +19,8 @@ pub enum WireMode {
     /// CloudEvents binary content mode: `ce*` headers, the payload untouched as the body.
     #[default]
     CloudEvents,
-    /// The reference system's JSON envelope as the body, plus its `X-Event-*` headers, for
-    /// consumers that read that format.
+    /// The reference system's JSON envelope as the body (a JSON payload embedded as JSON), plus
+    /// its `X-*` headers, for consumers that read that format.
     JsonEnvelope,
 }
 
@@ -78,8 +78,17 @@ pub const X_EVENT_VERSION: &str = "X-Event-Version";
 /// JSON-envelope mode header carrying the aggregate type, which the JSON envelope itself lacks
 /// (Courier's addition to the reference system's headers).
 pub const X_AGGREGATE_TYPE: &str = "X-Aggregate-Type";
+/// JSON-envelope mode header carrying the trace id (the reference envelope's `trace_id`).
+pub const X_TRACE_ID: &str = "X-Trace-ID";
+/// JSON-envelope mode header carrying the correlation id.
+pub const X_CORRELATION_ID: &str = "X-Correlation-ID";
+/// JSON-envelope mode header carrying the tenant (the reference envelope's `tenant_id`).
+pub const X_TENANT_ID: &str = "X-Tenant-ID";
 /// Set when a decoded JSON envelope's event id was not a UUID; holds the original string.
 pub const ORIGINAL_EVENT_ID_HEADER: &str = "courier-original-event-id";
+/// Set when a decoded JSON envelope has a `trace_id` but no W3C `traceparent` to make a trace
+/// context of; holds that trace id, which JSON-envelope mode writes back as `trace_id`.
+pub const TRACE_ID_HEADER: &str = "courier-trace-id";
 
 /// `source` is this prefix plus the aggregate type, so decode recovers the type from it.
 const SOURCE_PREFIX: &str = "/courier/";
@@ -110,36 +119,6 @@ ce_attributes! {
     tracestate: "tracestate",
     correlationid: "correlationid",
     tenant: "tenant",
-}
-
-/// The reference system's JSON envelope (Go `[]byte` payload, so base64 in JSON).
-#[derive(Debug, Serialize, Deserialize)]
-struct JsonEnvelope {
-    event_id: String,
-    aggregate_id: String,
-    event_type: String,
-    event_version: i64,
-    #[serde(with = "base64_bytes")]
-    payload: Vec<u8>,
-    timestamp: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    trace_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    correlation_id: Option<String>,
-}
-
-mod base64_bytes {
-    use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = Option::<String>::deserialize(d)?.unwrap_or_default();
-        base64::engine::general_purpose::STANDARD.decode(text).map_err(serde::de::Error::custom)
-    }
 }
 
 /// Encodes `envelope` for a broker using `style`'s header names: the headers go to `sink`, the
@@ -177,27 +156,7 @@ pub fn encode(envelope: &Envelope, mode: WireMode, style: HeaderStyle, sink: &mu
             }
             envelope.payload().clone()
         }
-        WireMode::JsonEnvelope => {
-            sink.put_static(X_EVENT_ID, event_id);
-            sink.put_static(X_AGGREGATE_ID, envelope.aggregate_id());
-            sink.put_static(X_EVENT_TYPE, envelope.event_type());
-            sink.put_static(X_EVENT_VERSION, version);
-            sink.put_static(X_AGGREGATE_TYPE, envelope.aggregate_type());
-            if let Some(trace) = envelope.trace() {
-                sink.put_static("traceparent", trace.traceparent());
-            }
-            let reference = JsonEnvelope {
-                event_id: event_id.to_owned(),
-                aggregate_id: envelope.aggregate_id().into(),
-                event_type: envelope.event_type().into(),
-                event_version: envelope.event_version(),
-                payload: envelope.payload().to_vec(),
-                timestamp: envelope.timestamp(),
-                trace_id: envelope.trace().map(|t| t.trace_id().to_owned()),
-                correlation_id: envelope.correlation_id().map(str::to_owned),
-            };
-            Bytes::from(serde_json::to_vec(&reference).expect("the reference envelope always serializes"))
-        }
+        WireMode::JsonEnvelope => reference::encode(envelope, event_id, version, sink),
     }
 }
 
@@ -237,7 +196,7 @@ pub fn decode(headers: &[(String, String)], body: Bytes) -> Result<Envelope, Err
         .find(|s| find(&format!("{}specversion", s.prefix())).is_some());
     match style {
         Some(style) => decode_cloudevents(headers, body, style.prefix()),
-        None => decode_json_envelope(headers, &body),
+        None => reference::decode(headers, &body),
     }
 }
 
@@ -283,43 +242,6 @@ fn decode_cloudevents(headers: &[(String, String)], body: Bytes, p: &str) -> Res
 /// (other producers' sources end with some name at best).
 fn aggregate_type_of(source: &str) -> &str {
     source.strip_prefix(SOURCE_PREFIX).unwrap_or_else(|| source.rsplit('/').next().unwrap_or(source))
-}
-
-fn decode_json_envelope(headers: &[(String, String)], body: &[u8]) -> Result<Envelope, Error> {
-    let reference: JsonEnvelope = serde_json::from_slice(body)
-        .map_err(|e| malformed(format!("body is neither CloudEvents nor a reference JSON envelope: {e}")))?;
-    let header =
-        |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
-    let mut builder = Envelope::builder(
-        header(X_AGGREGATE_TYPE).unwrap_or("unknown"),
-        reference.aggregate_id,
-        reference.event_type,
-    )
-    .event_version(reference.event_version)
-    .payload(reference.payload)
-    .timestamp(reference.timestamp);
-    builder = match reference.event_id.parse::<EventId>() {
-        Ok(id) => builder.event_id(id),
-        // The reference system made ids like "aggregate:type:version:nanos"; map them to a stable
-        // UUID so de-duplication still works, and keep the original.
-        Err(_) => builder
-            .event_id(EventId::from_uuid(Uuid::new_v5(&Uuid::NAMESPACE_OID, reference.event_id.as_bytes())))
-            .header(ORIGINAL_EVENT_ID_HEADER, reference.event_id.clone()),
-    };
-    if let Some(tp) = header("traceparent") {
-        builder = builder.trace(TraceContext::new(tp, None)?);
-    }
-    if let Some(id) = reference.correlation_id.filter(|id| !id.is_empty()) {
-        builder = builder.correlation_id(id);
-    }
-    let envelope_headers =
-        [X_EVENT_ID, X_AGGREGATE_ID, X_EVENT_TYPE, X_EVENT_VERSION, X_AGGREGATE_TYPE, "traceparent"];
-    for (k, v) in headers {
-        if !envelope_headers.iter().any(|r| k.eq_ignore_ascii_case(r)) && !is_broker_header(k) {
-            builder = builder.header(k, v);
-        }
-    }
-    Ok(builder.validate()?)
 }
 
 fn is_broker_header(name: &str) -> bool {
@@ -390,11 +312,6 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, Error> {
 
 fn malformed(message: String) -> Error {
     Error::new(ErrorKind::InvalidInput, format!("malformed message: {message}"))
-}
-
-/// Base64 of `bytes` as the JSON envelope writes payloads; for tests and interop checks.
-pub fn json_envelope_payload(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
@@ -477,24 +394,33 @@ mod tests {
     }
 
     #[test]
-    fn json_envelope_mode_writes_the_reference_envelope() {
-        let e = sample();
-        let mut headers = Vec::new();
-        let body = encode(&e, WireMode::JsonEnvelope, HeaderStyle::Kafka, &mut headers);
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(json["event_id"], e.event_id().to_string());
-        assert_eq!(json["aggregate_id"], "order-7");
-        assert_eq!(json["event_type"], "OrderPlaced");
-        assert_eq!(json["event_version"], 3);
-        assert_eq!(json["payload"], json_envelope_payload(br#"{"total":7}"#));
-        assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(json["correlation_id"], "corr-1");
-        assert!(headers.contains(&(X_EVENT_ID.into(), e.event_id().to_string())));
-        let back = decode(&headers, body).unwrap();
-        assert_eq!(
-            (back.event_id(), back.payload(), back.aggregate_type()),
-            (e.event_id(), e.payload(), "order")
-        );
+    fn json_envelope_round_trips_in_both_styles() {
+        for style in [HeaderStyle::Kafka, HeaderStyle::Nats] {
+            let e = sample();
+            let mut headers = Vec::new();
+            let body = encode(&e, WireMode::JsonEnvelope, style, &mut headers);
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["payload"], serde_json::json!({"total": 7}), "embedded, not base64");
+            assert_eq!(json["tenant_id"], "acme");
+            headers.push(("Nats-Msg-Id".into(), e.event_id().to_string()));
+            assert_eq!(decode(&headers, body).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn the_tenant_survives_a_trip_through_both_modes() {
+        for tenant in ["acme", "42"] {
+            let e = sample().into_builder().tenant(tenant).build().unwrap();
+            let mut headers = Vec::new();
+            let body = encode(&e, WireMode::CloudEvents, HeaderStyle::Kafka, &mut headers);
+            let read = decode(&headers, body).unwrap();
+            let mut headers = Vec::new();
+            let body = encode(&read, WireMode::JsonEnvelope, HeaderStyle::Kafka, &mut headers);
+            let read = decode(&headers, body).unwrap();
+            let mut headers = Vec::new();
+            let body = encode(&read, WireMode::CloudEvents, HeaderStyle::Nats, &mut headers);
+            assert_eq!(decode(&headers, body).unwrap(), e, "tenant {tenant}");
+        }
     }
 
     /// What [`encode`] puts on the wire: body length plus every header name and value.
@@ -541,10 +467,9 @@ mod tests {
         let header_bytes: usize = cloudevents.iter().map(|(name, value)| name.len() + value.len()).sum();
         assert_eq!(encoded_size(&e, WireMode::CloudEvents), 5 + header_bytes);
 
-        // JSON envelope: the document (payload in base64) plus the `X-*` headers.
+        // JSON envelope: the document (the payload, valid JSON, embedded) plus the `X-*` headers.
         let document = format!(
-            r#"{{"event_id":"{id}","aggregate_id":"order-7","event_type":"OrderPlaced","event_version":1,"payload":"{}","timestamp":"2023-11-14T22:13:20Z"}}"#,
-            json_envelope_payload(b"12345")
+            r#"{{"event_id":"{id}","aggregate_id":"order-7","event_type":"OrderPlaced","event_version":1,"timestamp":"2023-11-14T22:13:20Z","payload":12345}}"#
         );
         let json_headers = [
             (X_EVENT_ID, "0192b3c4-d5e6-7f80-9a1b-2c3d4e5f6a7b"),

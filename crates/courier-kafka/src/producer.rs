@@ -262,7 +262,8 @@ impl Transport for KafkaTransport {
         let room = self.shared.config.message_max_bytes().saturating_sub(RECORD_OVERHEAD);
         match self.shared.config.wire_mode {
             WireMode::CloudEvents => room,
-            // The reference envelope carries the payload as base64 inside JSON.
+            // The reference envelope carries a payload that is not JSON as base64 inside JSON (the
+            // worst case; JSON payloads are embedded as they are).
             WireMode::JsonEnvelope => room / 4 * 3,
         }
     }

@@ -1,16 +1,25 @@
-//! What Courier publishes is read correctly by an independent client: nats-py, run by a small
-//! script (tests/interop/read_stream.py), in both wire modes.
+//! Courier and an independent client, nats-py, run by small scripts in tests/interop: what
+//! Courier publishes is read correctly in both wire modes, and Courier reads the reference
+//! system's envelopes that nats-py publishes as the reference system does, without headers.
 
 mod common;
 
-use std::process::Command;
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{shared_bus, SHARED_URL};
 use courier_conformance::fresh_topic;
-use courier_core::wire::{json_envelope_payload, WireMode};
+use courier_conformance::reference_vectors::{
+    assert_is_outbox_variant, assert_is_reference, OUTBOX_VARIANT, REFERENCE,
+};
+use courier_core::dispatch::Delivery as _;
+use courier_core::wire::WireMode;
 use courier_core::{Bus, Envelope, PublisherConfig, Topic, TraceContext};
 use courier_nats::NatsBus;
-use serde_json::Value;
+use futures::StreamExt;
+use serde_json::{json, Value};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -33,9 +42,9 @@ async fn publish(bus: &NatsBus, topic: &Topic, events: &[Envelope]) {
     publisher.close().await.unwrap();
 }
 
-/// Runs the nats-py reader; fails loudly when python3 or nats-py is missing.
-fn read_with_nats_py(topic: &Topic, count: usize) -> Vec<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/read_stream.py");
+/// Runs the nats-py script `script` of tests/interop with `stdin`, and returns its output; fails
+/// loudly when python3 or nats-py is missing or the script fails.
+fn nats_py(script: &str, args: &[&str], stdin: &str) -> String {
     let probe = Command::new("python3").args(["-c", "import nats"]).output();
     match probe {
         Ok(out) if out.status.success() => {}
@@ -45,14 +54,24 @@ fn read_with_nats_py(topic: &Topic, count: usize) -> Vec<Value> {
         ),
         Err(err) => panic!("python3 is required for the interop test and could not be run: {err}"),
     }
-    let out = Command::new("python3")
-        .arg(script)
-        .args([SHARED_URL, topic.as_str(), &count.to_string()])
-        .output()
-        .expect("run the nats-py reader");
-    assert!(out.status.success(), "nats-py reader failed: {}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let path = format!("{}/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run a nats-py script");
+    child.stdin.take().expect("piped").write_all(stdin.as_bytes()).expect("write to the script");
+    let out = child.wait_with_output().expect("nats-py script output");
+    assert!(out.status.success(), "nats-py {script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Reads `count` messages of `topic` with nats-py.
+fn read_with_nats_py(topic: &Topic, count: usize) -> Vec<Value> {
+    let lines: Vec<Value> = nats_py("read_stream.py", &[SHARED_URL, topic.as_str(), &count.to_string()], "")
         .lines()
         .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
         .collect();
@@ -96,26 +115,61 @@ async fn nats_py_reads_cloudevents() {
 async fn nats_py_reads_the_reference_envelope() {
     let bus = shared_bus(|c| c.wire_mode(WireMode::JsonEnvelope)).await;
     let topic = fresh_topic(&bus, "interop-ref").await;
-    let events: Vec<_> = (0..2).map(sample).collect();
+    let tenants = [("42", json!(42)), ("acme", json!("acme"))];
+    let events: Vec<_> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, (t, _))| sample(i).into_builder().tenant(*t).build().unwrap())
+        .collect();
     publish(&bus, &topic, &events).await;
 
     let messages = read_with_nats_py(&topic, events.len());
-    for (e, m) in events.iter().zip(&messages) {
+    for ((e, (tenant, tenant_id)), m) in events.iter().zip(&tenants).zip(&messages) {
         let h = &m["headers"];
         assert_eq!(h["Nats-Msg-Id"], e.event_id().to_string());
         assert_eq!(h["X-Event-ID"], e.event_id().to_string());
         assert_eq!(h["X-Aggregate-ID"], e.aggregate_id());
         assert_eq!(h["X-Event-Type"], "OrderPlaced");
         assert_eq!(h["X-Event-Version"], "2");
+        assert_eq!(h["X-Tenant-ID"], *tenant);
+        // The body as Python's plain `json` decodes it: the reference struct's fields.
         let json = &m["body_json"];
         assert_eq!(json["event_id"], e.event_id().to_string());
         assert_eq!(json["aggregate_id"], e.aggregate_id());
         assert_eq!(json["event_type"], "OrderPlaced");
         assert_eq!(json["event_version"], 2);
-        assert_eq!(json["payload"], json_envelope_payload(e.payload()));
+        assert_eq!(json["payload"], serde_json::from_slice::<Value>(e.payload()).unwrap(), "embedded JSON");
         assert_eq!(json["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(json["correlation_id"], e.correlation_id().unwrap());
+        assert_eq!(json["tenant_id"], *tenant_id, "a number when a Go int holds it");
         let timestamp = json["timestamp"].as_str().unwrap();
         assert_eq!(timestamp.parse::<chrono::DateTime<chrono::Utc>>().unwrap(), e.timestamp());
     }
+}
+
+#[tokio::test]
+async fn courier_reads_the_reference_envelopes_nats_py_publishes_without_headers() {
+    let bus = shared_bus(|c| c).await;
+    let topic = fresh_topic(&bus, "interop-ref-in").await;
+    let lines: Vec<String> =
+        [REFERENCE, OUTBOX_VARIANT].iter().map(|body| json!({ "body": body }).to_string()).collect();
+    nats_py("publish.py", &[SHARED_URL, topic.as_str()], &lines.join("\n"));
+
+    let mut stream = bus.subscribe(&topic, "reader").await.unwrap();
+    let mut read = HashMap::new();
+    while read.len() < 2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of 2 reference envelopes handed out (the others were refused and dead-lettered)",
+                    read.len()
+                )
+            })
+            .expect("subscription open");
+        read.insert(delivery.envelope().aggregate_id().to_owned(), delivery.envelope().clone());
+        delivery.ack().await.unwrap();
+    }
+    assert_is_reference(&read["order-7"]);
+    assert_is_outbox_variant(&read["order-8"]);
 }

@@ -147,7 +147,8 @@ impl Outbox {
 
     /// The wire mode in which events are measured against
     /// [`max_encoded_size`](Self::max_encoded_size); set it to the relay's bus's mode (the JSON
-    /// envelope carries the payload in base64, a third larger). Default
+    /// envelope adds its fields, and a payload that is not JSON goes in base64, a third larger).
+    /// Default
     /// [`WireMode::CloudEvents`].
     pub fn wire_mode(mut self, mode: WireMode) -> Self {
         self.wire_mode = mode;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Reads a topic with kafka-python (an independent Kafka client) and prints each record as one
-JSON line: {"partition", "offset", "key", "headers": [[name, value], ...], "value"}.
+JSON line: {"partition", "offset", "key", "headers": [[name, value], ...], "value", "value_json"},
+where "value_json" is the value as Python's plain `json` decodes it (null when it is not JSON).
 
 Usage: consume.py BOOTSTRAP TOPIC COUNT
 Exits non-zero with a clear message when kafka-python is missing or COUNT records do not arrive.
@@ -8,6 +9,13 @@ Exits non-zero with a clear message when kafka-python is missing or COUNT record
 import json
 import sys
 import time
+
+
+def parse_json(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 try:
     from kafka import KafkaConsumer, TopicPartition
@@ -34,6 +42,7 @@ def main():
                 "key": record.key.decode("utf-8") if record.key is not None else None,
                 "headers": [[k, v.decode("utf-8")] for k, v in record.headers],
                 "value": record.value.decode("utf-8"),
+                "value_json": parse_json(record.value),
             }), flush=True)
             seen += 1
             if seen == count:
