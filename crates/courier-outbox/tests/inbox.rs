@@ -20,6 +20,7 @@ const WAIT: Duration = Duration::from_secs(60);
 per_database!(
     a_redelivered_event_changes_the_business_table_once,
     a_failed_handler_leaves_no_inbox_row_and_the_redelivery_runs_it,
+    a_panicking_handler_rolls_back_and_its_retry_runs_it,
     each_consumer_processes_an_event_once,
     concurrent_copies_of_an_event_apply_it_once,
     the_purge_removes_only_rows_older_than_the_retention,
@@ -189,6 +190,54 @@ async fn a_failed_handler_leaves_no_inbox_row_and_the_redelivery_runs_it(kind: K
     let mut tx = store.begin().await.unwrap();
     assert_eq!(inbox.record(&mut tx, other).await.unwrap(), Recorded::AlreadyProcessed);
     tx.rollback().await.unwrap();
+}
+
+/// A handler that panics after changing the business table (the dispatch engine counts a panic
+/// as a failed attempt) leaves its transaction to be rolled back as it unwinds: the retry is not
+/// held up by the first attempt's inbox row and applies the event once.
+async fn a_panicking_handler_rolls_back_and_its_retry_runs_it(kind: Kind) {
+    let (db, store) = setup(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let deliveries = bus.subscribe(&topic, "billing").await.unwrap();
+    bus.publisher(PublisherConfig::default())
+        .publish(&topic, event("account-1", 0))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let handler =
+        Inbox::new("billing").unwrap().handler(store.clone(), move |mut tx: StoreTransaction, _| {
+            let counted = Arc::clone(&counted);
+            async move {
+                let run = counted.fetch_add(1, Ordering::SeqCst);
+                tx.execute_raw("UPDATE accounts SET balance = balance + 1 WHERE id = 1").await?;
+                assert!(run > 0, "the first attempt panics");
+                Ok::<_, OutboxError>(tx)
+            }
+        });
+    let finished = Arc::new(AtomicUsize::new(0));
+    let dead_letters =
+        DeadLetterTopic::new(bus.publisher(PublisherConfig::default()), Topic::new("dlq").unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config =
+        DispatchConfig::default().backoff(courier_core::Backoff::default().initial(Duration::from_millis(1)));
+    let consumer = tokio::spawn(dispatch(
+        deliveries,
+        Finished(handler, Arc::clone(&finished)),
+        dead_letters,
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    eventually(WAIT, "the event handled", || async { finished.load(Ordering::SeqCst) == 1 }).await;
+    stop.send(()).unwrap();
+    let stats = consumer.await.unwrap();
+    assert_eq!((stats.handled, stats.retries, stats.dead_lettered), (1, 1, 0));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!((balance(&db).await, inbox_rows(&db).await), (1, 1));
 }
 
 /// Two consumers of one event each apply it once, however often it comes.
