@@ -51,15 +51,9 @@ const MAX_CONSUMER_LEN: usize = 255;
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbox {
     consumer: Arc<str>,
-}
-
-impl fmt::Debug for Inbox {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Inbox").field("consumer", &&*self.consumer).finish()
-    }
 }
 
 /// Whether [`Inbox::record`] saw the event for the first time.

@@ -35,6 +35,8 @@ impl InboxDialect for sqlx::Sqlite {
 /// returns whether this call inserted it. A row another transaction inserted and has not yet
 /// committed makes the insert wait for that transaction's outcome (PostgreSQL, MySQL; SQLite
 /// has one writer at a time anyway): the unique key decides, never a read before the write.
+/// MySQL's `INSERT IGNORE` would also turn a value too long for its column into a warning and a
+/// truncated row; [`crate::Inbox`] validates the consumer name, and event ids have a fixed length.
 pub(crate) async fn record<D>(
     conn: &mut D::Connection,
     consumer: &str,
