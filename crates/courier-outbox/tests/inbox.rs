@@ -25,6 +25,7 @@ per_database!(
     concurrent_copies_of_an_event_apply_it_once,
     concurrent_copies_apply_the_event_once_when_the_first_rolls_back,
     the_purge_removes_only_rows_older_than_the_retention,
+    the_purge_goes_on_past_one_chunk,
     migrating_again_keeps_the_inbox,
 );
 
@@ -365,6 +366,32 @@ async fn the_purge_removes_only_rows_older_than_the_retention(kind: Kind) {
         assert_eq!(inbox.record(&mut tx, old).await.unwrap(), Recorded::New, "purged");
     }
     tx.rollback().await.unwrap();
+}
+
+/// The purge deletes in chunks of 5,000 rows, so that it never holds long locks, and goes on
+/// until every old row is gone.
+async fn the_purge_goes_on_past_one_chunk(kind: Kind) {
+    const OLD: i64 = 12_000;
+    let (db, store) = setup(kind).await;
+    let insert = match kind {
+        Kind::Postgres => {
+            format!("INSERT INTO courier_inbox SELECT 'bulk', g::text, 1 FROM generate_series(1, {OLD}) g")
+        }
+        // MariaDB's sequence engine: seq_1_to_N is a table of the numbers 1 to N.
+        Kind::MySql => format!("INSERT INTO courier_inbox SELECT 'bulk', seq, 1 FROM seq_1_to_{OLD}"),
+        Kind::Sqlite => format!(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {OLD}) \
+             INSERT INTO courier_inbox SELECT 'bulk', n, 1 FROM g"
+        ),
+    };
+    store.execute_raw(&insert).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let young = event("account-1", 0).event_id();
+    assert_eq!(Inbox::new("billing").unwrap().record(&mut tx, young).await.unwrap(), Recorded::New);
+    tx.commit().await.unwrap();
+
+    assert_eq!(store.purge_inbox(Duration::from_secs(3600)).await.unwrap(), OLD as u64);
+    assert_eq!(inbox_rows(&db).await, 1, "the young row is kept");
 }
 
 /// `Store::migrate` may run at every start: once the inbox exists, it keeps it and its rows.
