@@ -115,7 +115,7 @@ impl Inbox {
     /// use courier_outbox::{Inbox, OutboxError};
     ///
     /// let handler = Inbox::new("billing")?.handler(pool, |mut tx, event| async move {
-    ///     sqlx::query("UPDATE accounts SET balance = balance + 42 WHERE id = $1")
+    ///     sqlx::query("UPDATE invoices SET paid = true WHERE order_id = $1")
     ///         .bind(event.aggregate_id())
     ///         .execute(&mut *tx)
     ///         .await?;
