@@ -46,8 +46,12 @@ impl OutboxCommand {
                     "requeue needs a filter (--id, --topic, …) or --all"
                 )
             }
-            Self::Purge { dead: false, filter, .. } => {
-                ensure_usage!(filter.is_empty(), "filters apply to `purge --dead` only")
+            Self::Purge { dead: false, filter, inbox, older_than } => {
+                ensure_usage!(filter.is_empty(), "filters apply to `purge --dead` only");
+                ensure_usage!(
+                    !inbox || older_than.is_some(),
+                    "purge --inbox needs --older-than: keep inbox rows longer than the broker may redeliver"
+                );
             }
             _ => {}
         }
@@ -62,6 +66,10 @@ impl OutboxCommand {
             Self::Purge { dead: true, filter, .. } => {
                 let n = store.discard_dead(&filter.into_filter()).await?;
                 println!("{n} dead event(s) discarded");
+            }
+            Self::Purge { inbox: true, older_than: Some(retention), .. } => {
+                let n = store.purge_inbox(retention).await?;
+                println!("{n} inbox row(s) older than {} purged", humantime::format_duration(retention));
             }
             Self::Purge { dead: false, older_than, .. } => {
                 let retention = older_than.unwrap_or(config.relay.retention);

@@ -257,14 +257,19 @@ pub enum OutboxCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Delete published rows older than the retention, or dead rows with --dead.
+    /// Delete published rows older than the retention, dead rows with --dead, or idempotent
+    /// consumers' inbox rows with --inbox.
     Purge {
-        /// Keep published rows younger than this (e.g. 1h, 7d); default: relay.retention.
+        /// Keep rows younger than this (e.g. 1h, 7d); default for published rows: relay.retention.
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: Option<Duration>,
         /// Discard dead events matching the filter instead (they will never be published).
         #[arg(long)]
         dead: bool,
+        /// Delete the inbox rows (courier_inbox) of every consumer processed before --older-than
+        /// instead; an event delivered again after its row is gone is processed again.
+        #[arg(long, conflicts_with = "dead")]
+        inbox: bool,
         /// Which dead events, with --dead.
         #[command(flatten)]
         filter: FilterArgs,

@@ -107,6 +107,8 @@ fn usage_errors_exit_2_naming_the_problem() {
         (vec!["demo", "--timeout", "soon"], "--timeout"),
         (vec!["outbox", "--config", config, "stats"], "relay.batch_sise"),
         (vec!["outbox", "--db", &db, "requeue"], "requeue needs a filter"),
+        (vec!["outbox", "--db", &db, "purge", "--inbox"], "--older-than"),
+        (vec!["outbox", "--db", &db, "purge", "--inbox", "--dead"], "--dead"),
         (
             vec![
                 "outbox",
@@ -157,4 +159,39 @@ fn a_run_that_loses_events_exits_1() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("verdict:          FAILED"), "{stdout}");
+}
+
+/// `courier outbox purge --inbox` deletes the idempotent consumers' rows processed before
+/// `--older-than` and keeps the younger ones.
+#[tokio::test]
+async fn outbox_purge_inbox_deletes_rows_older_than_the_given_age() {
+    use courier_outbox::{Inbox, Recorded, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("inbox.db").display());
+    let store = Store::connect(&db).await.unwrap();
+    store.migrate().await.unwrap();
+    let inbox = Inbox::new("billing").unwrap();
+    let (old, young) = (courier_core::EventId::new(), courier_core::EventId::new());
+    let mut tx = store.begin().await.unwrap();
+    for id in [old, young] {
+        assert_eq!(inbox.record(&mut tx, id).await.unwrap(), Recorded::New);
+    }
+    // Processed two days ago.
+    tx.execute_raw(&format!(
+        "UPDATE courier_inbox SET processed_at_us = processed_at_us - 172800000000 WHERE event_id = '{old}'"
+    ))
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let out =
+        courier().args(["outbox", "--db", &db, "purge", "--inbox", "--older-than", "1d"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 inbox row(s) older than 1day purged"), "{stdout}");
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(inbox.record(&mut tx, young).await.unwrap(), Recorded::AlreadyProcessed, "kept");
+    assert_eq!(inbox.record(&mut tx, old).await.unwrap(), Recorded::New, "purged");
+    tx.rollback().await.unwrap();
 }

@@ -8,6 +8,10 @@
 //! [`Store::list_dead`], [`Store::requeue`], [`Store::discard_dead`],
 //! [`Store::purge_published`].
 //!
+//! Consumers: an [`Inbox`] records in the handler's own transaction which events a consumer has
+//! processed, so that a redelivered event changes nothing ([`Inbox::handler`] wraps a dispatch
+//! handler in one line); [`Store::purge_inbox`] deletes rows past their retention.
+//!
 //! Row lifecycle: `pending` → `published` (ACK received); a failed ACK or NACK counts as an
 //! attempt and schedules a retry with exponential backoff and jitter; after
 //! [`RelayConfig::max_attempts`], or at once for a non-retryable error, the row is `dead`.
@@ -22,6 +26,7 @@
 mod admin;
 mod enqueue;
 mod error;
+mod inbox;
 pub mod relay;
 mod row;
 mod sql;
@@ -32,6 +37,7 @@ pub mod testing;
 pub use admin::{DeadEvent, DeadFilter, OutboxStats};
 pub use enqueue::{Enqueue, Outbox, TopicMapper};
 pub use error::OutboxError;
+pub use inbox::{Inbox, InboxConnection, InboxHandler, InboxPool, Recorded};
 pub use relay::{AckedEvent, FailedEvent, Relay, RelayConfig, RelayHandle, RelayObserver, RelayStats};
 pub use sql::OutboxConnection;
 pub use store::{Store, StoreTransaction};

@@ -57,6 +57,28 @@ fn name_of<D: Dialect>(_: &sqlx::Pool<D>) -> &'static str {
 /// Purge deletes in chunks so it never holds long locks.
 const PURGE_CHUNK: i64 = 5000;
 
+/// The `*_us` time `retention` before now.
+fn cutoff_us(retention: Duration) -> i64 {
+    now_us() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Runs `delete_chunk` (a DELETE of at most [`PURGE_CHUNK`] rows) until a chunk comes back
+/// short; returns how many rows were deleted in all.
+async fn purge_in_chunks<F, Fut>(mut delete_chunk: F) -> Result<u64, OutboxError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<u64, sqlx::Error>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = delete_chunk().await?;
+        total += deleted;
+        if deleted < PURGE_CHUNK as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 #[cfg(feature = "postgres")]
 impl From<sqlx::PgPool> for Store {
     /// Uses an existing PostgreSQL pool, e.g. the application's.
@@ -228,18 +250,22 @@ impl Store {
 
     /// Deletes published rows older than `retention` (by publish time); returns how many.
     pub async fn purge_published(&self, retention: Duration) -> Result<u64, OutboxError> {
-        let before_us = now_us() - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
-        let mut total = 0;
-        loop {
-            let deleted: Result<u64, sqlx::Error> = dispatch!(self.backend, Backend, ref pool => {
-                Dialect::purge_published(pool, before_us, PURGE_CHUNK).await
-            });
-            let deleted = deleted?;
-            total += deleted;
-            if deleted < PURGE_CHUNK as u64 {
-                return Ok(total);
-            }
-        }
+        let before_us = cutoff_us(retention);
+        purge_in_chunks(|| async {
+            dispatch!(self.backend, Backend, ref pool => Dialect::purge_published(pool, before_us, PURGE_CHUNK).await)
+        })
+        .await
+    }
+
+    /// Deletes the [`Inbox`](crate::Inbox) rows of every consumer processed longer than
+    /// `retention` ago; returns how many. A redelivery of a purged event is processed again, so
+    /// keep rows longer than the broker may redeliver (see [`Inbox`](crate::Inbox)).
+    pub async fn purge_inbox(&self, retention: Duration) -> Result<u64, OutboxError> {
+        let before_us = cutoff_us(retention);
+        purge_in_chunks(|| async {
+            dispatch!(self.backend, Backend, ref pool => crate::sql::inbox::purge(pool, before_us, PURGE_CHUNK).await)
+        })
+        .await
     }
 
     /// Refreshes the database's planner statistics of the outbox table, as its automatic
@@ -420,6 +446,17 @@ impl crate::sql::sealed::Sealed for StoreTransaction {}
 impl OutboxConnection for StoreTransaction {
     async fn insert(&mut self, rows: Vec<crate::row::NewRow>) -> Result<(), OutboxError> {
         dispatch!(self.tx, Tx, ref mut tx => OutboxConnection::insert(&mut **tx, rows).await)
+    }
+}
+
+impl crate::inbox::InboxConnection for StoreTransaction {
+    async fn record_processed(
+        &mut self,
+        consumer: &str,
+        event_id: String,
+        at_us: i64,
+    ) -> Result<bool, sqlx::Error> {
+        dispatch!(self.tx, Tx, ref mut tx => crate::inbox::InboxConnection::record_processed(&mut **tx, consumer, event_id, at_us).await)
     }
 }
 

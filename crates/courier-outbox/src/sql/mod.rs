@@ -12,6 +12,7 @@ use sqlx::{Pool, QueryBuilder};
 use crate::row::NewRow;
 use crate::OutboxError;
 
+pub(crate) mod inbox;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
 #[cfg(feature = "postgres")]
