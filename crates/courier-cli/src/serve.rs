@@ -104,7 +104,7 @@ impl<B: Bus> LiveCheck for RelayReadiness<B> {
             if !*self.running.borrow() {
                 return Err("the relay is not running".into());
             }
-            let db = tokio::time::timeout(CHECK_TIMEOUT, self.store.stats()).await;
+            let db = tokio::time::timeout(CHECK_TIMEOUT, self.store.ping()).await;
             match db {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(format!("database: {e}")),
@@ -310,10 +310,10 @@ async fn supervise(
             _ = ticker.tick() => {
                 anyhow::ensure!(!relay.is_finished(), "the relay stopped unexpectedly");
                 metrics.in_flight.set(relay.stats().in_flight as i64);
-                match store.stats().await {
-                    Ok(stats) => {
-                        metrics.pending.set(stats.pending as i64);
-                        metrics.oldest_pending_age.set(stats.oldest_pending_age.unwrap_or_default().as_secs_f64());
+                match store.backlog().await {
+                    Ok(backlog) => {
+                        metrics.pending.set(backlog.pending as i64);
+                        metrics.oldest_pending_age.set(backlog.oldest_pending_age.unwrap_or_default().as_secs_f64());
                     }
                     Err(e) => tracing::warn!(error = %e, "reading outbox stats failed"),
                 }

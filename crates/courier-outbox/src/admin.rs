@@ -18,6 +18,16 @@ pub struct OutboxStats {
     pub oldest_pending_age: Option<Duration>,
 }
 
+/// The pending backlog, as the relay's gauges read it every few seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Events waiting to be published (including those waiting for a retry).
+    pub pending: u64,
+    /// How long the oldest pending event (the lowest id) has waited since it was enqueued;
+    /// `None` when nothing is pending.
+    pub oldest_pending_age: Option<Duration>,
+}
+
 /// Selects dead events for listing, requeueing or discarding. An empty filter selects all.
 #[derive(Debug, Clone, Default)]
 pub struct DeadFilter {

@@ -34,7 +34,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use admin::{DeadEvent, DeadFilter, OutboxStats};
+pub use admin::{Backlog, DeadEvent, DeadFilter, OutboxStats};
 pub use enqueue::{Enqueue, Outbox, TopicMapper};
 pub use error::OutboxError;
 pub use inbox::{Inbox, InboxConnection, InboxHandler, InboxPool, Recorded};

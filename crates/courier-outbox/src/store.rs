@@ -5,7 +5,7 @@ use std::time::Duration;
 use courier_core::EventId;
 use sqlx::Executor as _;
 
-use crate::admin::{DeadEvent, DeadFilter, OutboxStats};
+use crate::admin::{Backlog, DeadEvent, DeadFilter, OutboxStats};
 use crate::row::{now_us, ClaimedRow, DEAD, PENDING, PUBLISHED};
 use crate::sql::queries::Queries;
 use crate::sql::{BlockedRow, ClaimQuery, Dialect, Failure, Mark, OutboxConnection, OwnerCheck};
@@ -52,6 +52,11 @@ macro_rules! dispatch {
 /// The database name of a pool, for [`Store::backend`].
 fn name_of<D: Dialect>(_: &sqlx::Pool<D>) -> &'static str {
     D::BACKEND
+}
+
+/// How long ago `created_us` (microseconds since the epoch) was; zero if it lies ahead.
+fn age_since(created_us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(now_us() - created_us).unwrap_or_default())
 }
 
 /// Purge deletes in chunks so it never holds long locks.
@@ -216,8 +221,7 @@ impl Store {
             match status.as_str() {
                 PENDING => {
                     stats.pending = count;
-                    stats.oldest_pending_age = oldest_us
-                        .map(|t| Duration::from_micros(u64::try_from(now_us() - t).unwrap_or_default()));
+                    stats.oldest_pending_age = oldest_us.map(age_since);
                 }
                 PUBLISHED => stats.published = count,
                 DEAD => stats.dead = count,
@@ -225,6 +229,22 @@ impl Store {
             }
         }
         Ok(stats)
+    }
+
+    /// The pending backlog, read through the pending index: cheap enough to poll for gauges,
+    /// where [`stats`](Self::stats) counts every row, a day of published ones included.
+    pub async fn backlog(&self) -> Result<Backlog, OutboxError> {
+        let (pending, oldest_us) =
+            dispatch!(self.backend, Backend, ref pool => Queries::backlog(pool).await)?;
+        Ok(Backlog {
+            pending: u64::try_from(pending).unwrap_or_default(),
+            oldest_pending_age: oldest_us.map(age_since),
+        })
+    }
+
+    /// Whether the database answers a trivial query, for readiness probes.
+    pub async fn ping(&self) -> Result<(), OutboxError> {
+        Ok(dispatch!(self.backend, Backend, ref pool => Queries::ping(pool).await)?)
     }
 
     /// Dead events matching `filter`, oldest first, at most `limit`.

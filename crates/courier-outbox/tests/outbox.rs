@@ -440,9 +440,14 @@ async fn stats_and_retention_purge(kind: Kind) {
     let stats = store.stats().await.unwrap();
     assert_eq!(stats.pending, 100);
     assert!(stats.oldest_pending_age.is_some_and(|age| age >= Duration::from_millis(20)), "{stats:?}");
+    let backlog = store.backlog().await.unwrap();
+    assert_eq!(backlog.pending, 100);
+    assert!(backlog.oldest_pending_age.is_some_and(|age| age >= Duration::from_millis(20)), "{backlog:?}");
     let relay = Relay::new(store.clone(), bus, fast_config()).start();
     eventually(WAIT, "everything published", || async { pending(&store).await == 0 }).await;
     relay.shutdown().await.unwrap();
+    assert_eq!(store.backlog().await.unwrap(), Default::default());
+    store.ping().await.unwrap();
     assert_eq!(store.purge_published(Duration::from_secs(3600)).await.unwrap(), 0, "kept within retention");
     assert_eq!(store.purge_published(Duration::ZERO).await.unwrap(), 100);
     assert_eq!(store.stats().await.unwrap(), Default::default());

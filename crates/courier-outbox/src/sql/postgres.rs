@@ -261,28 +261,7 @@ mod tests {
     /// The generic plans of the relay's statements, made on a fresh outbox of `rows` analyzed
     /// rows whose aggregate ids are the SQL expression `aggregates` over `g` (1 to `rows`).
     async fn relay_plans(aggregates: &str, rows: u32) -> Vec<(&'static str, String)> {
-        let server = "postgres://postgres@127.0.0.1:5432";
-        let name = format!("courier_plans_{:016x}", rand::random::<u64>());
-        let mut admin = sqlx::PgConnection::connect(&format!("{server}/test"))
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {server} is required (scripts/services.sh): {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
-        let url = format!("{server}/{name}");
-        let plans = async {
-            let pool = PgPool::connect(&url).await.unwrap();
-            Queries::<Postgres>::migrate(&pool).await.unwrap();
-            sqlx::query(&format!(
-                "INSERT INTO courier_outbox (event_id, topic, aggregate_type, aggregate_id, shard, event_type, \
-                 event_version, payload, headers, occurred_at_us, created_at_us) \
-                 SELECT gen_random_uuid()::text, 't', 'a', {aggregates}, g, 'E', 1, '\\x00', '{{}}', 0, 0 \
-                 FROM generate_series(1, {rows}) g"
-            ))
-            .execute(&pool)
-            .await
-            .unwrap();
-            sqlx::query("ANALYZE courier_outbox").execute(&pool).await.unwrap();
-            pool.close().await;
-
+        with_outbox(aggregates, rows, "'pending'", |url| async move {
             let options: PgConnectOptions = url.parse().unwrap();
             let mut relay = options.options(RELAY_SESSION).connect().await.unwrap();
             let owner = OwnerCheck { owner: "relay".into(), partition_count: 16 };
@@ -307,9 +286,57 @@ mod tests {
             }
             relay.close().await.unwrap();
             plans
-        }
+        })
+        .await
+    }
+
+    /// The relay's gauges read the backlog every few seconds, on the application's ordinary
+    /// connections: with a day of published rows kept, it must read the pending index only.
+    #[tokio::test]
+    async fn the_backlog_reads_the_pending_index_not_the_published_rows() {
+        let status = "CASE WHEN g % 1000 = 0 THEN 'pending' ELSE 'published' END";
+        let plan = with_outbox("'a-' || (g % 5)", 50_000, status, |url| async move {
+            let pool = PgPool::connect(&url).await.unwrap();
+            let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", crate::sql::queries::BACKLOG))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            lines.join("\n")
+        })
         .await;
+        assert!(!plan.contains("Seq Scan on courier_outbox"), "the backlog scans the table:\n{plan}");
+        assert!(plan.contains("courier_outbox_pending on"), "the backlog misses the pending index:\n{plan}");
+    }
+
+    /// Runs `f` on the URL of a fresh outbox of `rows` analyzed rows, whose aggregate ids and
+    /// statuses are the SQL expressions `aggregates` and `status` over `g` (1 to `rows`).
+    async fn with_outbox<F, Fut, T>(aggregates: &str, rows: u32, status: &str, f: F) -> T
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let server = "postgres://postgres@127.0.0.1:5432";
+        let name = format!("courier_plans_{:016x}", rand::random::<u64>());
+        let mut admin = sqlx::PgConnection::connect(&format!("{server}/test"))
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {server} is required (scripts/services.sh): {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        let url = format!("{server}/{name}");
+        let pool = PgPool::connect(&url).await.unwrap();
+        Queries::<Postgres>::migrate(&pool).await.unwrap();
+        sqlx::query(&format!(
+            "INSERT INTO courier_outbox (event_id, topic, aggregate_type, aggregate_id, shard, event_type, \
+             event_version, payload, headers, occurred_at_us, created_at_us, status) \
+             SELECT gen_random_uuid()::text, 't', 'a', {aggregates}, g, 'E', 1, '\\x00', '{{}}', 0, 0, {status} \
+             FROM generate_series(1, {rows}) g"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("ANALYZE courier_outbox").execute(&pool).await.unwrap();
+        pool.close().await;
+        let outcome = f(url).await;
         sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
-        plans
+        outcome
     }
 }

@@ -12,6 +12,11 @@ use crate::sql::{
 };
 use crate::OutboxError;
 
+/// The backlog's statement (see [`Queries::backlog`]).
+pub(crate) const BACKLOG: &str =
+    "SELECT COUNT(*), (SELECT created_at_us FROM courier_outbox WHERE status = 'pending' \
+     ORDER BY id LIMIT 1) FROM courier_outbox WHERE status = 'pending'";
+
 /// Reads an identifier column (`event_id`, `topic`, `aggregate_type`, `aggregate_id`,
 /// `event_type`) as text. On MySQL these columns have a binary collation, so that they compare
 /// byte-wise, and the server flags them BINARY; sqlx's type check then takes them for byte
@@ -303,6 +308,19 @@ where
                 .fetch_all(pool)
                 .await?;
         rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))).collect()
+    }
+
+    /// `(pending rows, created_at_us of the lowest pending id)`, both through the pending
+    /// index, so the cost follows the backlog and not the retained published rows.
+    pub(crate) async fn backlog(pool: &Pool<D>) -> Result<(i64, Option<i64>), sqlx::Error> {
+        let row = sqlx::query(BACKLOG).fetch_one(pool).await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    /// Whether the database answers.
+    pub(crate) async fn ping(pool: &Pool<D>) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(pool).await?;
+        Ok(())
     }
 
     fn push_dead_filter(qb: &mut QueryBuilder<'_, D>, filter: &DeadFilter) {
