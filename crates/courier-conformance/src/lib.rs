@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod nats_server;
+pub mod tansu_server;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
