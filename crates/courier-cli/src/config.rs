@@ -11,6 +11,7 @@ use courier_core::wire::WireMode;
 use serde::Deserialize;
 
 use crate::bus_url::BusUrl;
+use crate::kafka_settings::KafkaSection;
 use crate::secret::{self, Secret};
 
 /// Where a service command's configuration comes from: defaults, then --config, then COURIER_*
@@ -70,6 +71,7 @@ pub struct BusSection {
     #[serde(deserialize_with = "parse_optional")]
     pub url: Option<BusUrl>,
     pub wire: WireMode,
+    pub kafka: KafkaSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,8 +196,9 @@ fn encoded(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// Tables whose keys are the user's (aggregate types), not Courier's: any key may be set in them.
-const FREE_FORM: &[&str] = &["topics.map"];
+/// Tables whose keys are the user's (aggregate types, librdkafka properties), not Courier's: any
+/// key may be set in them.
+const FREE_FORM: &[&str] = &["topics.map", "bus.kafka.properties"];
 
 /// The separator of environment overrides: `COURIER_RELAY__BATCH_SIZE` sets `relay.batch_size`.
 /// A single underscore could not tell Courier's settings from the variables Kubernetes injects

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use courier_core::{Backoff, Bus, MemoryBus, Topic, TopicConfig};
-use courier_kafka::{KafkaBus, KafkaConfig};
+use courier_kafka::KafkaBus;
 use courier_nats::{NatsBus, NatsConfig};
 use courier_outbox::{AckedEvent, FailedEvent, Relay, RelayHandle, RelayObserver, Store};
 use tokio::sync::watch;
@@ -142,7 +142,12 @@ impl RelayArgs {
         let verdict_timeout = match &url {
             BusUrl::Memory => Duration::ZERO,
             BusUrl::Nats(nats) => NatsConfig::new(nats.as_str()).get_ack_timeout(),
-            BusUrl::Kafka(servers) => KafkaConfig::new(servers.as_str()).get_verdict_timeout(),
+            BusUrl::Kafka(servers) => config
+                .bus
+                .kafka
+                .config(servers, config.bus.wire)
+                .map_err(|e| anyhow::Error::from(UsageError(e)))?
+                .get_verdict_timeout(),
         };
         config
             .relay_config()
@@ -201,7 +206,7 @@ impl Started {
                 self.run(store, bus, &topics).await
             }
             BusUrl::Kafka(servers) => {
-                let kafka_config = KafkaConfig::new(servers.as_str()).wire_mode(wire);
+                let kafka_config = self.config.bus.kafka.config(&servers, wire)?;
                 let what = format!("Kafka at {servers}");
                 let bus = self.retry(&what, || async { Ok(KafkaBus::connect(kafka_config.clone())?) });
                 let Some(bus) = bus.await else { return Ok(true) };
