@@ -2,13 +2,14 @@
 //! - TLS: a private Tansu behind a TLS listener (socat) with a CA and server certificate made at
 //!   test time: publish, provision and consume over TLS, and an untrusted CA refused with an
 //!   error that names the TLS failure.
-//! - SASL: a private Tansu that requires authentication (SCRAM-SHA-512): credentials it does not
-//!   accept fail with an error that says authentication failed and never shows the password.
+//! - SASL: a private Tansu that requires authentication (SCRAM-SHA-512), over plain TCP
+//!   (SASL_PLAINTEXT) and behind the TLS listener (SASL_SSL): credentials it does not accept fail
+//!   with an error that says authentication failed and never shows the password.
 //!
 //! Not tested here, as no broker on this machine supports it: a successful SASL login (Tansu 0.6
 //! offers no PLAIN, and with its memory storage no SCRAM user can be created once authentication
-//! is required; librdkafka's mock cluster has neither SASL nor TLS), SASL over TLS (SASL_SSL),
-//! mutual TLS (client certificates).
+//! is required; librdkafka's mock cluster has neither SASL nor TLS), and mutual TLS (client
+//! certificates: socat could ask for them, but Tansu would not see the identity).
 //!
 //! Also: librdkafka properties Courier owns are refused at connect, and a misspelt secret
 //! property is refused without its value.
@@ -72,9 +73,10 @@ struct TlsTansu {
 }
 
 impl TlsTansu {
-    fn start(pki: &Pki) -> Self {
+    /// `authentication`: Tansu requires SASL (SCRAM), spoken over the TLS connection.
+    fn start(pki: &Pki, authentication: bool) -> Self {
         let port = free_port();
-        let tansu = PrivateTansu::start(false, Some(port));
+        let tansu = PrivateTansu::start(authentication, Some(port));
         let proxy = TlsProxy::start(port, &pki.cert, &pki.key, tansu.port);
         Self { port, _proxy: proxy, _tansu: tansu }
     }
@@ -121,7 +123,7 @@ async fn health_error_naming(bus: &KafkaBus, needle: &str) -> Error {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_provision_publish_and_consume() {
     let pki = Pki::new();
-    let broker = TlsTansu::start(&pki);
+    let broker = TlsTansu::start(&pki, false);
     let bus = KafkaBus::connect(broker.config(&pki.ca_pem)).unwrap();
     bus.health().await.unwrap();
     let topic = fresh_topic("tls");
@@ -141,7 +143,7 @@ async fn tls_provision_publish_and_consume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_an_untrusted_ca_fails_naming_the_tls_failure() {
     let pki = Pki::new();
-    let broker = TlsTansu::start(&pki);
+    let broker = TlsTansu::start(&pki, false);
     let (other_ca, _) = certificate_authority();
     let config = broker.config(&other_ca).delivery_timeout(Duration::from_secs(3));
     let bus = KafkaBus::connect(config).unwrap();
@@ -153,14 +155,29 @@ async fn tls_with_an_untrusted_ca_fails_naming_the_tls_failure() {
     assert!(err.is_retryable(), "a certificate can be fixed on the broker while the bus runs: {err}");
 }
 
+/// Credentials the broker refuses: over plain TCP (SASL_PLAINTEXT) and inside TLS (SASL_SSL).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_scram_with_credentials_the_broker_refuses_fails_naming_authentication() {
-    let broker = PrivateTansu::start(true, None);
+    let plain = PrivateTansu::start(true, None);
+    let config =
+        KafkaConfig::new(format!("127.0.0.1:{}", plain.port)).set("security.protocol", "SASL_PLAINTEXT");
+    refused_credentials_are_named(config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_ssl_with_credentials_the_broker_refuses_fails_naming_authentication() {
+    let pki = Pki::new();
+    let broker = TlsTansu::start(&pki, true);
+    refused_credentials_are_named(broker.config(&pki.ca_pem).set("security.protocol", "SASL_SSL")).await;
+}
+
+/// Health, provisioning and a publish on `config` with SCRAM credentials the broker does not
+/// know fail with a connection error that says authentication failed, without the password.
+async fn refused_credentials_are_named(config: KafkaConfig) {
     let password = format!("pw-{}", uuid::Uuid::now_v7().simple());
-    let config = KafkaConfig::new(format!("127.0.0.1:{}", broker.port))
+    let config = config
         .delivery_timeout(Duration::from_secs(3))
         .admin_timeout(Duration::from_secs(3))
-        .set("security.protocol", "SASL_PLAINTEXT")
         .set("sasl.mechanisms", "SCRAM-SHA-512")
         .set("sasl.username", "courier")
         .set("sasl.password", &password);
