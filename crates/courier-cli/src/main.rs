@@ -13,6 +13,7 @@ mod report;
 mod secret;
 mod serve;
 mod telemetry;
+mod topic_settings;
 
 use std::process::ExitCode;
 

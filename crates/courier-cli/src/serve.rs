@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use courier_core::{Backoff, Bus, MemoryBus, Topic, TopicConfig};
+use courier_core::{Backoff, Bus, MemoryBus, TopicConfig};
 use courier_kafka::KafkaBus;
 use courier_nats::{NatsBus, NatsConfig};
 use courier_outbox::{AckedEvent, FailedEvent, Relay, RelayHandle, RelayObserver, Store};
@@ -189,7 +189,7 @@ impl Started {
     /// Connects to the database and the broker (retrying until both answer), provisions the
     /// configured topics, then relays until SIGTERM or SIGINT. A signal while it is still
     /// connecting ends it at once: nothing was claimed yet.
-    async fn connect_and_run(self, url: BusUrl, topics: Vec<Topic>) -> anyhow::Result<bool> {
+    async fn connect_and_run(self, url: BusUrl, topics: Vec<TopicConfig>) -> anyhow::Result<bool> {
         let database = redact_url(&self.config.database.url);
         let Some(store) = self.retry(&format!("database {database}"), || self.config.connect_store()).await
         else {
@@ -246,11 +246,10 @@ impl Started {
 
     /// Provisions `topics` (retrying while the broker refuses), then relays until SIGTERM or
     /// SIGINT and drains within the configured timeout.
-    async fn run<B: Bus>(self, store: Store, bus: B, topics: &[Topic]) -> anyhow::Result<bool> {
+    async fn run<B: Bus>(self, store: Store, bus: B, topics: &[TopicConfig]) -> anyhow::Result<bool> {
         for topic in topics {
-            let what = format!("provisioning topic {topic} on the {} broker", bus.name());
-            let provisioned =
-                self.retry(&what, || async { Ok(bus.provision(&TopicConfig::new(topic.clone())).await?) });
+            let what = format!("provisioning topic {} on the {} broker", topic.get_topic(), bus.name());
+            let provisioned = self.retry(&what, || async { Ok(bus.provision(topic).await?) });
             if provisioned.await.is_none() {
                 return Ok(true);
             }
