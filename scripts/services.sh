@@ -70,7 +70,23 @@ ensure_python_clients() {
     echo "FATAL: pip install kafka-python nats-py failed; see $LOG_DIR/pip.log" >&2; return 1; }
 }
 
+# Debian packages the Kafka backend needs: libssl-dev and pkg-config to build librdkafka with TLS
+# and SASL (rdkafka's `ssl` feature links the system OpenSSL), socat for the Kafka security tests
+# (it puts a TLS listener in front of a private Tansu, whose own TLS does not work).
+ensure_kafka_packages() {
+  local missing=() pkg
+  for pkg in libssl-dev pkg-config socat; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [[ ${#missing[@]} == 0 ]] && return 0
+  echo "installing ${missing[*]}"
+  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"; } \
+    >"$LOG_DIR/apt-kafka.log" 2>&1 || {
+    echo "FATAL: apt-get install ${missing[*]} failed; see $LOG_DIR/apt-kafka.log" >&2; return 1; }
+}
+
 ensure_all() {
+  ensure_kafka_packages
   ensure_postgres
   ensure_mariadb
   ensure_mariadb_time_zones

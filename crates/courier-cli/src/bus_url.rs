@@ -62,7 +62,7 @@ macro_rules! with_bus {
                 $body
             }
             $crate::bus_url::BusUrl::Kafka(servers) => {
-                let config = courier_kafka::KafkaConfig::new(servers.as_str()).wire_mode($wire);
+                let config = $crate::kafka_settings::from_env(&servers, $wire)?;
                 let $bus = courier_kafka::KafkaBus::connect(config)?;
                 $body
             }

@@ -11,7 +11,9 @@ use courier_core::wire::WireMode;
 use serde::Deserialize;
 
 use crate::bus_url::BusUrl;
+use crate::kafka_settings::KafkaSection;
 use crate::secret::{self, Secret};
+use crate::topic_settings::{self, TopicDefaults, TopicOverrides};
 
 /// Where a service command's configuration comes from: defaults, then --config, then COURIER_*
 /// variables, then these flags.
@@ -70,6 +72,7 @@ pub struct BusSection {
     #[serde(deserialize_with = "parse_optional")]
     pub url: Option<BusUrl>,
     pub wire: WireMode,
+    pub kafka: KafkaSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +104,8 @@ pub struct Relay {
 #[serde(deny_unknown_fields)]
 pub struct Topics {
     pub provision: Vec<String>,
+    pub defaults: TopicDefaults,
+    pub settings: BTreeMap<String, TopicOverrides>,
     pub prefix: String,
     pub map: BTreeMap<String, String>,
 }
@@ -194,8 +199,9 @@ fn encoded(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// Tables whose keys are the user's (aggregate types), not Courier's: any key may be set in them.
-const FREE_FORM: &[&str] = &["topics.map"];
+/// Tables whose keys are the user's (aggregate types, topics, librdkafka properties), not
+/// Courier's: any key may be set in them.
+const FREE_FORM: &[&str] = &["topics.map", "topics.settings", "bus.kafka.properties"];
 
 /// The separator of environment overrides: `COURIER_RELAY__BATCH_SIZE` sets `relay.batch_size`.
 /// A single underscore could not tell Courier's settings from the variables Kubernetes injects
@@ -319,16 +325,10 @@ impl Config {
         Ok(mapper)
     }
 
-    /// The topics to provision at relay start.
-    pub fn provisioned_topics(&self) -> anyhow::Result<Vec<courier_core::Topic>> {
-        self.topics
-            .provision
-            .iter()
-            .map(|t| {
-                courier_core::Topic::new(t.as_str())
-                    .with_context(|| format!("invalid topic {t:?} in configuration key `topics.provision`"))
-            })
-            .collect()
+    /// The topics to provision at relay start, with their settings.
+    pub fn provisioned_topics(&self) -> anyhow::Result<Vec<courier_core::TopicConfig>> {
+        let topics = &self.topics;
+        topic_settings::topic_configs(&topics.provision, &topics.defaults, &topics.settings)
     }
 }
 

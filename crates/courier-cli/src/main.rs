@@ -8,10 +8,12 @@ mod config;
 mod demo;
 mod exit;
 mod http;
+mod kafka_settings;
 mod report;
 mod secret;
 mod serve;
 mod telemetry;
+mod topic_settings;
 
 use std::process::ExitCode;
 

@@ -18,6 +18,12 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
 impl Secret {
     /// The credential itself, for the one place that hands it to a client.
     pub fn expose(&self) -> &str {

@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use courier_core::{Backoff, Bus, MemoryBus, Topic, TopicConfig};
-use courier_kafka::{KafkaBus, KafkaConfig};
+use courier_core::{Backoff, Bus, MemoryBus, TopicConfig};
+use courier_kafka::KafkaBus;
 use courier_nats::{NatsBus, NatsConfig};
 use courier_outbox::{AckedEvent, FailedEvent, Relay, RelayHandle, RelayObserver, Store};
 use tokio::sync::watch;
@@ -142,7 +142,12 @@ impl RelayArgs {
         let verdict_timeout = match &url {
             BusUrl::Memory => Duration::ZERO,
             BusUrl::Nats(nats) => NatsConfig::new(nats.as_str()).get_ack_timeout(),
-            BusUrl::Kafka(servers) => KafkaConfig::new(servers.as_str()).get_verdict_timeout(),
+            BusUrl::Kafka(servers) => config
+                .bus
+                .kafka
+                .config(servers, config.bus.wire)
+                .map_err(|e| anyhow::Error::from(UsageError(e)))?
+                .get_verdict_timeout(),
         };
         config
             .relay_config()
@@ -184,7 +189,7 @@ impl Started {
     /// Connects to the database and the broker (retrying until both answer), provisions the
     /// configured topics, then relays until SIGTERM or SIGINT. A signal while it is still
     /// connecting ends it at once: nothing was claimed yet.
-    async fn connect_and_run(self, url: BusUrl, topics: Vec<Topic>) -> anyhow::Result<bool> {
+    async fn connect_and_run(self, url: BusUrl, topics: Vec<TopicConfig>) -> anyhow::Result<bool> {
         let database = redact_url(&self.config.database.url);
         let Some(store) = self.retry(&format!("database {database}"), || self.config.connect_store()).await
         else {
@@ -201,7 +206,7 @@ impl Started {
                 self.run(store, bus, &topics).await
             }
             BusUrl::Kafka(servers) => {
-                let kafka_config = KafkaConfig::new(servers.as_str()).wire_mode(wire);
+                let kafka_config = self.config.bus.kafka.config(&servers, wire)?;
                 let what = format!("Kafka at {servers}");
                 let bus = self.retry(&what, || async { Ok(KafkaBus::connect(kafka_config.clone())?) });
                 let Some(bus) = bus.await else { return Ok(true) };
@@ -241,11 +246,10 @@ impl Started {
 
     /// Provisions `topics` (retrying while the broker refuses), then relays until SIGTERM or
     /// SIGINT and drains within the configured timeout.
-    async fn run<B: Bus>(self, store: Store, bus: B, topics: &[Topic]) -> anyhow::Result<bool> {
+    async fn run<B: Bus>(self, store: Store, bus: B, topics: &[TopicConfig]) -> anyhow::Result<bool> {
         for topic in topics {
-            let what = format!("provisioning topic {topic} on the {} broker", bus.name());
-            let provisioned =
-                self.retry(&what, || async { Ok(bus.provision(&TopicConfig::new(topic.clone())).await?) });
+            let what = format!("provisioning topic {} on the {} broker", topic.get_topic(), bus.name());
+            let provisioned = self.retry(&what, || async { Ok(bus.provision(topic).await?) });
             if provisioned.await.is_none() {
                 return Ok(true);
             }

@@ -22,6 +22,7 @@
 
 pub mod nats_server;
 pub mod reference_vectors;
+pub mod tansu_server;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

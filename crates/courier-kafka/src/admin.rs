@@ -22,10 +22,13 @@ pub(crate) async fn provision(shared: &Arc<Shared>, config: &TopicConfig) -> Res
     if let Some(created) = mocked {
         return created.map_err(|e| from_kafka(format_args!("creating topic {name} on the mock cluster"), e));
     }
-    if shared.config.provision {
-        create(shared, config, partitions, replicas).await?;
-    }
-    validate(Arc::clone(shared), config.get_topic().as_str().to_owned(), partitions).await
+    let provisioned = async {
+        if shared.config.provision {
+            create(shared, config, partitions, replicas).await?;
+        }
+        validate(Arc::clone(shared), config.get_topic().as_str().to_owned(), partitions).await
+    };
+    provisioned.await.map_err(|e| shared.problem.explain(e))
 }
 
 fn to_i32(field: &str, value: u32) -> Result<i32, Error> {

@@ -8,6 +8,8 @@ use courier_core::wire::WireMode;
 use courier_core::{is_secret_setting, Error, ErrorKind};
 use rdkafka::ClientConfig;
 
+use crate::owned;
+
 /// Settings of a [`KafkaBus`](crate::KafkaBus): [`KafkaConfig::new`] or
 /// [`KafkaConfig::from_url`], then the setters below, each of which documents its default.
 ///
@@ -132,9 +134,9 @@ impl KafkaConfig {
     /// included) before its verdict is [`ErrorKind::Timeout`]; from then on it does not send
     /// the event. librdkafka's own default is 300 s, far longer than an outbox relay's lease:
     /// an event still queued after a takeover would land after the new owner's events, out of
-    /// order. Longer rides out longer broker outages in one attempt. It overrides a
-    /// `message.timeout.ms` given to [`set`](Self::set) or [`producer_set`](Self::producer_set),
-    /// as the bound on a verdict rests on it. Default 4 s, which with
+    /// order. Longer rides out longer broker outages in one attempt. A `message.timeout.ms`
+    /// given to [`set`](Self::set) is refused, as the bound on a verdict rests on this setting.
+    /// Default 4 s, which with
     /// the other defaults bounds a verdict at 6 s
     /// ([`get_verdict_timeout`](Self::get_verdict_timeout)), within what a relay's default
     /// 10 s lease allows.
@@ -198,27 +200,59 @@ impl KafkaConfig {
     }
 
     /// Sets a librdkafka property on every client (producer, consumers, admin), over Courier's
-    /// defaults: for security, client ids and tuning Courier has no setter for. Default: none.
+    /// defaults: security (`security.protocol`, `sasl.*`, `ssl.*`), client ids and tuning Courier
+    /// has no setter for. Properties Courier sets itself (`enable.idempotence`, `acks`,
+    /// `message.timeout.ms`, `enable.auto.commit`, `bootstrap.servers`, `group.id`,
+    /// `transactional.id`, `partitioner=random`) make [`KafkaBus::connect`](crate::KafkaBus::connect)
+    /// fail with an error that names the property and the Courier setting to use instead.
+    /// Values of secret properties (`sasl.password`, `ssl.key.password`, `ssl.key.pem`, …) are
+    /// shown as `***` in `Debug` output and never appear in errors. Default: none.
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.0.insert(key.into(), value.into());
         self
     }
 
     /// Sets a librdkafka property on the producer only, after [`set`](Self::set)'s, e.g.
-    /// `linger.ms` or `message.max.bytes`. `enable.idempotence=true` and `acks=all` are always
-    /// enforced: the ACK guarantee rests on them. Default: none.
+    /// `linger.ms` or `message.max.bytes`; the same properties are refused. Default: none.
     pub fn producer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.producer_settings.0.insert(key.into(), value.into());
         self
     }
 
-    /// Sets a librdkafka property on consumers only, after [`set`](Self::set)'s.
-    /// `enable.auto.commit=false` is always enforced (Courier commits what was acknowledged).
-    /// Default: none, except `auto.offset.reset=earliest`, so a new group reads the topic from
-    /// its start.
+    /// Sets a librdkafka property on consumers only, after [`set`](Self::set)'s; the same
+    /// properties are refused. Default: none, except `auto.offset.reset=earliest`, so a new
+    /// group reads the topic from its start.
     pub fn consumer_set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.consumer_settings.0.insert(key.into(), value.into());
         self
+    }
+
+    /// Checks the librdkafka properties given to [`set`](Self::set),
+    /// [`producer_set`](Self::producer_set) and [`consumer_set`](Self::consumer_set): one Courier
+    /// owns is refused, naming it, why, and the setting to use instead.
+    /// [`KafkaBus::connect`](crate::KafkaBus::connect) calls it.
+    pub fn validate(&self) -> Result<(), Error> {
+        let all = [&self.settings, &self.producer_settings, &self.consumer_settings];
+        all.into_iter().flat_map(|s| &s.0).try_for_each(|(key, value)| owned::check(key, value))
+    }
+
+    /// `err` with the values of secret properties replaced by `***`: librdkafka's own errors
+    /// about a property (e.g. an invalid value) quote the value. The wrapped librdkafka error,
+    /// which would still hold it, is dropped from a scrubbed error.
+    pub(crate) fn scrub(&self, err: Error) -> Error {
+        let all = [&self.settings, &self.producer_settings, &self.consumer_settings];
+        let secrets: Vec<&str> = all
+            .into_iter()
+            .flat_map(|s| &s.0)
+            .filter(|(key, value)| is_secret_setting(key) && !value.is_empty())
+            .map(|(_, value)| value.as_str())
+            .collect();
+        if !secrets.iter().any(|secret| err.message().contains(secret)) {
+            return err;
+        }
+        let scrubbed =
+            secrets.iter().fold(err.message().to_owned(), |text, secret| text.replace(secret, "***"));
+        Error::new(err.kind(), scrubbed)
     }
 
     /// The brokers the bus connects to (`bootstrap.servers`).
@@ -240,7 +274,7 @@ impl KafkaConfig {
     pub(crate) fn producer_config(&self) -> ClientConfig {
         let mut config = self.base_config(&self.bootstrap_servers);
         config.extend(self.producer_settings.0.clone());
-        // The ACK guarantee rests on these two; see the crate documentation.
+        // The ACK guarantee rests on these two (users may not set them; see `validate`).
         config.set("enable.idempotence", "true").set("acks", "all");
         // The bound on a verdict (`Transport::verdict_timeout`) rests on this one.
         config.set("message.timeout.ms", self.delivery_timeout.as_millis().max(1).to_string());
@@ -319,13 +353,21 @@ mod tests {
     }
 
     #[test]
-    fn guarantees_are_enforced_over_user_settings() {
-        let config = KafkaConfig::default()
-            .producer_set("enable.idempotence", "false")
-            .producer_set("acks", "1")
-            .consumer_set("enable.auto.commit", "true")
-            .consumer_set("auto.offset.reset", "latest");
-        let producer = config.clone().producer_set("message.timeout.ms", "300000").producer_config();
+    fn properties_courier_owns_are_refused_wherever_they_are_set() {
+        let refused = [
+            KafkaConfig::default().producer_set("enable.idempotence", "false"),
+            KafkaConfig::default().set("acks", "1"),
+            KafkaConfig::default().producer_set("message.timeout.ms", "300000"),
+            KafkaConfig::default().consumer_set("enable.auto.commit", "true"),
+        ];
+        for config in refused {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+            assert!(err.message().contains("cannot be set"), "{err}");
+        }
+        let config = KafkaConfig::default().consumer_set("auto.offset.reset", "latest").set("linger.ms", "5");
+        config.validate().unwrap();
+        let producer = config.producer_config();
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
         assert_eq!(producer.get("acks"), Some("all"));
         assert_eq!(producer.get("message.timeout.ms"), Some("4000"));
@@ -333,5 +375,15 @@ mod tests {
         assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
         assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
         assert_eq!(consumer.get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn scrubbing_hides_secret_values_in_errors() {
+        let config = KafkaConfig::default().set("sasl.password", "hunter2").set("sasl.username", "app");
+        let err =
+            Error::new(ErrorKind::Config, r#"Invalid value "hunter2" for property sasl.password (user app)"#);
+        let scrubbed = config.scrub(err);
+        assert_eq!(scrubbed.message(), r#"Invalid value "***" for property sasl.password (user app)"#);
+        assert_eq!(scrubbed.kind(), ErrorKind::Config);
     }
 }

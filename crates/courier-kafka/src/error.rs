@@ -50,11 +50,19 @@ pub(crate) fn kind_of(code: Code) -> ErrorKind {
 }
 
 /// Wraps a client error, naming what was being done.
+///
+/// A refused property is reported by name without its value, which could be a credential under
+/// a misspelt key (`sasl.pasword`); librdkafka's description may still quote it, which
+/// [`KafkaConfig::scrub`](crate::KafkaConfig) removes for the secret keys it knows.
 pub(crate) fn from_kafka(context: impl std::fmt::Display, err: KafkaError) -> Error {
+    if let KafkaError::ClientConfig(_, description, key, _) = &err {
+        return Error::new(
+            ErrorKind::Config,
+            format!("{context}: librdkafka property `{key}`: {description}"),
+        );
+    }
     let kind = match &err {
-        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) | KafkaError::Subscription(_) => {
-            ErrorKind::Config
-        }
+        KafkaError::ClientCreation(_) | KafkaError::Subscription(_) => ErrorKind::Config,
         KafkaError::Canceled => ErrorKind::Closed,
         other => other.rdkafka_error_code().map_or(ErrorKind::Unavailable, kind_of),
     };
@@ -84,5 +92,22 @@ mod tests {
             let err = from_kafka("producing", KafkaError::MessageProduction(code));
             assert_eq!((err.kind(), err.is_retryable()), (kind, retryable), "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_refused_property_is_named_without_its_value() {
+        let refused = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN,
+            "No such configuration property: \"sasl.pasword\"".into(),
+            "sasl.pasword".into(),
+            "hunter2".into(),
+        );
+        let err = from_kafka("creating the Kafka producer", refused);
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert_eq!(
+            err.message(),
+            "creating the Kafka producer: librdkafka property `sasl.pasword`: No such configuration property: \"sasl.pasword\""
+        );
+        assert!(err.get_ref().is_none(), "the librdkafka error holds the value");
     }
 }

@@ -74,6 +74,8 @@ mod consumer;
 mod dedup;
 mod error;
 mod native;
+mod owned;
+mod problem;
 mod producer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,7 +84,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use courier_core::{Bus, Error, ErrorKind, Publisher, PublisherConfig, Topic, TopicConfig};
 use futures::stream::BoxStream;
 use rdkafka::admin::AdminClient;
-use rdkafka::client::{Client, DefaultClientContext};
+use rdkafka::client::Client;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::Producer as _;
 use rdkafka::ClientConfig;
@@ -94,7 +96,13 @@ pub use producer::{DeliveryContext, KafkaTransport};
 use crate::config::MOCK_BROKERS_SETTING;
 use crate::dedup::Dedup;
 use crate::error::from_kafka;
+use crate::problem::{LastProblem, ProblemContext};
 use crate::producer::ProducerInstance;
+
+/// How long [`KafkaBus::health`](Bus::health) waits for metadata: under the 2 s a readiness
+/// check typically allows, so that the caller gets the probe's answer, which may name an
+/// authentication or TLS failure, rather than its own timeout.
+pub const HEALTH_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// A Kafka bus. Cheap to clone; clones share the producer.
 #[derive(Clone)]
@@ -120,7 +128,9 @@ pub(crate) struct Shared {
     /// Where consumers connect: the configured servers, or the producer's mock cluster.
     bootstrap: String,
     /// `None` on the mock cluster, which has no CreateTopics request.
-    admin: Option<AdminClient<DefaultClientContext>>,
+    admin: Option<AdminClient<ProblemContext>>,
+    /// The last authentication or TLS failure the producer or admin client reported.
+    problem: Arc<LastProblem>,
 }
 
 impl Shared {
@@ -132,11 +142,17 @@ impl Shared {
 
 impl KafkaBus {
     /// Creates the producer (and admin client). librdkafka connects in the background, so this
-    /// fails only on invalid configuration; broker trouble shows in verdicts and provisioning.
+    /// fails only on invalid configuration (including a librdkafka property Courier owns, see
+    /// [`KafkaConfig::set`]); broker trouble shows in verdicts, provisioning and
+    /// [`health`](Bus::health). When authentication or the TLS handshake fails, those errors
+    /// say so (with librdkafka's reason) instead of reporting a bare timeout.
     pub fn connect(config: KafkaConfig) -> Result<Self, Error> {
+        config.validate()?;
         let dedup = Arc::new(Dedup::new(config.dedup_window, config.dedup_capacity));
+        let problem = Arc::new(LastProblem::default());
         let mut producer_config = config.producer_config();
-        let producer = Arc::new(ProducerInstance::new(&producer_config, Arc::clone(&dedup))?);
+        let producer = ProducerInstance::new(&producer_config, Arc::clone(&dedup), &problem);
+        let producer = Arc::new(producer.map_err(|e| config.scrub(e))?);
         let mock_bootstrap = producer.producer.client().mock_cluster().map(|mock| mock.bootstrap_servers());
         let (bootstrap, admin, mock_owner) = match mock_bootstrap {
             Some(bootstrap) => {
@@ -147,8 +163,8 @@ impl KafkaBus {
             None => {
                 let admin = config
                     .admin_config()
-                    .create()
-                    .map_err(|e| from_kafka("creating the Kafka admin client", e))?;
+                    .create_with_context(ProblemContext(Arc::clone(&problem)))
+                    .map_err(|e| config.scrub(from_kafka("creating the Kafka admin client", e)))?;
                 (config.bootstrap_servers.clone(), Some(admin), None)
             }
         };
@@ -163,6 +179,7 @@ impl KafkaBus {
                 dedup,
                 bootstrap,
                 admin,
+                problem,
             }),
         })
     }
@@ -214,20 +231,24 @@ impl Bus for KafkaBus {
         "kafka"
     }
 
-    /// Asks a broker for cluster metadata: answers only when one is reachable.
+    /// Asks a broker for cluster metadata: answers only when one is reachable, within
+    /// [`HEALTH_PROBE_TIMEOUT`], and says so when authentication or TLS failed.
     async fn health(&self) -> Result<(), Error> {
         let shared = Arc::clone(&self.shared);
         let probe = tokio::task::spawn_blocking(move || {
             let producer = shared.producer();
-            producer.producer.client().fetch_metadata(None, std::time::Duration::from_secs(2)).map(drop)
+            producer.producer.client().fetch_metadata(None, HEALTH_PROBE_TIMEOUT).map(drop)
         });
         match probe.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::with_source(
+            Ok(Ok(())) => {
+                self.shared.problem.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.shared.problem.explain(Error::with_source(
                 ErrorKind::Connection,
                 "no Kafka broker answered a metadata request",
                 e,
-            )),
+            ))),
             Err(e) => Err(Error::new(ErrorKind::Lost, format!("the metadata probe failed: {e}"))),
         }
     }

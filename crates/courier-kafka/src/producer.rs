@@ -16,6 +16,7 @@ use rdkafka::{ClientConfig, ClientContext};
 use crate::dedup::Dedup;
 use crate::error::from_kafka;
 use crate::native::{self, DeliveryOpaque, Headers, InFlight, TopicHandles};
+use crate::problem::{self, LastProblem};
 use crate::Shared;
 
 /// Room kept under `message.max.bytes` for headers and record framing.
@@ -28,15 +29,21 @@ pub(crate) type KafkaProducer = ThreadedProducer<DeliveryContext>;
 /// Turns delivery reports into verdicts; runs on the producer's polling thread.
 pub struct DeliveryContext {
     dedup: Arc<Dedup>,
+    /// Explains failed verdicts by an authentication or TLS failure reported meanwhile.
+    problem: Arc<LastProblem>,
 }
 
 impl DeliveryContext {
-    pub(crate) fn new(dedup: Arc<Dedup>) -> Self {
-        Self { dedup }
+    pub(crate) fn new(dedup: Arc<Dedup>, problem: Arc<LastProblem>) -> Self {
+        Self { dedup, problem }
     }
 }
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        problem::on_error(&self.problem, error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     // `native::produce` accepts only this type, so what it turns into the pointer is what
@@ -51,9 +58,10 @@ impl ProducerContext for DeliveryContext {
                 let position =
                     Position::Partition { partition: message.partition(), offset: message.offset() };
                 self.dedup.insert(topic, event_id, &position);
+                self.problem.clear();
                 Ok(Receipt { event_id, position, duplicate: false })
             }
-            Err((err, _)) => Err(delivery_error(topic, event_id, err)),
+            Err((err, _)) => Err(self.problem.explain(delivery_error(topic, event_id, err))),
         };
         completion.complete(outcome);
     }
@@ -72,8 +80,13 @@ pub(crate) struct ProducerInstance {
 }
 
 impl ProducerInstance {
-    pub(crate) fn new(config: &ClientConfig, dedup: Arc<Dedup>) -> Result<Self, Error> {
-        let producer = KafkaProducer::from_config_and_context(config, DeliveryContext::new(dedup))
+    pub(crate) fn new(
+        config: &ClientConfig,
+        dedup: Arc<Dedup>,
+        problem: &Arc<LastProblem>,
+    ) -> Result<Self, Error> {
+        let context = DeliveryContext::new(dedup, Arc::clone(problem));
+        let producer = KafkaProducer::from_config_and_context(config, context)
             .map_err(|e| from_kafka("creating the Kafka producer", e))?;
         Ok(Self { topics: TopicHandles::default(), producer })
     }
@@ -100,7 +113,8 @@ impl Shared {
         if !Arc::ptr_eq(&current, failed) {
             return Ok(Arc::clone(&current));
         }
-        let fresh = Arc::new(ProducerInstance::new(&self.producer_config, Arc::clone(&self.dedup))?);
+        let fresh =
+            Arc::new(ProducerInstance::new(&self.producer_config, Arc::clone(&self.dedup), &self.problem)?);
         let old = std::mem::replace(&mut *current, Arc::clone(&fresh));
         drop(current);
         let restarts = self.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
