@@ -103,7 +103,7 @@ impl Store {
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
                 let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-                probe(&options).await?;
+                probe(&options).await.map_err(OutboxError::connecting)?;
                 let pool =
                     sqlx::postgres::PgPoolOptions::new().max_connections(max_connections.unwrap_or(16));
                 Ok(Self::from(pool.connect_with(options).await?))
@@ -112,7 +112,7 @@ impl Store {
             "mysql" | "mariadb" => {
                 let options: sqlx::mysql::MySqlConnectOptions =
                     url.replacen("mariadb:", "mysql:", 1).parse()?;
-                probe(&options).await?;
+                probe(&options).await.map_err(OutboxError::connecting)?;
                 let pool =
                     sqlx::mysql::MySqlPoolOptions::new().max_connections(max_connections.unwrap_or(16));
                 Ok(Self::from(pool.connect_with(options).await?))
@@ -133,8 +133,9 @@ impl Store {
                 ))
             }
             _ => Err(OutboxError::Config(format!(
-                "unsupported database URL {url:?}: expected postgres://, mysql:// or sqlite:// \
-                 (each needs its cargo feature)"
+                "unsupported database URL {:?}: expected postgres://, mysql:// or sqlite:// \
+                 (each needs its cargo feature)",
+                courier_core::redact_url(url)
             ))),
         }
     }
@@ -496,5 +497,12 @@ mod tests {
             assert_eq!(store.stats().await.unwrap().published, 1, "{}", store.backend());
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_url_is_named_without_its_password() {
+        let error = Store::connect("redis://app:hunter2@cache:6379/0").await.unwrap_err().to_string();
+        assert!(error.contains("redis://app:***@cache:6379/0"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }
