@@ -59,6 +59,7 @@ impl From<sqlx::migrate::MigrateError> for OutboxError {
 impl OutboxError {
     /// The error of opening a connection: a [`Connect`](Self::Connect) naming the problem when
     /// it is one of TLS or authentication, else a [`Database`](Self::Database) error.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
     pub(crate) fn connecting(error: sqlx::Error) -> Self {
         match connect_problem(&error) {
             Some(problem) => Self::Connect { problem, error },
@@ -92,6 +93,7 @@ impl OutboxError {
 /// What a failed connection attempt says about TLS or authentication, if anything. sqlx reports
 /// a rejected server certificate as an I/O error (the handshake runs inside its socket I/O),
 /// which on its own reads like a network fault worth retrying.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 fn connect_problem(error: &sqlx::Error) -> Option<&'static str> {
     let tls = match error {
         sqlx::Error::Io(io) => io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
@@ -110,7 +112,7 @@ fn connect_problem(error: &sqlx::Error) -> Option<&'static str> {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "postgres", feature = "mysql")))]
 mod tests {
     use std::borrow::Cow;
 
