@@ -102,6 +102,7 @@ impl Store {
         match scheme {
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
+                refuse_secret_parameters(url)?;
                 let options: sqlx::postgres::PgConnectOptions = url.parse()?;
                 probe(&options).await.map_err(OutboxError::connecting)?;
                 let pool =
@@ -424,6 +425,21 @@ impl OutboxConnection for StoreTransaction {
     }
 }
 
+/// Refuses a secret-named URL parameter other than `password` (libpq's `sslpassword`, say):
+/// sqlx does not take it and logs each parameter it ignores with its value.
+#[cfg(feature = "postgres")]
+fn refuse_secret_parameters(url: &str) -> Result<(), OutboxError> {
+    let query = url.split_once('?').map_or("", |(_, query)| query.split('#').next().unwrap_or_default());
+    let keys = query.split('&').filter_map(|pair| pair.split('=').next());
+    match keys.into_iter().find(|key| *key != "password" && courier_core::is_secret_setting(key)) {
+        Some(key) => Err(OutboxError::Config(format!(
+            "unsupported database URL parameter `{key}` (value not shown): PostgreSQL URLs take only \
+             `password` as a secret"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Opens and closes one connection, so that an unreachable server fails at once with its own
 /// error. A pool retries a refused connection until its acquire timeout (30 s) and then reports
 /// only that it timed out.
@@ -497,6 +513,14 @@ mod tests {
             assert_eq!(store.stats().await.unwrap().published, 1, "{}", store.backend());
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_secret_parameter_sqlx_would_log_is_refused_without_its_value() {
+        let url = "postgres://app@127.0.0.1:1/app?sslmode=verify-full&sslpassword=hunter2";
+        let error = Store::connect(url).await.unwrap_err().to_string();
+        assert!(error.contains("`sslpassword`") && !error.contains("hunter2"), "{error}");
+        assert!(refuse_secret_parameters("postgres://app@db/app?password=x&sslmode=require").is_ok());
     }
 
     #[tokio::test]
