@@ -13,6 +13,7 @@ use courier_outbox::{Enqueue, Outbox, Store};
 async fn round_trip(url: &str) {
     let store = Store::connect(url).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
     store.migrate().await.unwrap();
+    assert!(!format!("{store:?}").contains(PASSWORD), "the store's Debug shows the password");
     let topic = common::topic();
     let events: Vec<_> = (0..3).map(|seq| common::event("tls-aggregate", seq)).collect();
     let items: Vec<Enqueue<'_>> = events.iter().map(|e| Enqueue::new(e).topic(&topic)).collect();
