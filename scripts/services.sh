@@ -16,6 +16,20 @@ wait_port() { # name port seconds
   return 1
 }
 
+# The binaries of the tests' private PostgreSQL and MariaDB servers (TLS with a CA made at test
+# time; crates/courier-conformance/src/private_db), which the shared servers' packages bring too.
+ensure_database_packages() {
+  local missing=()
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+  [[ -x /usr/sbin/mariadbd && -x /usr/bin/mariadb-install-db ]] || missing+=(mariadb-server)
+  [[ -x /usr/bin/mariadb ]] || missing+=(mariadb-client)
+  ((${#missing[@]} == 0)) && return 0
+  echo "installing ${missing[*]}"
+  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; } \
+    >"$LOG_DIR/apt-databases.log" 2>&1 || {
+    echo "FATAL: apt-get install ${missing[*]} failed; see $LOG_DIR/apt-databases.log" >&2; return 1; }
+}
+
 ensure_postgres() {
   port_open 5432 && return 0
   echo "starting PostgreSQL"
@@ -87,6 +101,7 @@ ensure_kafka_packages() {
 
 ensure_all() {
   ensure_kafka_packages
+  ensure_database_packages
   ensure_postgres
   ensure_mariadb
   ensure_mariadb_time_zones

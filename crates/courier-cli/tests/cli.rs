@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use courier_conformance::private_db::{PrivateDb, CERT_USER, PASSWORD_USER};
+
 fn courier() -> Command {
     Command::new(env!("CARGO_BIN_EXE_courier"))
 }
@@ -194,4 +196,82 @@ async fn outbox_purge_inbox_deletes_rows_older_than_the_given_age() {
     assert_eq!(inbox.record(&mut tx, young).await.unwrap(), Recorded::AlreadyProcessed, "kept");
     assert_eq!(inbox.record(&mut tx, old).await.unwrap(), Recorded::New, "purged");
     tx.rollback().await.unwrap();
+}
+
+/// A database of its own on the shared PostgreSQL, dropped at the end.
+struct SharedPgDb(String);
+
+impl SharedPgDb {
+    fn new() -> Self {
+        let name = format!("courier_cli_{}", uuid::Uuid::now_v7().simple());
+        psql(&format!("CREATE DATABASE {name}"));
+        Self(name)
+    }
+}
+
+impl Drop for SharedPgDb {
+    fn drop(&mut self) {
+        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+    }
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", sql])
+        .output();
+    assert!(
+        out.as_ref().is_ok_and(|o| o.status.success()),
+        "PostgreSQL must run on 127.0.0.1:5432 (scripts/services.sh starts it): {out:?}"
+    );
+}
+
+/// Runs `courier` with `args`, expecting success; returns stdout.
+fn succeeds(args: &[&str]) -> String {
+    let out = courier().args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[test]
+fn outbox_stats_over_tls_with_sslmode_require() {
+    let db = SharedPgDb::new();
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}?sslmode=require", db.0);
+    let stdout = succeeds(&["outbox", "--db", &url, "stats"]);
+    assert!(stdout.contains("pending:            0"), "{stdout}");
+}
+
+#[test]
+fn outbox_stats_with_verify_full_and_a_client_certificate() {
+    let server = PrivateDb::postgres();
+    let cert = server.client_cert();
+    let query = format!(
+        "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        server.ca_file().display(),
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let stdout = succeeds(&["outbox", "--db", &server.url(CERT_USER, None, &query), "stats"]);
+    assert!(stdout.contains("pending:            0"), "{stdout}");
+}
+
+/// Everything the binary prints when the database refuses its password, even with every log
+/// enabled, names the failure once and never shows the password.
+#[test]
+fn a_wrong_database_password_is_named_once_and_never_printed() {
+    let server = PrivateDb::postgres();
+    let secret = "s3cr3t-Pa55-xyz";
+    let query = format!("sslmode=verify-full&sslrootcert={}", server.ca_file().display());
+    let url = server.url(PASSWORD_USER, Some(secret), &query);
+    for args in [vec!["outbox", "--db", &url, "stats"], vec!["migrate", "--db", &url]] {
+        let out = courier().args(&args).env("RUST_LOG", "trace").output().unwrap();
+        let printed =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {printed}");
+        assert!(!printed.contains(secret), "{args:?} printed the password:\n{printed}");
+        let error = printed.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{printed}"));
+        assert!(error.contains(&format!("{PASSWORD_USER}:***@127.0.0.1")), "{error}");
+        assert!(error.contains("authentication failed: "), "{error}");
+        assert_eq!(error.matches("password authentication failed for user").count(), 1, "{error}");
+    }
 }

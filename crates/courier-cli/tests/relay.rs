@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use courier_conformance::private_db::{PrivateDb, PASSWORD_USER};
+
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
 const SHARED_NATS: &str = "nats://127.0.0.1:4222";
 
@@ -107,14 +109,27 @@ struct RelayProcess {
 
 impl RelayProcess {
     fn start(db: &str, bus: &str, topic: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::spawn(db, bus, topic, extra_env, Stdio::null(), Stdio::piped())
+    }
+
+    /// Like [`start`](Self::start), with the relay's stdout and stderr going to `stdout` and
+    /// `stderr` (files, when it may print more than a pipe holds before it is read).
+    fn spawn(
+        db: &str,
+        bus: &str,
+        topic: &str,
+        extra_env: &[(&str, &str)],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Self {
         let listen = format!("127.0.0.1:{}", free_port());
         let mut command = courier();
         command
             .args(["relay", "--db", db, "--bus", bus, "--listen", &listen])
             .env("COURIER_TOPICS__PROVISION", format!("[\"{topic}\"]"))
             .env("COURIER_RELAY__BACKOFF_MAX", "1s")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdout(stdout)
+            .stderr(stderr);
         for (k, v) in extra_env {
             command.env(k, v);
         }
@@ -300,6 +315,34 @@ async fn the_relay_waits_for_an_unreachable_database_and_broker_naming_them() {
     wait_until(Duration::from_secs(60), "all relayed", || stats(&db.url).1 == 20);
     assert!(relay.terminate().status.success());
     assert_eq!(stream_messages(&nats.url(), &topic).await, 20);
+}
+
+/// A relay whose database refuses its password keeps retrying and says why on `/readyz`; the
+/// password shows nowhere: not in its log with every level enabled, `/readyz`, `/metrics`, or
+/// what it prints on the way out.
+#[test]
+fn a_wrong_database_password_is_named_and_never_shown() {
+    let server = PrivateDb::postgres();
+    let secret = "s3cr3t-Pa55-xyz";
+    let query = format!("sslmode=verify-full&sslrootcert={}", server.ca_file().display());
+    let url = server.url(PASSWORD_USER, Some(secret), &query);
+    let logs = tempfile::tempdir().unwrap();
+    let file = |name: &str| std::fs::File::create(logs.path().join(name)).unwrap().into();
+    let env = [("RUST_LOG", "trace")];
+    let relay = RelayProcess::spawn(&url, "memory", "never-used", &env, file("stdout"), file("stderr"));
+    wait_until(Duration::from_secs(60), "/readyz naming the refused password", || {
+        relay.get("/readyz").is_some_and(|(s, body)| s == 503 && body.contains("authentication failed"))
+    });
+    let (_, readyz) = relay.get("/readyz").unwrap();
+    assert!(readyz.contains(&format!("{PASSWORD_USER}:***@127.0.0.1")), "{readyz}");
+    let (_, metrics) = relay.get("/metrics").unwrap();
+    assert!(relay.terminate().status.success());
+    let read = |name: &str| std::fs::read_to_string(logs.path().join(name)).unwrap();
+    let printed =
+        [("/readyz", readyz), ("/metrics", metrics), ("stdout", read("stdout")), ("stderr", read("stderr"))];
+    for (what, text) in printed {
+        assert!(!text.contains(secret), "the password shows in {what}:\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,8 @@
 pub mod nats_server;
 pub mod reference_vectors;
 pub mod tansu_server;
+pub mod private_db;
+pub mod tls_certs;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -129,8 +129,9 @@ impl Store {
         match scheme {
             #[cfg(feature = "postgres")]
             "postgres" | "postgresql" => {
+                refuse_secret_parameters(url)?;
                 let options: sqlx::postgres::PgConnectOptions = url.parse()?;
-                probe(&options).await?;
+                probe(&options).await.map_err(OutboxError::connecting)?;
                 let pool =
                     sqlx::postgres::PgPoolOptions::new().max_connections(max_connections.unwrap_or(16));
                 Ok(Self::from(pool.connect_with(options).await?))
@@ -139,7 +140,7 @@ impl Store {
             "mysql" | "mariadb" => {
                 let options: sqlx::mysql::MySqlConnectOptions =
                     url.replacen("mariadb:", "mysql:", 1).parse()?;
-                probe(&options).await?;
+                probe(&options).await.map_err(OutboxError::connecting)?;
                 let pool =
                     sqlx::mysql::MySqlPoolOptions::new().max_connections(max_connections.unwrap_or(16));
                 Ok(Self::from(pool.connect_with(options).await?))
@@ -160,8 +161,9 @@ impl Store {
                 ))
             }
             _ => Err(OutboxError::Config(format!(
-                "unsupported database URL {url:?}: expected postgres://, mysql:// or sqlite:// \
-                 (each needs its cargo feature)"
+                "unsupported database URL {:?}: expected postgres://, mysql:// or sqlite:// \
+                 (each needs its cargo feature)",
+                courier_core::redact_url(url)
             ))),
         }
     }
@@ -480,6 +482,21 @@ impl crate::inbox::InboxConnection for StoreTransaction {
     }
 }
 
+/// Refuses a secret-named URL parameter other than `password` (libpq's `sslpassword`, say):
+/// sqlx does not take it and logs each parameter it ignores with its value.
+#[cfg(feature = "postgres")]
+fn refuse_secret_parameters(url: &str) -> Result<(), OutboxError> {
+    let query = url.split_once('?').map_or("", |(_, query)| query.split('#').next().unwrap_or_default());
+    let keys = query.split('&').filter_map(|pair| pair.split('=').next());
+    match keys.into_iter().find(|key| *key != "password" && courier_core::is_secret_setting(key)) {
+        Some(key) => Err(OutboxError::Config(format!(
+            "unsupported database URL parameter `{key}` (value not shown): PostgreSQL URLs take only \
+             `password` as a secret"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Opens and closes one connection, so that an unreachable server fails at once with its own
 /// error. A pool retries a refused connection until its acquire timeout (30 s) and then reports
 /// only that it timed out.
@@ -553,5 +570,20 @@ mod tests {
             assert_eq!(store.stats().await.unwrap().published, 1, "{}", store.backend());
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_secret_parameter_sqlx_would_log_is_refused_without_its_value() {
+        let url = "postgres://app@127.0.0.1:1/app?sslmode=verify-full&sslpassword=hunter2";
+        let error = Store::connect(url).await.unwrap_err().to_string();
+        assert!(error.contains("`sslpassword`") && !error.contains("hunter2"), "{error}");
+        assert!(refuse_secret_parameters("postgres://app@db/app?password=x&sslmode=require").is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_url_is_named_without_its_password() {
+        let error = Store::connect("redis://app:hunter2@cache:6379/0").await.unwrap_err().to_string();
+        assert!(error.contains("redis://app:***@cache:6379/0"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }
