@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod nats_server;
+pub mod tls_certs;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
