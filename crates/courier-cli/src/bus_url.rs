@@ -57,7 +57,7 @@ macro_rules! with_bus {
                 $body
             }
             $crate::bus_url::BusUrl::Nats(url) => {
-                let config = courier_nats::NatsConfig::new(url.as_str()).wire_mode($wire);
+                let config = $crate::nats_settings::from_env(url.as_str(), $wire)?;
                 let $bus = courier_nats::NatsBus::connect(config).await?;
                 $body
             }

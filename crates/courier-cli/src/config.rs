@@ -70,6 +70,7 @@ pub struct BusSection {
     #[serde(deserialize_with = "parse_optional")]
     pub url: Option<BusUrl>,
     pub wire: WireMode,
+    pub nats: crate::nats_settings::NatsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod exit;
 mod http;
+mod nats_settings;
 mod report;
 mod secret;
 mod serve;
