@@ -84,13 +84,24 @@ fn the_right_password_from_a_file_makes_the_relay_ready() {
     assert!(!printed.contains(RIGHT), "the password was printed:\n{printed}");
 }
 
-/// Commands without a configuration file (bench, demo) take `[bus.nats]` from the environment.
+/// Commands without a configuration file (bench, demo) take `[bus.nats]` from the environment;
+/// the bench's bare-client baseline connects with them too.
 #[test]
 fn bench_takes_the_nats_credentials_from_the_environment() {
     let server = password_protected();
     let bench = |password: &str| {
         Command::new(env!("CARGO_BIN_EXE_courier"))
-            .args(["bench", "bus", "--backend", "nats", "--bus", &server.url(), "--events", "200"])
+            .args([
+                "bench",
+                "bus",
+                "--backend",
+                "nats",
+                "--bus",
+                &server.url(),
+                "--events",
+                "200",
+                "--baseline",
+            ])
             .env("COURIER_BUS__NATS__USER", "app")
             .env("COURIER_BUS__NATS__PASSWORD", password)
             .output()
