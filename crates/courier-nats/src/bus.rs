@@ -166,5 +166,9 @@ mod tests {
         let shown = format!("{:?}", NatsConfig::new("nats://courier:pw-not-shown@127.0.0.1:4222"));
         assert!(shown.contains(r#"url: "nats://courier:***@127.0.0.1:4222""#), "{shown}");
         assert!(!shown.contains("pw-not-shown"), "{shown}");
+        let shown =
+            format!("{:?}", NatsConfig::new("nats://tok-not-shown@127.0.0.1:4222").nkey_seed("SUnot-shown"));
+        assert!(shown.contains(r#"url: "nats://***@127.0.0.1:4222""#), "{shown}");
+        assert!(!shown.contains("not-shown"), "{shown}");
     }
 }
