@@ -15,9 +15,11 @@ impl FromStr for BusUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Shown with its password masked: a mistyped URL may still carry one.
+        let shown = courier_core::redact_url(s);
         let nonempty = |rest: &str, scheme: &str| {
             if rest.is_empty() {
-                Err(format!("bus URL {s:?} lacks a host: expected {scheme}://host:port"))
+                Err(format!("bus URL {shown:?} lacks a host: expected {scheme}://host:port"))
             } else {
                 Ok(rest.to_owned())
             }
@@ -27,7 +29,7 @@ impl FromStr for BusUrl {
             Some(("nats", rest)) => Ok(Self::Nats(format!("nats://{}", nonempty(rest, "nats")?))),
             Some(("kafka", rest)) => Ok(Self::Kafka(nonempty(rest, "kafka")?)),
             _ => Err(format!(
-                "unsupported bus URL {s:?}: expected memory, nats://host:port or kafka://host:port[,host:port]"
+                "unsupported bus URL {shown:?}: expected memory, nats://host:port or kafka://host:port[,host:port]"
             )),
         }
     }
@@ -57,7 +59,7 @@ macro_rules! with_bus {
                 $body
             }
             $crate::bus_url::BusUrl::Nats(url) => {
-                let config = courier_nats::NatsConfig::new(url.as_str()).wire_mode($wire);
+                let config = $crate::nats_settings::from_env(url.as_str(), $wire)?;
                 let $bus = courier_nats::NatsBus::connect(config).await?;
                 $body
             }
@@ -82,5 +84,10 @@ mod tests {
         assert_eq!("kafka://a:1,b:2".parse(), Ok(BusUrl::Kafka("a:1,b:2".into())));
         assert!("redis://x".parse::<BusUrl>().unwrap_err().contains("unsupported bus URL"));
         assert!("nats://".parse::<BusUrl>().unwrap_err().contains("lacks a host"));
+        let mistyped = "natss://app:pw-not-shown@h:4222".parse::<BusUrl>().unwrap_err();
+        assert!(
+            mistyped.contains("\"natss://app:***@h:4222\"") && !mistyped.contains("pw-not-shown"),
+            "{mistyped}"
+        );
     }
 }

@@ -73,6 +73,7 @@ pub struct BusSection {
     pub url: Option<BusUrl>,
     pub wire: WireMode,
     pub kafka: KafkaSection,
+    pub nats: crate::nats_settings::NatsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

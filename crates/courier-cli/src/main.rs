@@ -9,6 +9,7 @@ mod demo;
 mod exit;
 mod http;
 mod kafka_settings;
+mod nats_settings;
 mod report;
 mod secret;
 mod serve;

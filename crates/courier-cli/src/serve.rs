@@ -175,6 +175,11 @@ impl RelayArgs {
     }
 }
 
+/// Whether `error` is a broker's configuration error, which no retry can fix.
+fn is_configuration(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<courier_core::Error>().is_some_and(|e| e.kind() == courier_core::ErrorKind::Config)
+}
+
 /// The relay's process once its HTTP listener serves.
 struct Started {
     config: Config,
@@ -191,7 +196,7 @@ impl Started {
     /// connecting ends it at once: nothing was claimed yet.
     async fn connect_and_run(self, url: BusUrl, topics: Vec<TopicConfig>) -> anyhow::Result<bool> {
         let database = redact_url(&self.config.database.url);
-        let Some(store) = self.retry(&format!("database {database}"), || self.config.connect_store()).await
+        let Some(store) = self.retry(&format!("database {database}"), || self.config.connect_store()).await?
         else {
             return Ok(true);
         };
@@ -199,29 +204,35 @@ impl Started {
         match url {
             BusUrl::Memory => self.run(store, MemoryBus::default(), &topics).await,
             BusUrl::Nats(nats) => {
-                let nats_config = NatsConfig::new(nats.as_str()).wire_mode(wire);
-                let what = format!("NATS at {}", redact_url(&nats));
+                let nats_config = self
+                    .config
+                    .bus
+                    .nats
+                    .config(&nats, wire)
+                    .map_err(|e| anyhow::Error::from(UsageError(e)))?;
+                let what = format!("NATS at {}", nats_config.shown_url());
                 let bus = self.retry(&what, || async { Ok(NatsBus::connect(nats_config.clone()).await?) });
-                let Some(bus) = bus.await else { return Ok(true) };
+                let Some(bus) = bus.await? else { return Ok(true) };
                 self.run(store, bus, &topics).await
             }
             BusUrl::Kafka(servers) => {
                 let kafka_config = self.config.bus.kafka.config(&servers, wire)?;
                 let what = format!("Kafka at {servers}");
                 let bus = self.retry(&what, || async { Ok(KafkaBus::connect(kafka_config.clone())?) });
-                let Some(bus) = bus.await else { return Ok(true) };
+                let Some(bus) = bus.await? else { return Ok(true) };
                 self.run(store, bus, &topics).await
             }
         }
     }
 
     /// Calls `connect` until it succeeds, with backoff; `/readyz` names `what` and the last
-    /// error meanwhile. `None` when SIGTERM or SIGINT came first.
+    /// error meanwhile. `None` when SIGTERM or SIGINT came first. A configuration error (a
+    /// refused credential, an untrusted certificate) ends it at once: waiting cannot fix it.
     async fn retry<T, F: Future<Output = anyhow::Result<T>>>(
         &self,
         what: &str,
         connect: impl Fn() -> F,
-    ) -> Option<T> {
+    ) -> anyhow::Result<Option<T>> {
         let backoff = Backoff::default();
         let mut stop = self.stop.clone();
         let mut attempt = 0;
@@ -229,17 +240,18 @@ impl Started {
             attempt += 1;
             let error = tokio::select! {
                 connected = connect() => match connected {
-                    Ok(connected) => return Some(connected),
+                    Ok(connected) => return Ok(Some(connected)),
+                    Err(error) if is_configuration(&error) => return Err(error.context(format!("waiting for {what}"))),
                     Err(error) => crate::exit::render(&error),
                 },
-                _ = stop.wait_for(|stop| *stop) => return None,
+                _ = stop.wait_for(|stop| *stop) => return Ok(None),
             };
             let delay = backoff.delay(attempt);
             tracing::warn!(%error, ?delay, "waiting for {what}");
             self.ready.starting(format!("waiting for {what}: {error}"));
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                _ = stop.wait_for(|stop| *stop) => return None,
+                _ = stop.wait_for(|stop| *stop) => return Ok(None),
             }
         }
     }
@@ -250,7 +262,7 @@ impl Started {
         for topic in topics {
             let what = format!("provisioning topic {} on the {} broker", topic.get_topic(), bus.name());
             let provisioned = self.retry(&what, || async { Ok(bus.provision(topic).await?) });
-            if provisioned.await.is_none() {
+            if provisioned.await?.is_none() {
                 return Ok(true);
             }
         }

@@ -36,7 +36,7 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<Telemetry> {
         LogFormat::Human => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
     };
-    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    let registry = tracing_subscriber::registry().with(filter).with(without_credentials()).with(fmt);
     #[cfg(feature = "otel")]
     {
         let provider = otlp_provider()?;
@@ -52,6 +52,15 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<Telemetry> {
         registry.init();
         Ok(Telemetry {})
     }
+}
+
+/// Drops async-nats' TRACE events of its connection's protocol operations: they include the
+/// CONNECT it sends, password, token and JWT in clear. Whatever level is asked for, no credential
+/// reaches the logs.
+fn without_credentials() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target() == "async_nats::connection" && *meta.level() == tracing::Level::TRACE)
+    })
 }
 
 #[cfg(feature = "otel")]

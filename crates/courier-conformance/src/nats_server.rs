@@ -20,7 +20,9 @@ pub struct PrivateServer {
 }
 
 impl PrivateServer {
-    /// Starts a server; `extra` is appended to its configuration file (e.g. `max_payload: 4096`).
+    /// Starts a server; `extra` is appended to its configuration file (e.g. `max_payload: 4096`,
+    /// an `authorization` or `tls` block). A server that exits at once (a bad `extra`) fails the
+    /// test with its log.
     pub fn start(extra: &str) -> Self {
         assert!(
             std::path::Path::new(NATS_SERVER).exists(),
@@ -59,7 +61,11 @@ impl PrivateServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "private nats-server did not start; see {:?}", self.dir);
+            let exited = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                panic!("private nats-server did not start ({exited:?}); its log:\n{log}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

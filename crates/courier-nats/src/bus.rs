@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, Context};
-use async_nats::{Client, ConnectOptions, Event};
+use async_nats::{Client, Event};
 use courier_core::{Bus, DeadLetterTopic, Error, ErrorKind, Publisher, PublisherConfig, Topic, TopicConfig};
 use futures::stream::BoxStream;
 
 use crate::config::NatsConfig;
 use crate::publish::{NatsTransport, ServerLimit};
+use crate::security;
 use crate::streams;
 use crate::subscribe::{self, NatsDelivery};
 
@@ -28,14 +29,17 @@ struct Inner {
 }
 
 impl NatsBus {
-    /// Connects to `config.url` and checks that JetStream is enabled there. The client
+    /// Connects to `config.url` and checks that JetStream is enabled there. Refused credentials
+    /// and TLS failures (an untrusted certificate) are [`ErrorKind::Config`] errors that say so;
+    /// an unreachable server is a retryable [`ErrorKind::Connection`] error. The client
     /// reconnects forever after a lost connection; publishes made meanwhile wait in the client's
     /// queue and their PubAcks time out after the ack timeout (retryable) if the server is back
     /// too late.
     pub async fn connect(config: NatsConfig) -> Result<Self, Error> {
         let limit = Arc::new(ServerLimit::default());
         let on_event = Arc::clone(&limit);
-        let client = ConnectOptions::new()
+        let (options, servers) = security::connect_options(&config).await?;
+        let client = options
             .name(&config.connection_name)
             .event_callback(move |event| {
                 let limit = Arc::clone(&on_event);
@@ -52,22 +56,16 @@ impl NatsBus {
                     }
                 }
             })
-            .connect(config.url.as_str())
+            .connect(servers.as_str())
             .await
-            .map_err(|err| {
-                Error::with_source(
-                    ErrorKind::Connection,
-                    format!("connecting to NATS at {}", courier_core::redact_url(&config.url)),
-                    err,
-                )
-            })?;
+            .map_err(|err| security::connect_error(&config, err))?;
         let admin = jetstream::ContextBuilder::new().timeout(config.ack_timeout).build(client.clone());
         if !client.server_info().jetstream {
             return Err(Error::new(
                 ErrorKind::Unavailable,
                 format!(
                     "JetStream is not enabled on the NATS server at {} (start it with -js)",
-                    courier_core::redact_url(&config.url)
+                    config.shown_url()
                 ),
             ));
         }
@@ -112,10 +110,7 @@ impl Bus for NatsBus {
             async_nats::connection::State::Connected => Ok(()),
             state => Err(Error::new(
                 ErrorKind::Connection,
-                format!(
-                    "not connected to NATS at {} (connection {state:?})",
-                    courier_core::redact_url(&self.inner.config.url)
-                ),
+                format!("not connected to NATS at {} (connection {state:?})", self.inner.config.shown_url()),
             )),
         }
     }
@@ -159,6 +154,7 @@ mod tests {
             .expect("nothing listens on port 1");
         let text = error.to_string();
         assert!(text.contains("connecting to NATS at nats://courier:***@127.0.0.1:1"), "{text}");
+        assert_eq!(error.kind(), ErrorKind::Connection);
         assert!(
             !text.contains("pw-not-shown") && !format!("{error:?}").contains("pw-not-shown"),
             "{error:?}"
@@ -170,5 +166,9 @@ mod tests {
         let shown = format!("{:?}", NatsConfig::new("nats://courier:pw-not-shown@127.0.0.1:4222"));
         assert!(shown.contains(r#"url: "nats://courier:***@127.0.0.1:4222""#), "{shown}");
         assert!(!shown.contains("pw-not-shown"), "{shown}");
+        let shown =
+            format!("{:?}", NatsConfig::new("nats://tok-not-shown@127.0.0.1:4222").nkey_seed("SUnot-shown"));
+        assert!(shown.contains(r#"url: "nats://***@127.0.0.1:4222""#), "{shown}");
+        assert!(!shown.contains("not-shown"), "{shown}");
     }
 }

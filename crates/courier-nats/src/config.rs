@@ -1,9 +1,12 @@
 //! [`NatsConfig`]: connection, wire format, stream and consumer settings, with documented defaults.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use courier_core::wire::WireMode;
 use courier_core::{Error, ErrorKind, Topic};
+
+use crate::security::{Credentials, Tls};
 
 /// Where a provisioned stream keeps its messages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,13 +57,16 @@ pub struct NatsConfig {
     pub(crate) max_ack_pending: i64,
     pub(crate) pull_batch: usize,
     pub(crate) connection_name: String,
+    pub(crate) credentials: Credentials,
+    pub(crate) tls: Tls,
 }
 
-/// Every setting, with the URL's password masked: a logged config never carries a credential.
+/// Every setting, with the URL's password or token and every credential masked: a logged config
+/// never carries a secret.
 impl std::fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsConfig")
-            .field("url", &courier_core::redact_url(&self.url))
+            .field("url", &self.shown_url())
             .field("wire_mode", &self.wire_mode)
             .field("ack_timeout", &self.ack_timeout)
             .field("provision", &self.provision)
@@ -72,12 +78,17 @@ impl std::fmt::Debug for NatsConfig {
             .field("max_ack_pending", &self.max_ack_pending)
             .field("pull_batch", &self.pull_batch)
             .field("connection_name", &self.connection_name)
+            .field("credentials", &self.credentials)
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
 impl NatsConfig {
     /// Settings for the server(s) at `url` (`nats://host:port`, comma-separated for a cluster).
+    /// The URL may carry credentials, `nats://user:password@host:port` or `nats://token@host:port`
+    /// (percent-encoded); the setters below are the alternative, and setting both is refused at
+    /// connect time.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -92,6 +103,8 @@ impl NatsConfig {
             max_ack_pending: 10_000,
             pull_batch: 256,
             connection_name: "courier".into(),
+            credentials: Credentials::None,
+            tls: Tls::default(),
         }
     }
 
@@ -172,6 +185,60 @@ impl NatsConfig {
     pub fn connection_name(mut self, name: impl Into<String>) -> Self {
         self.connection_name = name.into();
         self
+    }
+
+    /// Authenticate with a user name and password. Replaces any other credential set here.
+    /// Default: none (or what the URL carries).
+    pub fn user_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Credentials::UserPassword { user: user.into(), password: password.into() };
+        self
+    }
+
+    /// Authenticate with a token. Replaces any other credential set here. Default: none.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.credentials = Credentials::Token(token.into());
+        self
+    }
+
+    /// Authenticate with a user NKey: its seed (`SU…`) signs the server's nonce, so the seed never
+    /// leaves the process. Replaces any other credential set here. Default: none.
+    pub fn nkey_seed(mut self, seed: impl Into<String>) -> Self {
+        self.credentials = Credentials::NKeySeed(seed.into());
+        self
+    }
+
+    /// Authenticate with a `.creds` file (user JWT and NKey seed, as `nsc` writes it), for servers
+    /// in operator (JWT) mode. Read at connect time. Replaces any other credential set here.
+    /// Default: none.
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.credentials = Credentials::File(path.into());
+        self
+    }
+
+    /// Refuse to talk to a server that does not offer TLS. A `tls://` URL, a CA file or a client
+    /// certificate require TLS too. Default `false`: TLS when the server asks for it.
+    pub fn require_tls(mut self, required: bool) -> Self {
+        self.tls.required = required;
+        self
+    }
+
+    /// Trust the certificate authority in this PEM file (a private CA) for the server's
+    /// certificate, besides the built-in web roots. Default: the built-in roots only.
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Present this certificate and private key (PEM files) to servers that verify clients
+    /// (`verify: true` in their `tls` block). Default: none.
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The server URL(s) with passwords and tokens masked, for logs and error messages.
+    pub fn shown_url(&self) -> String {
+        crate::security::redact(&self.url)
     }
 
     /// The server URL(s); see [`new`](Self::new).

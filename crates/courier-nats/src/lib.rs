@@ -23,6 +23,11 @@
 //!   after the handler succeeded; see [`subscribe`] for messages that cannot be
 //!   handed out. Dead-lettered events go to [`NatsBus::dead_letter`]'s topic by default.
 //!   Consumers are never deleted, so a restarted subscriber resumes after its last ACK.
+//! * **Security**: TLS with a private CA ([`NatsConfig::tls_ca_file`]) and client certificates
+//!   ([`NatsConfig::tls_client_cert`]); user and password (also `nats://user:password@host` in the
+//!   URL), token, NKey seed or `.creds` file. A refused credential or an untrusted server
+//!   certificate fails the connect at once with an [`ErrorKind::Config`] error that says so; no
+//!   secret appears in errors or in [`NatsConfig`]'s `Debug`.
 //! * **Reconnect**: the client reconnects forever. Publishes made while disconnected wait in the
 //!   client queue; every in-flight event still gets a verdict: its PubAck, or a retryable
 //!   `Timeout`/`Connection` error, after which a re-publish is safe thanks to de-duplication.
@@ -57,6 +62,7 @@
 //! ```
 //!
 //! [`WireMode::JsonEnvelope`]: courier_core::wire::WireMode::JsonEnvelope
+//! [`ErrorKind::Config`]: courier_core::ErrorKind::Config
 //! [`Position::Stream`]: courier_core::Position::Stream
 //! [`Bus::provision`]: courier_core::Bus::provision
 //! [`TopicConfig`]: courier_core::TopicConfig
@@ -66,6 +72,7 @@
 mod bus;
 mod config;
 mod publish;
+mod security;
 mod streams;
 pub mod subscribe;
 

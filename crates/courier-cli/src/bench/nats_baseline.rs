@@ -13,11 +13,11 @@ use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::bus::{BusLoad, Tally};
 use crate::report::Row;
-use courier_core::redact_url;
 
 pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Row> {
-    let client =
-        async_nats::connect(url).await.with_context(|| format!("connecting to {}", redact_url(url)))?;
+    // Connected as the Courier bus is (credentials, TLS); only the client is used from here on.
+    let config = crate::nats_settings::from_env(url, courier_core::wire::WireMode::default())?;
+    let client = courier_nats::NatsBus::connect(config).await?.client().clone();
     let js = jetstream::ContextBuilder::new()
         .max_ack_inflight(load.window)
         .backpressure_on_inflight(true)
