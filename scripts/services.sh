@@ -18,16 +18,20 @@ wait_port() { # name port seconds
 
 # The binaries of the tests' private PostgreSQL and MariaDB servers (TLS with a CA made at test
 # time; crates/courier-conformance/src/private_db), which the shared servers' packages bring too.
+# Installs the Debian packages `$@` (log: apt-<first package>.log), failing loudly.
+apt_install() {
+  echo "installing $*"
+  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; } \
+    >"$LOG_DIR/apt-$1.log" 2>&1 || {
+    echo "FATAL: apt-get install $* failed; see $LOG_DIR/apt-$1.log" >&2; return 1; }
+}
+
 ensure_database_packages() {
   local missing=()
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   [[ -x /usr/sbin/mariadbd && -x /usr/bin/mariadb-install-db ]] || missing+=(mariadb-server)
   [[ -x /usr/bin/mariadb ]] || missing+=(mariadb-client)
-  ((${#missing[@]} == 0)) && return 0
-  echo "installing ${missing[*]}"
-  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; } \
-    >"$LOG_DIR/apt-databases.log" 2>&1 || {
-    echo "FATAL: apt-get install ${missing[*]} failed; see $LOG_DIR/apt-databases.log" >&2; return 1; }
+  ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 }
 
 ensure_postgres() {
@@ -92,11 +96,7 @@ ensure_kafka_packages() {
   for pkg in libssl-dev pkg-config socat; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
-  [[ ${#missing[@]} == 0 ]] && return 0
-  echo "installing ${missing[*]}"
-  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"; } \
-    >"$LOG_DIR/apt-kafka.log" 2>&1 || {
-    echo "FATAL: apt-get install ${missing[*]} failed; see $LOG_DIR/apt-kafka.log" >&2; return 1; }
+  ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 }
 
 ensure_all() {
