@@ -21,9 +21,9 @@
 #![warn(missing_docs)]
 
 pub mod nats_server;
+pub mod private_db;
 pub mod reference_vectors;
 pub mod tansu_server;
-pub mod private_db;
 pub mod tls_certs;
 
 use std::collections::{HashMap, HashSet};

@@ -350,7 +350,7 @@ fn dead_letter_record(
 }
 
 /// The text a panic was raised with (`panic!("…")` gives a `&str` or a `String`).
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
+pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

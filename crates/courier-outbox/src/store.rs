@@ -403,6 +403,12 @@ impl Store {
     pub(crate) async fn leave(&self, member: &str) -> Result<(), sqlx::Error> {
         dispatch!(self.backend, Backend, ref pool => Queries::leave(pool, member).await)
     }
+
+    /// Milliseconds until relay `member`'s heartbeat expires (negative once it has); `None`
+    /// when it has none.
+    pub(crate) async fn heartbeat_left_ms(&self, member: &str) -> Result<Option<i64>, sqlx::Error> {
+        dispatch!(self.backend, Backend, ref pool => Queries::heartbeat_left_ms(pool, member).await)
+    }
 }
 
 /// A transaction on a [`Store`]'s database ([`Store::begin`]). Pass `&mut tx` to

@@ -269,3 +269,25 @@ async fn leases_are_renewed_while_every_outbox_statement_waits_on_a_lock() {
     eventually(WAIT, "the row to be marked", || async { pending(&store).await == 0 }).await;
     relay.shutdown().await.unwrap();
 }
+
+/// Two relays with one instance id would both hold every lease and publish the same events at
+/// once: the second refuses to start while the first runs, naming the id. Once the first left,
+/// one with its id starts at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_with_a_running_relays_instance_id_refuses_to_start() {
+    let (_db, store) = TestDb::create(Kind::Postgres).await;
+    let first = Relay::new(store.clone(), MemoryBus::default(), config("twin")).start();
+    eventually(WAIT, "the first relay to hold every partition", || async { first.stats().partitions == 16 })
+        .await;
+    let second = Relay::new(store.clone(), MemoryBus::default(), config("twin")).start();
+    eventually(WAIT, "the second relay to stop", || async { second.is_finished() }).await;
+    let refused = second.shutdown().await.expect_err("refused").to_string();
+    assert!(refused.contains(r#"another relay with instance_id "twin" is running"#), "{refused}");
+    assert_eq!(first.stats().partitions, 16, "the first relay keeps its leases");
+
+    first.shutdown().await.unwrap();
+    let next = Relay::new(store.clone(), MemoryBus::default(), config("twin")).start();
+    eventually(WAIT, "the next relay to hold every partition", || async { next.stats().partitions == 16 })
+        .await;
+    next.shutdown().await.unwrap();
+}

@@ -54,6 +54,7 @@ pub(crate) async fn run<T: Transport>(
 ) -> Result<(), OutboxError> {
     config.validate_with(publisher.verdict_timeout())?;
     store.ensure_partitions(config.partitions).await?;
+    super::lease::refuse_a_live_namesake(&store, &config.instance_id, config.lease_ttl).await?;
     let mut results = publisher.results().expect("a fresh publisher has its results stream");
     // Subtasks die with this task (dropping the set aborts them), also when the relay is aborted.
     let mut tasks = Subtasks::default();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::Store;
+use crate::{OutboxError, Store};
 
 /// What the keeper tells the engine.
 #[derive(Debug)]
@@ -34,6 +34,30 @@ pub(crate) enum KeeperCommand {
     /// (partitions with events still on their way to the broker) expire on their own, after
     /// those events had their verdict.
     Shutdown { keep: Vec<i64>, done: oneshot::Sender<()> },
+}
+
+/// Refuses to start a relay whose instance id a running relay already uses: both would hold
+/// the same leases and publish the same events at once. A heartbeat of that id that is still
+/// fresh may also be this relay's own predecessor, killed without leaving, so it waits for the
+/// heartbeat to expire, and refuses only if it is renewed meanwhile. (Two relays that start at
+/// the same moment with one id both find no heartbeat: ids are for telling relays apart, and the
+/// default one is random.)
+pub(crate) async fn refuse_a_live_namesake(
+    store: &Store,
+    owner: &str,
+    ttl: Duration,
+) -> Result<(), OutboxError> {
+    let fresh = |left: Option<i64>| left.filter(|&ms| ms > 0).map(|ms| Duration::from_millis(ms as u64));
+    let Some(left) = fresh(store.heartbeat_left_ms(owner).await?) else { return Ok(()) };
+    tracing::info!(owner, wait = ?left, "a heartbeat of this relay's instance id is fresh; waiting for it to expire");
+    tokio::time::sleep(left.min(ttl * 2) + Duration::from_millis(100)).await;
+    match fresh(store.heartbeat_left_ms(owner).await?) {
+        None => Ok(()),
+        Some(_) => Err(OutboxError::Config(format!(
+            "another relay with instance_id {owner:?} is running (its heartbeat was renewed while this one \
+             waited); give each relay its own instance_id"
+        ))),
+    }
 }
 
 pub(crate) struct Keeper {

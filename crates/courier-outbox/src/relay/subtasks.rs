@@ -28,13 +28,11 @@ impl Subtasks {
     /// Runs `task` for as long as the relay runs.
     pub(super) fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
         self.0.spawn(async move {
-            let panic = AssertUnwindSafe(task).catch_unwind().await.err().map(|payload| {
-                payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".to_owned())
-            });
+            let panic = AssertUnwindSafe(task)
+                .catch_unwind()
+                .await
+                .err()
+                .map(|payload| courier_core::dispatch::panic_message(payload.as_ref()).to_owned());
             Ended { name, panic }
         });
     }

@@ -293,6 +293,14 @@ where
         Ok(())
     }
 
+    /// Milliseconds until relay `member`'s heartbeat expires; `None` when it has none.
+    pub(crate) async fn heartbeat_left_ms(pool: &Pool<D>, member: &str) -> Result<Option<i64>, sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new("SELECT expires_at_ms - ");
+        qb.push(D::NOW_MS).push(" FROM courier_outbox_relays WHERE member = ").push_bind(member.to_owned());
+        let row = D::build(&mut qb).fetch_optional(pool).await?;
+        row.map(|row| row.try_get(0)).transpose()
+    }
+
     /// Removes relay `member` from the relays sharing the partitions.
     pub(crate) async fn leave(pool: &Pool<D>, member: &str) -> Result<(), sqlx::Error> {
         let mut qb = QueryBuilder::<D>::new("DELETE FROM courier_outbox_relays WHERE member = ");
