@@ -6,6 +6,10 @@
 //! dead-letter subject with its original headers and body plus the reason, and acknowledged only
 //! once that publish was acknowledged. If the dead-letter publish fails, the message is NAKed with
 //! a delay and tried again on redelivery.
+//!
+//! The `js` context subscriptions get is on the bus's consumers' connection, not the publishing
+//! one: a message whose header bytes async-nats cannot parse drops the connection it arrives on
+//! (see [`NatsBus`](crate::NatsBus)).
 
 use std::sync::Arc;
 use std::time::Duration;
