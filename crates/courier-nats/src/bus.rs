@@ -20,7 +20,8 @@ use crate::subscribe::{self, NatsDelivery};
 /// message arrives on when that message's header block is not UTF-8 or has an invalid header
 /// name (its protocol parser fails before the application sees the message), which any other
 /// client can publish. Courier cannot fix that from its side; on a shared connection it would
-/// also cut off every publish in flight, and do so again at each redelivery.
+/// also cut off every publish in flight, and do so again at each redelivery. Subscriptions find
+/// such a message after the reconnect and dead-letter it (see [`subscribe`](crate::subscribe)).
 #[derive(Clone)]
 pub struct NatsBus {
     inner: Arc<Inner>,
