@@ -165,9 +165,10 @@ impl TopicConfig {
 pub const DEAD_LETTER_REASON_HEADER: &str = "courier-dead-letter-reason";
 /// Header with the number of handler attempts before dead-lettering.
 pub const DEAD_LETTER_ATTEMPTS_HEADER: &str = "courier-dead-letter-attempts";
-/// Header of a dead-letter *record*, stored instead of a copy the destination refused
-/// permanently (e.g. too large): where the broker holds the original (`stream S sequence N`,
-/// `partition P offset O`, `sequence N`). A record has no payload and no user headers.
+/// Where the broker holds the original (`stream S sequence N`, `partition P offset O`,
+/// `topic T partition P offset O`, `sequence N`): on a dead-letter *record*, stored instead of a
+/// copy the destination refused permanently (e.g. too large), which has no payload and no user
+/// headers; and on the copy a subscriber makes of a message it cannot decode.
 pub const DEAD_LETTER_POSITION_HEADER: &str = "courier-dead-letter-position";
 /// Header of a dead-letter record: why the full copy was refused.
 pub const DEAD_LETTER_ERROR_HEADER: &str = "courier-dead-letter-error";

@@ -7,6 +7,11 @@
 //! commits what advanced; a revoke commits the acknowledged prefix of the revoked partitions and
 //! forgets them, so later acknowledgements of their messages commit nothing; dropping the
 //! stream commits what is acknowledged and leaves the group.
+//!
+//! A record that is not a Courier event (a value or headers that do not decode, header bytes that
+//! are not UTF-8) is never skipped: it is forwarded, bytes unchanged, to the topic's dead-letter
+//! topic ([`KafkaBus::dead_letter_topic`](crate::KafkaBus::dead_letter_topic)) with the reason
+//! and its position, and marked done only once the broker acknowledged that copy.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -14,16 +19,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use courier_core::dispatch::Delivery;
-use courier_core::{wire, Envelope, Error, ErrorKind, OffsetTracker, Position, Topic};
+use courier_core::{Backoff, Envelope, Error, ErrorKind, OffsetTracker, Position, Topic};
 use futures::stream::{self, BoxStream, StreamExt};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio::task::JoinHandle;
 
 use crate::error::from_kafka;
+use crate::native::{self, Headers};
+use crate::producer;
+use crate::record::Received;
 use crate::Shared;
 
 type KafkaConsumer = StreamConsumer<GroupContext>;
@@ -215,6 +223,9 @@ impl ConsumerContext for GroupContext {
 struct Subscription {
     consumer: Arc<KafkaConsumer>,
     committer: JoinHandle<()>,
+    /// The bus, whose producer dead-letters records that are not events.
+    shared: Arc<Shared>,
+    dead_letter: Topic,
 }
 
 impl Drop for Subscription {
@@ -231,50 +242,88 @@ impl Drop for Subscription {
     }
 }
 
+/// A received record that is not a Courier event, to be dead-lettered.
+struct Undecodable {
+    record: Received,
+    reason: String,
+    assignment: u64,
+    seq: u64,
+}
+
 impl Subscription {
-    fn delivery(&self, message: &BorrowedMessage<'_>) -> Option<KafkaDelivery> {
-        let headers: Vec<(String, String)> = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| {
-                        (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let body = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-        let (partition, offset) = (message.partition(), message.offset());
-        let offsets = &self.consumer.context().offsets;
-        let (assignment, seq) = offsets.received(partition, offset);
-        match wire::decode(&headers, body) {
-            Ok(envelope) => Some(KafkaDelivery {
+    /// Registers `message` and decodes it. Its headers are read as bytes: rust-rdkafka's header
+    /// accessors panic on a name that is not UTF-8.
+    fn receive(&self, message: &BorrowedMessage<'_>) -> Result<KafkaDelivery, Box<Undecodable>> {
+        let context = self.consumer.context();
+        let record = Received {
+            topic: context.topic.to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            headers: native::header_bytes(message),
+            value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        };
+        let (assignment, seq) = context.offsets.received(record.partition, record.offset);
+        match record.decode() {
+            Ok(envelope) => Ok(KafkaDelivery {
                 envelope,
-                partition,
-                offset,
+                partition: record.partition,
+                offset: record.offset,
                 assignment,
                 seq,
-                offsets: Arc::clone(offsets),
+                offsets: Arc::clone(&context.offsets),
             }),
-            Err(err) => {
-                // No handler can process it; skipping it loudly keeps the partition moving.
-                tracing::error!(topic = message.topic(), partition, offset, error = %err, "skipping a message that is not a Courier event");
-                offsets.acked(partition, assignment, seq);
-                None
+            Err(err) => Err(Box::new(Undecodable {
+                reason: format!("undecodable message: {err}"),
+                record,
+                assignment,
+                seq,
+            })),
+        }
+    }
+
+    /// Forwards the record to the dead-letter topic, then marks it done, so its offset is
+    /// committed only after the broker acknowledged the copy. While that fails it retries with
+    /// backoff and reads nothing else: skipping past the record would lose it.
+    async fn dead_letter(&self, undecodable: Box<Undecodable>) {
+        let Undecodable { record, reason, assignment, seq } = *undecodable;
+        let copy = record.dead_letter_copy(&reason, self.shared.max_record_bytes());
+        let backoff = Backoff::default();
+        let mut failures = 0;
+        loop {
+            let mut headers = Headers::with_capacity(copy.headers.len());
+            for (name, value) in &copy.headers {
+                headers.put_bytes(name, value.as_deref());
+            }
+            let forwarded =
+                producer::forward(&self.shared, &self.dead_letter, &copy.key, headers, copy.value.clone())
+                    .await;
+            match forwarded {
+                Ok(stored) => {
+                    tracing::error!(position = %record.position(), dead_letter = %self.dead_letter, ?stored, %reason, "record dead-lettered by the consumer");
+                    break;
+                }
+                Err(err) => {
+                    failures += 1;
+                    let delay = backoff.delay(failures);
+                    tracing::error!(position = %record.position(), dead_letter = %self.dead_letter, error = %err, ?delay, "dead-lettering a record failed; retrying, its partition waits");
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
+        self.consumer.context().offsets.acked(record.partition, assignment, seq);
     }
 }
 
 pub(crate) fn subscribe(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     topic: &Topic,
     group: &str,
 ) -> Result<BoxStream<'static, KafkaDelivery>, Error> {
     if group.is_empty() {
         return Err(Error::new(ErrorKind::InvalidInput, "consumer group name must not be empty"));
     }
+    let dead_letter = crate::dead_letter_topic(topic)?;
     let context = GroupContext { topic: topic.clone(), offsets: Arc::default() };
     let consumer: KafkaConsumer = shared
         .config
@@ -287,16 +336,16 @@ pub(crate) fn subscribe(
     let consumer = Arc::new(consumer);
     let committer =
         tokio::spawn(commit_periodically(Arc::downgrade(&consumer), shared.config.commit_interval));
-    let subscription = Subscription { consumer, committer };
+    let subscription = Subscription { consumer, committer, shared: Arc::clone(shared), dead_letter };
     Ok(stream::unfold(subscription, |subscription| async move {
         loop {
             let next = match subscription.consumer.recv().await {
-                Ok(message) => Ok(subscription.delivery(&message)),
+                Ok(message) => Ok(subscription.receive(&message)),
                 Err(err) => Err(err),
             };
             match next {
-                Ok(Some(delivery)) => return Some((delivery, subscription)),
-                Ok(None) => {}
+                Ok(Ok(delivery)) => return Some((delivery, subscription)),
+                Ok(Err(undecodable)) => subscription.dead_letter(undecodable).await,
                 Err(err) => {
                     tracing::warn!(topic = %subscription.consumer.context().topic, error = %err, "consumer error");
                     tokio::time::sleep(ERROR_PAUSE).await;

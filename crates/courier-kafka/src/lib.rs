@@ -25,7 +25,11 @@
 //! - **Subscribe**: a consumer-group member; offsets are committed by hand and only over the
 //!   contiguous prefix of acknowledged messages of each partition, never past one that is not
 //!   done. Retries, dead-lettering and per-aggregate order come from the shared
-//!   [`dispatch`](courier_core::dispatch) engine. See [`KafkaDelivery`].
+//!   [`dispatch`](courier_core::dispatch) engine. See [`KafkaDelivery`]. A record that is not a
+//!   Courier event (written by another client: a value that does not decode, header bytes that
+//!   are not UTF-8) is forwarded as it is to the topic's dead-letter topic
+//!   ([`KafkaBus::dead_letter_topic`]) with the reason and its position, and committed only
+//!   after that copy is acknowledged.
 //!
 //! # What an ACK guarantees on Kafka
 //! A successful verdict means the partition leader appended the event and every replica in
@@ -77,11 +81,12 @@ mod native;
 mod owned;
 mod problem;
 mod producer;
+mod record;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use courier_core::{Bus, Error, ErrorKind, Publisher, PublisherConfig, Topic, TopicConfig};
+use courier_core::{Bus, DeadLetterTopic, Error, ErrorKind, Publisher, PublisherConfig, Topic, TopicConfig};
 use futures::stream::BoxStream;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::Client;
@@ -103,6 +108,17 @@ use crate::producer::ProducerInstance;
 /// check typically allows, so that the caller gets the probe's answer, which may name an
 /// authentication or TLS failure, rather than its own timeout.
 pub const HEALTH_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Appended to a topic's name to name its dead-letter topic: `orders` dead-letters to
+/// `orders.dlq`.
+pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
+
+/// The topic `topic`'s dead-lettered records go to (see [`DEAD_LETTER_SUFFIX`]).
+fn dead_letter_topic(topic: &Topic) -> Result<Topic, Error> {
+    Topic::new(format!("{topic}{DEAD_LETTER_SUFFIX}")).map_err(|err| {
+        Error::new(ErrorKind::InvalidInput, format!("no dead-letter topic for {topic}: {err}"))
+    })
+}
 
 /// A Kafka bus. Cheap to clone; clones share the producer.
 #[derive(Clone)]
@@ -197,6 +213,23 @@ impl KafkaBus {
     /// The brokers consumers connect to (the mock cluster's listeners on a mock bus).
     pub fn bootstrap_servers(&self) -> &str {
         &self.shared.bootstrap
+    }
+
+    /// The topic to which subscribers of `topic` forward records that are not Courier events:
+    /// `topic` plus [`DEAD_LETTER_SUFFIX`]. Provision it like any topic (or use
+    /// [`dead_letter`](Self::dead_letter)): until it exists, such a record is retried and its
+    /// partition waits.
+    pub fn dead_letter_topic(&self, topic: &Topic) -> Result<Topic, Error> {
+        dead_letter_topic(topic)
+    }
+
+    /// The dead-letter destination for handlers of `topic`: its dead-letter topic, provisioned
+    /// (or validated) here, so events a handler gives up on land beside the records the
+    /// subscriber could not decode.
+    pub async fn dead_letter(&self, topic: &Topic) -> Result<DeadLetterTopic<KafkaTransport>, Error> {
+        let dlq = dead_letter_topic(topic)?;
+        self.provision(&TopicConfig::new(dlq.clone())).await?;
+        Ok(DeadLetterTopic::new(self.publisher(PublisherConfig::default()), dlq))
     }
 
     /// The in-process mock cluster when the bus runs on one (librdkafka setting

@@ -1,5 +1,6 @@
 //! The per-message publish call made straight on librdkafka's C API (`rd_kafka_produceva`),
-//! and [`InFlight`], the delivery opaque it hands librdkafka.
+//! [`InFlight`], the delivery opaque it hands librdkafka, and the byte-level reading of a
+//! received record's headers.
 //!
 //! rust-rdkafka's `BaseProducer::send` allocates a C string of the topic name per message,
 //! makes librdkafka look that name up under a lock, and copies the payload into the message
@@ -20,29 +21,59 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use courier_core::wire::HeaderSink;
-use courier_core::{Completion, Error, ErrorKind, Topic};
+use courier_core::{Completion, Error, ErrorKind, Position, Topic};
 use rdkafka::bindings as rd;
 use rdkafka::client::Client;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::ProducerContext;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, IntoOpaque};
+use tokio::sync::oneshot;
 
 /// What travels through librdkafka with each message and comes back in its delivery report:
-/// the event's pending verdict and the payload librdkafka sends from.
+/// who waits for the broker's verdict and the payload librdkafka sends from.
 pub struct InFlight {
-    completion: Completion,
+    reply: Reply,
     /// Lent to librdkafka without a copy; never changed while librdkafka holds the message.
     body: Bytes,
 }
 
+/// Who waits for a message's delivery report.
+pub(crate) enum Reply {
+    /// A published event's verdict.
+    Event(Completion),
+    /// A record forwarded as it was received (a dead-letter copy of a record that is not an
+    /// event): where the broker stored it, or why not.
+    Record(oneshot::Sender<Result<Position, Error>>),
+}
+
+impl Reply {
+    /// Hands `error` to whoever waits.
+    pub(crate) fn fail(self, error: Error) {
+        match self {
+            Self::Event(completion) => completion.complete(Err(error)),
+            // A dropped receiver means nobody waits any more.
+            Self::Record(tx) => drop(tx.send(Err(error))),
+        }
+    }
+}
+
 impl InFlight {
-    pub(crate) fn new(completion: Completion, body: Bytes) -> Self {
-        Self { completion, body }
+    pub(crate) fn new(reply: Reply, body: Bytes) -> Self {
+        Self { reply, body }
     }
 
-    /// The verdict to resolve, once librdkafka is done with the payload.
-    pub(crate) fn into_completion(self) -> Completion {
-        self.completion
+    /// What the message is, for error messages.
+    pub(crate) fn describe(&self) -> String {
+        match &self.reply {
+            Reply::Event(completion) => format!("event {}", completion.event_id()),
+            Reply::Record(_) => "a forwarded record".to_owned(),
+        }
+    }
+
+    /// Who waits for the verdict, once librdkafka is done with the payload.
+    pub(crate) fn into_reply(self) -> Reply {
+        self.reply
     }
 }
 
@@ -195,21 +226,69 @@ impl Headers {
     }
 }
 
-impl HeaderSink for Headers {
-    fn put(&mut self, name: &str, value: &str) {
-        // SAFETY: name and value are valid for their lengths, which librdkafka copies.
+impl Headers {
+    /// Adds a header as bytes, which need not be UTF-8 (a received record's, forwarded as is);
+    /// a `None` value is a null value.
+    pub(crate) fn put_bytes(&mut self, name: &[u8], value: Option<&[u8]>) {
+        let (value_ptr, value_len) = value.map_or((std::ptr::null(), 0), |v| (v.as_ptr(), v.len() as isize));
+        // SAFETY: name and value are valid for their lengths, which librdkafka copies; a null
+        // value pointer makes a null value.
         let err = unsafe {
             rd::rd_kafka_header_add(
                 self.0.as_ptr(),
                 name.as_ptr().cast::<c_char>(),
                 name.len() as isize,
-                value.as_ptr().cast::<c_void>(),
-                value.len() as isize,
+                value_ptr.cast::<c_void>(),
+                value_len,
             )
         };
         // Only a read-only list (one from a received message) refuses a header.
         debug_assert_eq!(err, rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
     }
+}
+
+impl HeaderSink for Headers {
+    fn put(&mut self, name: &str, value: &str) {
+        self.put_bytes(name.as_bytes(), Some(value.as_bytes()));
+    }
+}
+
+/// A received header as bytes: its name and its value (`None`: a null value).
+pub(crate) type RawHeader = (Vec<u8>, Option<Vec<u8>>);
+
+/// The headers of a received message as bytes, in order.
+///
+/// rust-rdkafka's header accessors (`Headers::get`, `try_get`, `iter`, `get_as`) all turn the
+/// name into a `&str` with `unwrap`, so a name that is not UTF-8, which any other client may
+/// write, panics inside them. This reads librdkafka's list directly instead. librdkafka keeps a
+/// name as a NUL-terminated string: a name with a NUL byte inside reads up to that byte.
+pub(crate) fn header_bytes(message: &BorrowedMessage<'_>) -> Vec<RawHeader> {
+    let mut list = std::ptr::null_mut();
+    // SAFETY: the message is live for this call; librdkafka sets `list` to the message's own
+    // header list (still owned by the message) or reports that it has none.
+    let err = unsafe { rd::rd_kafka_message_headers(message.ptr(), &mut list) };
+    if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || list.is_null() {
+        return Vec::new();
+    }
+    let mut headers = Vec::new();
+    for index in 0.. {
+        let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0);
+        // SAFETY: `list` is the live message's list; an index past the end reports an error.
+        let err = unsafe { rd::rd_kafka_header_get_all(list, index, &mut name, &mut value, &mut size) };
+        if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            break;
+        }
+        // SAFETY: librdkafka returns a NUL-terminated name and a value of `size` bytes (or a
+        // null value), both valid while the message lives; both are copied here.
+        let header = unsafe {
+            let name = std::ffi::CStr::from_ptr(name).to_bytes().to_vec();
+            let value =
+                (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size).to_vec());
+            (name, value)
+        };
+        headers.push(header);
+    }
+    headers
 }
 
 impl Drop for Headers {

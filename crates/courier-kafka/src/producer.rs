@@ -1,21 +1,24 @@
 //! Publishing: one idempotent librdkafka producer per bus, polled by one dedicated thread whose
 //! delivery-report callback resolves each event's [`Completion`], and replaced by a new one
-//! when librdkafka declares it dead (a fatal error).
+//! when librdkafka declares it dead (a fatal error). The same producer forwards records that are
+//! not events, as bytes, to their dead-letter topic ([`forward`]).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use courier_core::wire::{self, HeaderStyle, WireMode};
-use courier_core::{Completion, Envelope, Error, ErrorKind, EventId, Position, Receipt, Topic, Transport};
+use courier_core::{Completion, Envelope, Error, ErrorKind, Position, Receipt, Topic, Transport};
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
+use tokio::sync::oneshot;
 
 use crate::dedup::Dedup;
 use crate::error::from_kafka;
-use crate::native::{self, DeliveryOpaque, Headers, InFlight, TopicHandles};
+use crate::native::{self, DeliveryOpaque, Headers, InFlight, Reply, TopicHandles};
 use crate::problem::{self, LastProblem};
 use crate::Shared;
 
@@ -51,24 +54,40 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = DeliveryOpaque;
 
     fn delivery(&self, result: &DeliveryResult<'_>, in_flight: DeliveryOpaque) {
-        let completion = in_flight.into_completion();
-        let (event_id, topic) = (completion.event_id(), completion.topic());
-        let outcome = match result {
-            Ok(message) => {
-                let position =
-                    Position::Partition { partition: message.partition(), offset: message.offset() };
-                self.dedup.insert(topic, event_id, &position);
-                self.problem.clear();
-                Ok(Receipt { event_id, position, duplicate: false })
+        let stored = result.as_ref().map(|message| (message.partition(), message.offset()));
+        match in_flight.into_reply() {
+            Reply::Event(completion) => {
+                let (event_id, topic) = (completion.event_id(), completion.topic());
+                let outcome = match stored {
+                    Ok((partition, offset)) => {
+                        let position = Position::Partition { partition, offset };
+                        self.dedup.insert(topic, event_id, &position);
+                        self.problem.clear();
+                        Ok(Receipt { event_id, position, duplicate: false })
+                    }
+                    Err((err, _)) => {
+                        Err(self.problem.explain(delivery_error(topic, &format!("event {event_id}"), err)))
+                    }
+                };
+                completion.complete(outcome);
             }
-            Err((err, _)) => Err(self.problem.explain(delivery_error(topic, event_id, err))),
-        };
-        completion.complete(outcome);
+            Reply::Record(tx) => {
+                let outcome = match stored {
+                    Ok((partition, offset)) => Ok(Position::Partition { partition, offset }),
+                    Err((err, message)) => Err(self.problem.explain(from_kafka(
+                        format_args!("forwarding a record to topic {}", message.topic()),
+                        err.clone(),
+                    ))),
+                };
+                // A dropped receiver means nobody waits any more.
+                let _ = tx.send(outcome);
+            }
+        }
     }
 }
 
-fn delivery_error(topic: &Topic, event_id: EventId, err: &KafkaError) -> Error {
-    from_kafka(format_args!("publishing event {event_id} to topic {topic}"), err.clone())
+fn delivery_error(topic: &Topic, what: &str, err: &KafkaError) -> Error {
+    from_kafka(format_args!("publishing {what} to topic {topic}"), err.clone())
 }
 
 /// One librdkafka producer and the topic handles made on it, replaced as a whole after a fatal
@@ -136,6 +155,11 @@ impl Shared {
         Ok(fresh)
     }
 
+    /// The largest record Courier sends, keeping [`RECORD_OVERHEAD`] under `message.max.bytes`.
+    pub(crate) fn max_record_bytes(&self) -> usize {
+        self.config.message_max_bytes().saturating_sub(RECORD_OVERHEAD)
+    }
+
     /// Messages the producers of this bus (the current one and any failed one still draining)
     /// hold without a delivery report.
     pub(crate) fn in_flight(&self) -> usize {
@@ -172,6 +196,91 @@ fn retire(old: Arc<ProducerInstance>, timeout: Duration) {
     }
 }
 
+/// Sends a record as it is (key, headers and value as bytes, none of them decoded) to `topic`
+/// through the bus's producer, for dead-letter copies of records that are not events. Returns
+/// where the broker stored it once the broker has acknowledged it.
+pub(crate) async fn forward(
+    shared: &Shared,
+    topic: &Topic,
+    key: &[u8],
+    headers: Headers,
+    body: Bytes,
+) -> Result<Position, Error> {
+    let (tx, rx) = oneshot::channel();
+    hand_over(shared, topic, key, headers, Box::new(InFlight::new(Reply::Record(tx), body))).await;
+    rx.await.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorKind::Lost,
+            format!("the producer dropped a record for topic {topic} without a verdict"),
+        ))
+    })
+}
+
+/// Hands one message to the producer in use. While librdkafka's queue is full it waits (up to
+/// [`KafkaConfig::queue_full_timeout`](crate::KafkaConfig::queue_full_timeout)); a dead producer
+/// is replaced once. A refusal resolves `in_flight`'s reply with the error; otherwise the
+/// delivery report does.
+async fn hand_over(
+    shared: &Shared,
+    topic: &Topic,
+    key: &[u8],
+    mut headers: Headers,
+    mut in_flight: DeliveryOpaque,
+) {
+    let mut producer = shared.producer();
+    // Set when librdkafka first refuses the message for a full queue.
+    let mut deadline = None;
+    let mut pause = Duration::from_micros(200);
+    let mut replaced = false;
+    loop {
+        let produced = {
+            // Taken and released while `producer`, whose client it was made on, is held.
+            let client = producer.producer.client();
+            let handle = match producer.topics.get(client, topic) {
+                Ok(handle) => handle,
+                Err(err) => return in_flight.into_reply().fail(err),
+            };
+            native::produce(client, &handle, key, headers, in_flight)
+        };
+        let refused = match produced {
+            Ok(()) => return,
+            Err(refused) => refused,
+        };
+        let code = refused.code;
+        (headers, in_flight) = (refused.headers, refused.in_flight);
+        if refused.fatal && !replaced {
+            // This producer will refuse everything from now on; the message goes to its
+            // replacement (tried once, so a replacement failing at once is reported).
+            replaced = true;
+            match shared.replace_failed(&producer) {
+                Ok(fresh) => {
+                    producer = fresh;
+                    continue;
+                }
+                Err(err) => return in_flight.into_reply().fail(err),
+            }
+        }
+        if code != RDKafkaErrorCode::QueueFull {
+            let err = delivery_error(topic, &in_flight.describe(), &KafkaError::MessageProduction(code));
+            return in_flight.into_reply().fail(err);
+        }
+        let deadline = *deadline.get_or_insert_with(|| Instant::now() + shared.config.queue_full_timeout);
+        if Instant::now() >= deadline {
+            let err = Error::new(
+                ErrorKind::Backpressure,
+                format!(
+                    "librdkafka's queue stayed full for {:?}; {} was not sent",
+                    shared.config.queue_full_timeout,
+                    in_flight.describe()
+                ),
+            );
+            return in_flight.into_reply().fail(err);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_QUEUE_FULL_PAUSE);
+    }
+}
+
 /// Headers librdkafka is told to expect: the CloudEvents attributes Courier writes, a trace
 /// context and a few of the envelope's own.
 const HEADERS_CAPACITY: usize = 12;
@@ -190,70 +299,10 @@ impl Transport for KafkaTransport {
             completion.complete(Ok(Receipt { event_id, position, duplicate: true }));
             return;
         }
-        let mut producer = shared.producer();
         let mut headers = Headers::with_capacity(HEADERS_CAPACITY);
         let body = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka, &mut headers);
-        let mut in_flight = Box::new(InFlight::new(completion, body));
-        let key = envelope.aggregate_id().as_bytes();
-        // Set when librdkafka first refuses the event for a full queue.
-        let mut deadline = None;
-        let mut pause = Duration::from_micros(200);
-        let mut replaced = false;
-        loop {
-            let produced = {
-                // Taken and released while `producer`, whose client it was made on, is held.
-                let client = producer.producer.client();
-                let handle = match producer.topics.get(client, topic) {
-                    Ok(handle) => handle,
-                    Err(err) => {
-                        in_flight.into_completion().complete(Err(err));
-                        return;
-                    }
-                };
-                native::produce(client, &handle, key, headers, in_flight)
-            };
-            let refused = match produced {
-                Ok(()) => return,
-                Err(refused) => refused,
-            };
-            let code = refused.code;
-            (headers, in_flight) = (refused.headers, refused.in_flight);
-            if refused.fatal && !replaced {
-                // This producer will refuse everything from now on; the event goes to its
-                // replacement (tried once, so a replacement failing at once is reported).
-                replaced = true;
-                match shared.replace_failed(&producer) {
-                    Ok(fresh) => {
-                        producer = fresh;
-                        continue;
-                    }
-                    Err(err) => {
-                        in_flight.into_completion().complete(Err(err));
-                        return;
-                    }
-                }
-            }
-            if code != RDKafkaErrorCode::QueueFull {
-                let err = KafkaError::MessageProduction(code);
-                let completion = in_flight.into_completion();
-                completion.complete(Err(delivery_error(topic, event_id, &err)));
-                return;
-            }
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + shared.config.queue_full_timeout);
-            if Instant::now() >= deadline {
-                let completion = in_flight.into_completion();
-                completion.complete(Err(Error::new(
-                    ErrorKind::Backpressure,
-                    format!(
-                        "librdkafka's queue stayed full for {:?}; event {event_id} was not sent",
-                        shared.config.queue_full_timeout
-                    ),
-                )));
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(MAX_QUEUE_FULL_PAUSE);
-        }
+        let in_flight = Box::new(InFlight::new(Reply::Event(completion), body));
+        hand_over(shared, topic, envelope.aggregate_id().as_bytes(), headers, in_flight).await;
     }
 
     /// Waits (up to the configured flush timeout) until librdkafka has a delivery report for
@@ -273,7 +322,7 @@ impl Transport for KafkaTransport {
     }
 
     fn max_payload(&self) -> usize {
-        let room = self.shared.config.message_max_bytes().saturating_sub(RECORD_OVERHEAD);
+        let room = self.shared.max_record_bytes();
         match self.shared.config.wire_mode {
             WireMode::CloudEvents => room,
             // The reference envelope carries a payload that is not JSON as base64 inside JSON (the

@@ -1,6 +1,7 @@
 //! Fault injection on librdkafka's mock cluster: whatever the brokers do, every accepted event
 //! gets exactly one verdict, failures are typed and retryable where a retry can help, and
-//! re-publishing the failed events gets every event stored.
+//! re-publishing the failed events gets every event stored; a subscriber commits a record that is
+//! not an event only once its dead-letter copy is stored.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -13,7 +14,11 @@ use courier_core::{
 use courier_kafka::{KafkaBus, KafkaConfig};
 use futures::StreamExt;
 use rdkafka::bindings::{rd_kafka_resp_err_t, rd_kafka_test_fatal_error};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::ClientConfig;
 
 const BROKERS: i32 = 3;
 
@@ -352,4 +357,70 @@ async fn fatal_error_replaces_the_producer_and_loses_no_event() {
         seen.insert(delivery.envelope().event_id());
         delivery.ack().await.unwrap();
     }
+}
+
+/// A record that is not a Courier event is committed only once its dead-letter copy is stored:
+/// while the dead-letter topic is missing, the subscriber retries and hands out nothing after the
+/// record (so commits nothing past it); once the topic exists, the copy lands there and the next
+/// event follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_record_waits_for_its_dead_letter_copy_to_be_stored() {
+    let bus = KafkaBus::connect(
+        KafkaConfig::mock(1)
+            .producer_set("allow.auto.create.topics", "false")
+            .producer_set("topic.metadata.propagation.max.ms", "500"),
+    )
+    .expect("mock cluster");
+    let topic = Topic::new(format!("fault-undecodable-{}", uuid::Uuid::now_v7().simple())).unwrap();
+    bus.provision(&TopicConfig::new(topic.clone())).await.expect("provision");
+    let bootstrap = bus.bootstrap_servers().to_owned();
+    let foreign: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    foreign.send(BaseRecord::to(topic.as_str()).key("order-0").payload("not an event")).unwrap();
+    foreign.flush(Duration::from_secs(30)).expect("the foreign record is stored");
+    let good = events(1, 1, 16).remove(0);
+    publish(&bus, &topic, std::slice::from_ref(&good)).await[&good.event_id()].as_ref().expect("stored");
+
+    let mut stream = bus.subscribe(&topic, "reader").await.expect("subscribe");
+    let early = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+    assert!(early.is_err(), "an event was handed out past a record that is not dead-lettered yet");
+    let dlq = bus.dead_letter_topic(&topic).unwrap();
+    bus.provision(&TopicConfig::new(dlq.clone())).await.expect("provision the dead-letter topic");
+    let next =
+        tokio::time::timeout(Duration::from_secs(60), stream.next()).await.expect("handed out").unwrap();
+    assert_eq!(next.envelope().event_id(), good.event_id());
+
+    let copy = tokio::task::spawn_blocking(move || {
+        let reader: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "dead-letter-reader")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        reader.subscribe(&[dlq.as_str()]).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no dead-letter copy within 60 s");
+            if let Some(Ok(message)) = reader.poll(Duration::from_millis(500)) {
+                let headers = message.headers().expect("headers").detach();
+                let header = |name: &str| {
+                    headers
+                        .iter()
+                        .find(|h| h.key == name)
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                let payload = message.payload().map(<[u8]>::to_vec);
+                return (
+                    payload,
+                    header("courier-dead-letter-reason"),
+                    header("courier-dead-letter-position"),
+                );
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(copy.0.as_deref(), Some(&b"not an event"[..]));
+    assert!(copy.1.as_deref().is_some_and(|r| r.starts_with("undecodable message")), "{:?}", copy.1);
+    assert_eq!(copy.2, Some(format!("topic {topic} partition 0 offset 0")));
 }

@@ -1,6 +1,7 @@
 //! Interoperability on Tansu with kafka-python, an independent Kafka client: it reads what Courier
 //! published, in both wire modes, and Courier reads the reference system's envelopes that it
-//! produces with the reference system's headers.
+//! produces with the reference system's headers; records it writes that are not Courier events
+//! are dead-lettered.
 
 mod common;
 
@@ -14,7 +15,7 @@ use courier_conformance::reference_vectors::{
     assert_is_outbox_variant, assert_is_reference, OUTBOX_VARIANT, REFERENCE, REFERENCE_KAFKA_HEADERS,
 };
 use courier_core::dispatch::Delivery as _;
-use courier_core::wire::WireMode;
+use courier_core::wire::{self, HeaderStyle, WireMode};
 use courier_core::{Bus, Envelope, PublisherConfig, Topic, TopicConfig, TraceContext};
 use courier_kafka::KafkaBus;
 use futures::StreamExt;
@@ -215,4 +216,123 @@ async fn courier_reads_the_reference_envelopes_kafka_python_produces() {
 
 fn parse_time(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text).unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}")).into()
+}
+
+/// A record as kafka-python is told to write it (see tests/interop/produce_bytes.py).
+fn raw_record(key: &[u8], headers: &[(&[u8], &[u8])], value: &[u8]) -> String {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let headers: Vec<_> = headers.iter().map(|(n, v)| [hex(n), hex(v)]).collect();
+    json!({ "key": hex(key), "headers": headers, "value": hex(value) }).to_string()
+}
+
+/// The headers and body Courier writes for `event`, to hand-craft records from.
+fn encoded(event: &Envelope) -> (Vec<(String, String)>, bytes::Bytes) {
+    let mut headers = Vec::new();
+    let body = wire::encode(event, WireMode::CloudEvents, HeaderStyle::Kafka, &mut headers);
+    (headers, body)
+}
+
+fn good_event(aggregate: &str) -> Envelope {
+    Envelope::builder("order", aggregate, "OrderPlaced").payload("{}").build().unwrap()
+}
+
+/// Records another client writes that are not Courier events (a garbage value; a header value,
+/// or a header name, that is not UTF-8) are each forwarded to the dead-letter topic with the
+/// reason and their position, and the next event is handled; nothing is left uncommitted.
+/// Before, the first was skipped, the second decoded with its bytes replaced, and the third made
+/// rust-rdkafka panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_are_not_events_are_dead_lettered_and_the_next_event_is_handled() {
+    common::require_tansu();
+    let bus = KafkaBus::connect(common::tansu()).expect("connect");
+    let topic = fresh_topic(&bus).await;
+    let dlq = bus.dead_letter_topic(&topic).unwrap();
+    drop(bus.dead_letter(&topic).await.expect("dead-letter topic provisioned"));
+
+    let (bad_value_event, bad_name_event, good) =
+        (good_event("order-1"), good_event("order-2"), good_event("order-3"));
+    let with_bad_value = {
+        let (mut headers, body) = encoded(&bad_value_event);
+        let mut raw: Vec<(Vec<u8>, Vec<u8>)> =
+            headers.drain(..).map(|(n, v)| (n.into_bytes(), v.into_bytes())).collect();
+        raw.push((b"x-note".to_vec(), b"caf\xe9".to_vec())); // Latin-1, not UTF-8
+        let raw: Vec<(&[u8], &[u8])> = raw.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+        raw_record(b"order-1", &raw, &body)
+    };
+    let with_bad_name = {
+        let (headers, body) = encoded(&bad_name_event);
+        let mut raw: Vec<(&[u8], &[u8])> =
+            headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+        raw.push((b"x-caf\xe9", b"1"));
+        raw_record(b"order-2", &raw, &body)
+    };
+    let good_record = {
+        let (headers, body) = encoded(&good);
+        let raw: Vec<(&[u8], &[u8])> = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+        raw_record(b"order-3", &raw, &body)
+    };
+    let garbage = raw_record(b"order-0", &[], b"\x00\xffnot an event");
+    let records = [garbage, with_bad_value, with_bad_name, good_record].join("\n");
+    let stored: Vec<Value> = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || kafka_python("produce_bytes.py", &[common::TANSU, topic.as_str()], &records)
+    })
+    .await
+    .unwrap()
+    .lines()
+    .map(|line| serde_json::from_str(line).unwrap())
+    .collect();
+
+    let group = format!("reader-{}", uuid::Uuid::now_v7().simple());
+    let mut stream = bus.subscribe(&topic, &group).await.expect("subscribe");
+    let delivery = next_delivery(&mut stream).await;
+    assert_eq!(delivery.envelope().event_id(), good.event_id(), "the next event is handed out");
+    delivery.ack().await.unwrap();
+
+    let copies = tokio::task::spawn_blocking({
+        let dlq = dlq.clone();
+        move || read_with_kafka_python(&dlq, 3)
+    })
+    .await
+    .unwrap();
+    let position = |i: usize| {
+        let (partition, offset) = (&stored[i]["partition"], &stored[i]["offset"]);
+        format!("topic {topic} partition {partition} offset {offset}")
+    };
+    let reasons: Vec<_> = copies
+        .iter()
+        .enumerate()
+        .map(|(i, copy)| {
+            assert_eq!(header(copy, "courier-dead-letter-position"), Some(position(i).as_str()), "{copy}");
+            header(copy, "courier-dead-letter-reason").expect("a reason").to_owned()
+        })
+        .collect();
+    assert!(reasons[0].starts_with("undecodable message:"), "{}", reasons[0]);
+    assert_eq!(copies[0]["key"], "order-0");
+    assert_eq!(copies[0]["value"], "\0\\xffnot an event", "the value as it was");
+    assert_eq!(reasons[1], r#"undecodable message: the value of header "x-note" is not UTF-8: "caf\xe9""#);
+    assert_eq!(header(&copies[1], "x-note"), Some(r"caf\xe9"), "the header value as it was");
+    assert_eq!(header(&copies[1], "ce_id"), Some(bad_value_event.event_id().to_string().as_str()));
+    assert_eq!(reasons[2], r#"undecodable message: header name "x-caf\xe9" is not UTF-8"#);
+    assert_eq!(header(&copies[2], r"x-caf\xe9"), Some("1"), "the name escaped, so clients can read the copy");
+    assert_eq!(copies[2]["value"], "{}");
+
+    // Every offset is committed: a later member of the group starts after them.
+    drop(stream);
+    let later = good_event("order-4");
+    let publisher = bus.publisher(PublisherConfig::default());
+    publisher.publish(&topic, later.clone()).await.unwrap().await.expect("acknowledged");
+    publisher.close().await.unwrap();
+    let mut stream = bus.subscribe(&topic, &group).await.expect("subscribe again");
+    let delivery = next_delivery(&mut stream).await;
+    assert_eq!(delivery.envelope().event_id(), later.event_id(), "nothing before it is handed out again");
+}
+
+async fn next_delivery(
+    stream: &mut futures::stream::BoxStream<'static, courier_kafka::KafkaDelivery>,
+) -> courier_kafka::KafkaDelivery {
+    tokio::time::timeout(Duration::from_secs(90), stream.next())
+        .await
+        .expect("a delivery within 90 s")
+        .expect("subscription open")
 }

@@ -14,7 +14,15 @@ use crate::security;
 use crate::streams;
 use crate::subscribe::{self, NatsDelivery};
 
-/// A NATS JetStream bus. Cheap to clone; clones share one connection.
+/// A NATS JetStream bus. Cheap to clone; clones share its two connections: one for publishing
+/// and management, one for subscriptions.
+///
+/// Subscriptions have a connection of their own because async-nats drops the connection a
+/// message arrives on when that message's header block is not UTF-8 or has an invalid header
+/// name (its protocol parser fails before the application sees the message), which any other
+/// client can publish. Courier cannot fix that from its side; on a shared connection it would
+/// also cut off every publish in flight, and do so again at each redelivery. Subscriptions find
+/// such a message after the reconnect and dead-letter it (see [`subscribe`](crate::subscribe)).
 #[derive(Clone)]
 pub struct NatsBus {
     inner: Arc<Inner>,
@@ -22,8 +30,10 @@ pub struct NatsBus {
 
 struct Inner {
     client: Client,
-    /// For stream and consumer management and the subscriber's dead-lettering.
+    /// For stream and consumer management.
     admin: Context,
+    /// On the subscriptions' own connection: their pull consumers and dead-lettering.
+    consumers: Context,
     config: Arc<NatsConfig>,
     limit: Arc<ServerLimit>,
 }
@@ -37,28 +47,7 @@ impl NatsBus {
     /// too late.
     pub async fn connect(config: NatsConfig) -> Result<Self, Error> {
         let limit = Arc::new(ServerLimit::default());
-        let on_event = Arc::clone(&limit);
-        let (options, servers) = security::connect_options(&config).await?;
-        let client = options
-            .name(&config.connection_name)
-            .event_callback(move |event| {
-                let limit = Arc::clone(&on_event);
-                async move {
-                    match event {
-                        Event::Connected => {
-                            limit.mark_stale();
-                            tracing::info!("connected to NATS");
-                        }
-                        Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
-                        Event::ServerError(err) => tracing::error!(%err, "NATS server error"),
-                        Event::Closed => tracing::debug!("NATS connection closed"),
-                        other => tracing::warn!(event = %other, "NATS connection event"),
-                    }
-                }
-            })
-            .connect(servers.as_str())
-            .await
-            .map_err(|err| security::connect_error(&config, err))?;
+        let client = open(&config, &config.connection_name, Some(Arc::clone(&limit))).await?;
         let admin = jetstream::ContextBuilder::new().timeout(config.ack_timeout).build(client.clone());
         if !client.server_info().jetstream {
             return Err(Error::new(
@@ -69,7 +58,9 @@ impl NatsBus {
                 ),
             ));
         }
-        Ok(Self { inner: Arc::new(Inner { client, admin, config: Arc::new(config), limit }) })
+        let consumer_client = open(&config, &format!("{} consumers", config.connection_name), None).await?;
+        let consumers = jetstream::ContextBuilder::new().timeout(config.ack_timeout).build(consumer_client);
+        Ok(Self { inner: Arc::new(Inner { client, admin, consumers, config: Arc::new(config), limit }) })
     }
 
     /// The settings the bus was connected with, e.g. to name a topic's dead-letter topic.
@@ -77,7 +68,8 @@ impl NatsBus {
         &self.inner.config
     }
 
-    /// The underlying client, e.g. to inspect server info or to run a bare-client comparison.
+    /// The client of the publishing connection, e.g. to inspect server info or to run a
+    /// bare-client comparison. Subscriptions use a connection of their own.
     pub fn client(&self) -> &Client {
         &self.inner.client
     }
@@ -95,6 +87,37 @@ impl NatsBus {
         self.provision(&TopicConfig::new(dlq.clone())).await?;
         Ok(DeadLetterTopic::new(self.publisher(PublisherConfig::default()), dlq))
     }
+}
+
+/// One connection to `config.url` named `name`. `limit`, on the publishing connection, learns
+/// of each (re)connect: the server's `max_payload` may have changed.
+async fn open(config: &NatsConfig, name: &str, limit: Option<Arc<ServerLimit>>) -> Result<Client, Error> {
+    let name_shown = name.to_owned();
+    let (options, servers) = security::connect_options(config).await?;
+    options
+        .name(name)
+        .event_callback(move |event| {
+            let (limit, name) = (limit.clone(), name_shown.clone());
+            async move {
+                match event {
+                    Event::Connected => {
+                        if let Some(limit) = limit {
+                            limit.mark_stale();
+                        }
+                        tracing::info!(connection = %name, "connected to NATS");
+                    }
+                    Event::Disconnected => {
+                        tracing::warn!(connection = %name, "disconnected from NATS; reconnecting")
+                    }
+                    Event::ServerError(err) => tracing::error!(connection = %name, %err, "NATS server error"),
+                    Event::Closed => tracing::debug!(connection = %name, "NATS connection closed"),
+                    other => tracing::warn!(connection = %name, event = %other, "NATS connection event"),
+                }
+            }
+        })
+        .connect(servers.as_str())
+        .await
+        .map_err(|err| security::connect_error(config, err))
 }
 
 impl Bus for NatsBus {
@@ -136,7 +159,7 @@ impl Bus for NatsBus {
     }
 
     async fn subscribe(&self, topic: &Topic, group: &str) -> Result<BoxStream<'static, NatsDelivery>, Error> {
-        subscribe::subscribe(&self.inner.admin, &self.inner.config, topic, group).await
+        subscribe::subscribe(&self.inner.consumers, &self.inner.config, topic, group).await
     }
 }
 

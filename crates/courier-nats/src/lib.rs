@@ -71,12 +71,18 @@
 
 mod bus;
 mod config;
+mod poison;
 mod publish;
 mod security;
 mod streams;
 pub mod subscribe;
 
 pub use bus::NatsBus;
+
+/// Header of the dead-letter copy of a message whose header block async-nats cannot parse (not
+/// UTF-8, an invalid header name): that block as text, bytes outside printable ASCII escaped
+/// (`\xe9`, `\r\n`).
+pub const DEAD_LETTER_HEADERS_HEADER: &str = "courier-dead-letter-headers";
 pub use config::{stream_name, NatsConfig, Retention, Storage};
 pub use publish::NatsTransport;
 pub use subscribe::NatsDelivery;

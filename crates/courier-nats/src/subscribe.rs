@@ -6,6 +6,12 @@
 //! dead-letter subject with its original headers and body plus the reason, and acknowledged only
 //! once that publish was acknowledged. If the dead-letter publish fails, the message is NAKed with
 //! a delay and tried again on redelivery.
+//!
+//! The `js` context subscriptions get is on the bus's consumers' connection, not the publishing
+//! one: a message whose header bytes async-nats cannot parse drops the connection it arrives on
+//! (see [`NatsBus`](crate::NatsBus)). After each reconnect a subscription finds such messages
+//! and dead-letters them, read from the stream as JSON (`STREAM.MSG.GET`), which async-nats does
+//! not parse as headers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +23,7 @@ use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{self, AckKind, Context};
 use async_nats::HeaderMap;
+use bytes::Bytes;
 use courier_core::dispatch::Delivery;
 use courier_core::wire;
 use courier_core::{
@@ -29,6 +36,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NatsConfig;
+use crate::poison::{self, StoredMessage};
 use crate::publish::dead_letter_msg_id;
 use crate::streams::{self, admin_error};
 
@@ -43,6 +51,9 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 /// Idle heartbeat of a pull request, so a lost connection is noticed.
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+/// How often a subscription checks whether its connection was re-established, which may mean
+/// that a message async-nats cannot parse dropped it.
+const RECONNECT_CHECK: Duration = Duration::from_millis(500);
 
 /// A JetStream message handed to the dispatch engine. Dropping it unacknowledged NAKs it once its
 /// subscription stream is dropped, so the group's next subscriber gets it at once instead of
@@ -180,6 +191,7 @@ pub(crate) async fn subscribe(
     let (tx, rx) = mpsc::channel(HANDOFF);
     let puller = Puller {
         stream: consumer.cached_info().stream_name.as_str().into(),
+        consumer: consumer.clone(),
         js: js.clone(),
         config: Arc::clone(config),
         topic: topic.clone(),
@@ -227,6 +239,7 @@ async fn nak(acker: Acker) {
 struct Puller {
     /// The name of the stream the consumer reads.
     stream: Arc<str>,
+    consumer: PullConsumer,
     js: Context,
     config: Arc<NatsConfig>,
     topic: Topic,
@@ -241,9 +254,18 @@ impl Puller {
         tx: mpsc::Sender<NatsDelivery>,
         released: oneshot::Sender<()>,
     ) {
+        let mut reconnect_check = tokio::time::interval(RECONNECT_CHECK);
+        let mut connects = self.connects();
         loop {
             let next = tokio::select! {
                 _ = tx.closed() => break,
+                _ = reconnect_check.tick() => {
+                    if self.connects() != connects {
+                        connects = self.connects();
+                        self.dead_letter_unreadable().await;
+                    }
+                    continue;
+                }
                 next = messages.next() => next,
             };
             let message = match next {
@@ -272,6 +294,90 @@ impl Puller {
         }
         drop(messages);
         let _ = released.send(());
+    }
+
+    /// How often the subscriptions' connection was established.
+    fn connects(&self) -> u64 {
+        self.js.client().statistics().connects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Dead-letters the messages delivered to this consumer and not yet acknowledged that
+    /// async-nats cannot parse, then acknowledges them. One that fails to be dead-lettered stays:
+    /// it is redelivered after `ack_wait`, drops the connection again, and is tried again after
+    /// the reconnect.
+    async fn dead_letter_unreadable(&self) {
+        let info = match self.consumer.get_info().await {
+            Ok(info) => info,
+            Err(err) => {
+                tracing::warn!(topic = %self.topic, group = %self.group, %err, "no consumer info to look for unreadable messages");
+                return;
+            }
+        };
+        for sequence in info.ack_floor.stream_sequence + 1..=info.delivered.stream_sequence {
+            let request = serde_json::json!({ "seq": sequence });
+            let response = self
+                .js
+                .request::<_, _, serde_json::Value>(format!("STREAM.MSG.GET.{}", self.stream), &request)
+                .await;
+            let stored = match response.map_err(|err| err.to_string()).and_then(|r| poison::parse_stored(&r))
+            {
+                Ok(Some(stored)) if stored.subject == self.topic.as_str() => stored,
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::warn!(topic = %self.topic, sequence, %err, "cannot read a message to check its headers");
+                    return;
+                }
+            };
+            let Some(problem) = stored.headers.as_deref().and_then(poison::unreadable_headers) else {
+                continue;
+            };
+            let reason = format!("undecodable message: {problem}");
+            match self.publish_unreadable(&stored, &reason, sequence).await {
+                Ok(dlq) => {
+                    tracing::error!(topic = %self.topic, %dlq, sequence, %reason, "message dead-lettered by the subscriber");
+                    // The subject JetStream delivers the message with; the server acknowledges
+                    // by stream sequence, whatever the delivery count and consumer sequence.
+                    let ack = format!("$JS.ACK.{}.{}.1.{sequence}.0.0.0", self.stream, self.group);
+                    let client = self.js.client();
+                    if let Err(err) = client.publish(ack, "+ACK".into()).await {
+                        tracing::warn!(%err, sequence, "ack after dead-lettering failed; it may be dead-lettered twice");
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(topic = %self.topic, sequence, %reason, %err, "dead-lettering failed; tried again after its next redelivery");
+                }
+            }
+        }
+    }
+
+    /// Publishes a message async-nats cannot parse to the dead-letter topic: its body, its header
+    /// block as text with bytes outside printable ASCII escaped (`courier-dead-letter-headers`),
+    /// the reason and its position. Too large, it goes without body and header block.
+    async fn publish_unreadable(
+        &self,
+        stored: &StoredMessage,
+        reason: &str,
+        sequence: u64,
+    ) -> Result<Topic, Error> {
+        let dlq = self.config.dead_letter_topic(&self.topic)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, dead_letter_msg_id(&dlq, &format!("{}:{sequence}", self.topic)));
+        headers.insert(DEAD_LETTER_REASON_HEADER, bounded_header_value(reason));
+        headers.insert(DEAD_LETTER_POSITION_HEADER, format!("stream {} sequence {sequence}", self.stream));
+        let mut with_original = headers.clone();
+        let original = stored.headers.as_deref().unwrap_or_default().escape_ascii().to_string();
+        with_original.insert(crate::DEAD_LETTER_HEADERS_HEADER, original);
+        let max_payload = self.js.client().server_info().max_payload;
+        let size = wire_size(&with_original, &stored.body);
+        if size <= max_payload {
+            self.store_dead_letter(&dlq, with_original, stored.body.clone()).await?;
+        } else {
+            let refused =
+                format!("the copy is {size} bytes, above the server's max_payload of {max_payload} bytes");
+            headers.insert(DEAD_LETTER_ERROR_HEADER, refused);
+            self.store_dead_letter(&dlq, headers, Default::default()).await?;
+        }
+        Ok(dlq)
     }
 
     /// Decodes `message`, or dead-letters it when it cannot or must not be handed out.
@@ -366,6 +472,13 @@ impl Puller {
             headers.insert(DEAD_LETTER_ERROR_HEADER, refused);
             body = Default::default();
         }
+        self.store_dead_letter(&dlq, headers, body).await?;
+        Ok(dlq)
+    }
+
+    /// Publishes to the dead-letter topic `dlq` and waits for the PubAck, provisioning its stream
+    /// on first use when provisioning is on.
+    async fn store_dead_letter(&self, dlq: &Topic, headers: HeaderMap, body: Bytes) -> Result<(), Error> {
         let mut provisioned = false;
         loop {
             let ack = self.js.publish_with_headers(dlq.to_string(), headers.clone(), body.clone()).await;
@@ -374,7 +487,7 @@ impl Puller {
                 Err(err) => Err(err),
             };
             match result {
-                Ok(_) => return Ok(dlq),
+                Ok(_) => return Ok(()),
                 Err(err)
                     if err.kind() == jetstream::context::PublishErrorKind::StreamNotFound
                         && self.config.provision

@@ -200,3 +200,122 @@ async fn an_event_too_large_to_dead_letter_leaves_a_record_and_later_events_flow
     bus.health().await.expect("the connection survived");
     publisher.publish(&topic, event("big-2", "later")).await.unwrap().await.expect("publishing still works");
 }
+
+/// Publishes a message over a NATS protocol connection of its own, as a client in another
+/// language may: `header_block` is the raw `NATS/1.0` block, whose bytes need not be UTF-8
+/// (async-nats cannot send such bytes).
+fn raw_hpub(subject: &str, header_block: &[u8], body: &[u8]) {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect("127.0.0.1:4222").expect("nats-server on 127.0.0.1:4222");
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    let (header_len, total_len) = (header_block.len(), header_block.len() + body.len());
+    let mut frame = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true}}\r\nHPUB {subject} {header_len} {total_len}\r\n"
+    )
+    .into_bytes();
+    frame.extend_from_slice(header_block);
+    frame.extend_from_slice(body);
+    frame.extend_from_slice(b"\r\nPING\r\n");
+    (&stream).write_all(&frame).unwrap();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the server closed the connection");
+        assert!(!line.starts_with("-ERR"), "the server refused the message: {line}");
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
+}
+
+/// A message whose header bytes are not UTF-8 makes async-nats drop the connection it arrives on
+/// (its parser fails before Courier sees the message). Subscriptions run on a connection of their
+/// own, so publishing on the bus goes on undisturbed: the publishing connection is never dropped.
+/// After the reconnect the subscriber finds the message, dead-letters it with its header block
+/// escaped, and acknowledges it; the event after it is handed out.
+#[tokio::test]
+async fn a_message_with_header_bytes_that_are_not_utf8_is_dead_lettered_and_publishing_goes_on() {
+    // A short ack_wait: the event received in the same read as the bad message is lost with the
+    // connection and comes back after it.
+    let bus = shared_bus(|c| c.ack_wait(Duration::from_secs(3))).await;
+    let topic = fresh_topic(&bus, "badbytes").await;
+    let dlq = bus.config().dead_letter_topic(&topic).unwrap();
+    let mut headers = Vec::new();
+    let body = wire::encode(&event("p-1", "{}"), WireMode::CloudEvents, HeaderStyle::Nats, &mut headers);
+    let mut block = b"NATS/1.0\r\n".to_vec();
+    for (name, value) in headers {
+        block.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    block.extend_from_slice(b"x-note: caf\xe9\r\n\r\n"); // Latin-1, not UTF-8
+    let subject = topic.to_string();
+    tokio::task::spawn_blocking(move || raw_hpub(&subject, &block, &body)).await.unwrap();
+    let next = event("g-1", "next");
+    let publisher = bus.publisher(PublisherConfig::default());
+    publisher.publish(&topic, next.clone()).await.unwrap().await.unwrap();
+    wait_until("both messages are stored", || async { common::stored_messages(&bus, &topic).await == 2 })
+        .await;
+
+    let connects = || bus.client().statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
+    let before = connects();
+    let mut stream = bus.subscribe(&topic, "reader").await.unwrap();
+    let stream_name = courier_nats::stream_name(&topic);
+    wait_until("JetStream delivered the message to the subscriber", || async {
+        let js_stream = bus.jetstream().get_stream(&stream_name).await.unwrap();
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            js_stream.get_consumer("reader").await.unwrap();
+        consumer.get_info().await.unwrap().delivered.stream_sequence >= 1
+    })
+    .await;
+    let after = event("g-2", "after");
+    let receipt = publisher.publish(&topic, after.clone()).await.unwrap().await;
+    receipt.expect("a publish right after gets its ACK");
+    assert_eq!(connects(), before, "the publishing connection was dropped and reconnected");
+
+    // Both events are handed out (`next` after ack_wait if it was lost with the connection);
+    // the bad message is not.
+    let mut handed_out = Vec::new();
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), stream.next()).await.unwrap().unwrap();
+        handed_out.push(delivery.envelope().event_id());
+        delivery.ack().await.unwrap();
+    }
+    handed_out.sort();
+    assert_eq!(handed_out, [next.event_id(), after.event_id()]);
+    wait_until("the bad message is dead-lettered", || async {
+        bus.jetstream().get_stream(courier_nats::stream_name(&dlq)).await.is_ok()
+            && common::stored_messages(&bus, &dlq).await == 1
+    })
+    .await;
+    let dead = bus.jetstream().get_stream(courier_nats::stream_name(&dlq)).await.unwrap();
+    let copy = dead.get_raw_message(1).await.expect("the dead-letter copy is readable");
+    assert_eq!(copy.payload.as_ref(), b"{}");
+    let header = |name: &str| copy.headers.get(name).map(|v| v.to_string()).unwrap_or_default();
+    assert!(
+        header(DEAD_LETTER_REASON_HEADER).starts_with("undecodable message: its header block is not UTF-8")
+    );
+    assert!(header(courier_nats::DEAD_LETTER_HEADERS_HEADER).ends_with(r"x-note: caf\xe9\r\n\r\n"));
+    assert_eq!(header(DEAD_LETTER_POSITION_HEADER), format!("stream {stream_name} sequence 1"));
+    wait_until("the bad message is acknowledged", || async {
+        let js_stream = bus.jetstream().get_stream(&stream_name).await.unwrap();
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            js_stream.get_consumer("reader").await.unwrap();
+        consumer.get_info().await.unwrap().ack_floor.stream_sequence >= 3
+    })
+    .await;
+    publisher.close().await.unwrap();
+}
+
+/// Polls `condition` until it holds, failing after a generous minute.
+async fn wait_until<F, Fut>(what: &str, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

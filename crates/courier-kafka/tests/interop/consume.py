@@ -2,6 +2,7 @@
 """Reads a topic with kafka-python (an independent Kafka client) and prints each record as one
 JSON line: {"partition", "offset", "key", "headers": [[name, value], ...], "value", "value_json"},
 where "value_json" is the value as Python's plain `json` decodes it (null when it is not JSON).
+Key, header values and value are shown as UTF-8 text, bytes that are not UTF-8 escaped (`\xff`).
 
 Usage: consume.py BOOTSTRAP TOPIC COUNT
 Exits non-zero with a clear message when kafka-python is missing or COUNT records do not arrive.
@@ -16,6 +17,11 @@ def parse_json(text):
         return json.loads(text)
     except ValueError:
         return None
+
+
+def text(data):
+    return None if data is None else data.decode("utf-8", errors="backslashreplace")
+
 
 try:
     from kafka import KafkaConsumer, TopicPartition
@@ -39,9 +45,9 @@ def main():
             print(json.dumps({
                 "partition": record.partition,
                 "offset": record.offset,
-                "key": record.key.decode("utf-8") if record.key is not None else None,
-                "headers": [[k, v.decode("utf-8")] for k, v in record.headers],
-                "value": record.value.decode("utf-8"),
+                "key": text(record.key),
+                "headers": [[k, text(v)] for k, v in record.headers],
+                "value": text(record.value),
                 "value_json": parse_json(record.value),
             }), flush=True)
             seen += 1
