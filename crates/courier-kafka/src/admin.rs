@@ -26,7 +26,8 @@ pub(crate) async fn provision(shared: &Arc<Shared>, config: &TopicConfig) -> Res
         if shared.config.provision {
             create(shared, config, partitions, replicas).await?;
         }
-        validate(Arc::clone(shared), config.get_topic().as_str().to_owned(), partitions).await
+        let created = shared.config.provision;
+        validate(Arc::clone(shared), config.get_topic().as_str().to_owned(), partitions, created).await
     };
     provisioned.await.map_err(|e| shared.problem.explain(e))
 }
@@ -95,28 +96,39 @@ fn check(results: Vec<TopicResult>, verb: &str, done: RDKafkaErrorCode) -> Resul
 }
 
 /// Checks through metadata that the topic exists; a partition count other than the configured
-/// one is reported but accepted (keys still map each aggregate to one partition).
-async fn validate(shared: Arc<Shared>, name: String, partitions: i32) -> Result<(), Error> {
+/// one is reported but accepted (keys still map each aggregate to one partition). Right after a
+/// create (`created`), brokers may still answer that the topic is unknown or has no leader, until
+/// the controller's news reaches them: those answers are asked again until `admin_timeout`.
+async fn validate(shared: Arc<Shared>, name: String, partitions: i32, created: bool) -> Result<(), Error> {
     tokio::task::spawn_blocking(move || {
         let admin = shared.admin.as_ref().expect("an admin client exists unless the bus runs on the mock cluster");
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(&name), shared.config.admin_timeout)
-            .map_err(|e| from_kafka(format_args!("reading metadata of topic {name}"), e))?;
-        let topic = metadata.topics().iter().find(|t| t.name() == name);
-        let found = topic.map_or(0, |t| t.partitions().len());
-        match topic.and_then(|t| t.error()) {
-            Some(err) => {
-                let code = RDKafkaErrorCode::from(err);
-                Err(Error::new(kind_of(code), format!("topic {name} is not usable: {code}")))
+        let deadline = std::time::Instant::now() + shared.config.admin_timeout;
+        loop {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(&name), shared.config.admin_timeout)
+                .map_err(|e| from_kafka(format_args!("reading metadata of topic {name}"), e))?;
+            let topic = metadata.topics().iter().find(|t| t.name() == name);
+            let found = topic.map_or(0, |t| t.partitions().len());
+            let error = topic.and_then(|t| t.error()).map(RDKafkaErrorCode::from);
+            let settling = matches!(
+                error,
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::LeaderNotAvailable)
+            );
+            if created && settling && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
             }
-            None if found == 0 => Err(Error::new(ErrorKind::NotFound, format!("topic {name} does not exist"))),
-            None => {
-                if found != partitions as usize {
-                    tracing::warn!(topic = %name, found, configured = partitions, "topic exists with another partition count");
+            return match error {
+                Some(code) => Err(Error::new(kind_of(code), format!("topic {name} is not usable: {code}"))),
+                None if found == 0 => Err(Error::new(ErrorKind::NotFound, format!("topic {name} does not exist"))),
+                None => {
+                    if found != partitions as usize {
+                        tracing::warn!(topic = %name, found, configured = partitions, "topic exists with another partition count");
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
+            };
         }
     })
     .await
