@@ -255,79 +255,145 @@ fn systemd_credentials_replace_every_secret_file_of_the_config() {
 /// variables Kubernetes injects for the Service are set. Every probed path must answer 200.
 #[test]
 fn relay_started_as_the_deployment_says_answers_its_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    let mut relay = Relay::start(
+        dir.path(),
+        &[
+            ("COURIER_DATABASE__URL", sqlite),
+            // The ConfigMap's password file is PostgreSQL's; SQLite takes none.
+            ("COURIER_DATABASE__PASSWORD_FILE", String::new()),
+            ("COURIER_BUS__URL", "memory".into()),
+        ],
+    );
     let deployment = manifest("deployment.yaml");
     let container = container(&deployment);
-    let dir = tempfile::tempdir().unwrap();
-    let config_file = dir.path().join("courier.toml");
-    std::fs::write(&config_file, courier_toml()).unwrap();
-    let command: Vec<&str> = items(container, "command").iter().map(|a| a.as_str().unwrap()).collect();
-    let args: Vec<String> = command[1..]
-        .iter()
-        .map(|arg| {
-            if arg.ends_with("courier.toml") {
-                config_file.display().to_string()
-            } else {
-                (*arg).to_owned()
-            }
-        })
-        .collect();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut relay = Relay(
-        Command::new(env!("CARGO_BIN_EXE_courier"))
-            .args(&args)
-            .env("COURIER_DATABASE__URL", format!("sqlite://{}", dir.path().join("outbox.db").display()))
-            // The ConfigMap's password file is PostgreSQL's; SQLite takes none.
-            .env("COURIER_DATABASE__PASSWORD_FILE", "")
-            .env("COURIER_BUS__URL", "memory")
-            .env("COURIER_HTTP__LISTEN", &listen)
-            .envs(kubernetes_service_env(&manifest("service.yaml")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-
     let annotations = at(&deployment, "spec.template.metadata.annotations");
-    let paths = [
+    for path in [
         text(container, "livenessProbe.httpGet.path"),
         text(container, "readinessProbe.httpGet.path"),
         text(annotations, "prometheus\\.io/path"),
-    ];
-    for path in paths {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let answer = get(&listen, path);
-            match &answer {
-                Some((200, _)) => break,
-                Some((404, _)) => panic!("the relay does not serve {path}"),
-                // Nothing listening yet, or /readyz's 503 while the relay starts.
-                _ => {}
-            }
-            if let Some(status) = relay.0.try_wait().unwrap() {
-                panic!("relay exited with {status}: {}", relay.stderr());
-            }
-            assert!(Instant::now() < deadline, "{path} did not answer 200 within 60s: {answer:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    ] {
+        relay.wait_for(path, |status, _| status == 200);
     }
-    assert!(get(&listen, "/metrics").unwrap().1.contains("courier_outbox_pending"));
-
-    assert!(Command::new("kill").args(["-TERM", &relay.0.id().to_string()]).status().unwrap().success());
-    let status = relay.0.wait().unwrap();
-    let stderr = relay.stderr();
-    assert!(status.success(), "exit after SIGTERM: {status:?}\n{stderr}");
+    assert!(relay.get("/metrics").unwrap().1.contains("courier_outbox_pending"));
+    let stderr = relay.terminate();
     assert!(!stderr.contains("CHANGE-ME"), "a secret reached the log:\n{stderr}");
 }
 
+/// While its database cannot be reached, the relay passes the liveness probe (so it is not
+/// restarted while it retries) and fails the readiness probe naming the database, never the
+/// Secret's password, which it is given in a file as in the pod.
+#[test]
+fn relay_waiting_for_its_database_is_alive_but_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = text(&manifest("secret.yaml"), "stringData.database-password").to_owned();
+    let password_file = dir.path().join("database-password");
+    std::fs::write(&password_file, &password).unwrap();
+    let unreachable = format!("postgres://courier@127.0.0.1:{}/app", free_port());
+    let mut relay = Relay::start(
+        dir.path(),
+        &[
+            ("COURIER_DATABASE__URL", unreachable),
+            ("COURIER_DATABASE__PASSWORD_FILE", password_file.display().to_string()),
+            ("COURIER_BUS__URL", "memory".into()),
+        ],
+    );
+    let deployment = manifest("deployment.yaml");
+    let container = container(&deployment);
+    relay.wait_for(text(container, "livenessProbe.httpGet.path"), |status, _| status == 200);
+    let (_, body) = relay.wait_for(text(container, "readinessProbe.httpGet.path"), |status, body| {
+        status == 503 && body.contains("database")
+    });
+    assert!(!body.contains(&password), "/readyz shows the password: {body}");
+    let stderr = relay.terminate();
+    assert!(!stderr.contains(&password), "a secret reached the log:\n{stderr}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// The relay's process, killed if the test fails before stopping it.
-struct Relay(Child);
+struct Relay {
+    child: Child,
+    listen: String,
+}
 
 impl Relay {
+    /// Runs the Deployment's command with the ConfigMap's courier.toml (written into `dir`), the
+    /// variables Kubernetes injects for the Service, `env`, and a free listen port.
+    fn start(dir: &Path, env: &[(&str, String)]) -> Self {
+        let config_file = dir.join("courier.toml");
+        std::fs::write(&config_file, courier_toml()).unwrap();
+        let deployment = manifest("deployment.yaml");
+        let command = items(container(&deployment), "command");
+        let args = command[1..].iter().map(|arg| match arg.as_str().unwrap() {
+            arg if arg.ends_with("courier.toml") => config_file.display().to_string(),
+            arg => arg.to_owned(),
+        });
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_courier"))
+            .args(args)
+            .env("COURIER_HTTP__LISTEN", &listen)
+            .envs(kubernetes_service_env(&manifest("service.yaml")))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self { child, listen }
+    }
+
+    /// Status and body of `GET path`, or `None` when nothing answers.
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.listen).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Some((status, body))
+    }
+
+    /// Polls `path` until its answer is what `wanted` accepts; a 404 (a path the binary does not
+    /// serve) or the relay's exit fails at once.
+    fn wait_for(&mut self, path: &str, wanted: impl Fn(u16, &str) -> bool) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = self.get(path);
+            match answer {
+                Some((status, ref body)) if wanted(status, body) => return answer.unwrap(),
+                Some((404, _)) => panic!("the relay does not serve {path}"),
+                _ => {}
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("relay exited with {status}: {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "{path} did not answer as expected within 60s: {answer:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM, expects a clean exit, and returns what the relay printed to stderr.
+    fn terminate(mut self) -> String {
+        assert!(Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let status = self.child.wait().unwrap();
+        let stderr = self.stderr();
+        assert!(status.success(), "exit after SIGTERM: {status:?}\n{stderr}");
+        stderr
+    }
+
     /// What the relay printed to stderr, once it has exited.
     fn stderr(&mut self) -> String {
         let mut text = String::new();
-        if let Some(mut stderr) = self.0.stderr.take() {
+        if let Some(mut stderr) = self.child.stderr.take() {
             let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
         }
         text
@@ -336,8 +402,8 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -358,17 +424,4 @@ fn kubernetes_service_env(service: &Value) -> Vec<(String, String)> {
         (format!("{prefix}_PORT"), port.to_string()),
         (format!("{prefix}_ADDR"), host.into()),
     ]
-}
-
-/// Status and body of `GET path`, or `None` when nothing answers.
-fn get(listen: &str, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(listen).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
 }
