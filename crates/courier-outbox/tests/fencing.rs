@@ -247,9 +247,9 @@ async fn leases_are_renewed_while_every_outbox_statement_waits_on_a_lock() {
     let (db, store) = TestDb::create(Kind::Postgres).await;
     let topic = topic();
     let gate = MarkGate::held();
-    let relay = Relay::new(store.clone(), MemoryBus::default(), config("relay-a").connections(2))
-        .mark_gate(&gate)
-        .start();
+    // The default lease: starved renewals lose it after 5 s, which the 8 s wait below covers.
+    let config = config("relay-a").lease_ttl(Duration::from_secs(10)).connections(2);
+    let relay = Relay::new(store.clone(), MemoryBus::default(), config).mark_gate(&gate).start();
     eventually(WAIT, "the relay to hold every partition", || async { relay.stats().partitions == 16 }).await;
     enqueue_tx(&store, &topic, &[event("agg-0", 0)], true).await.unwrap();
     eventually(WAIT, "the event to be acknowledged", || async { relay.stats().published == 1 }).await;
@@ -262,7 +262,7 @@ async fn leases_are_renewed_while_every_outbox_statement_waits_on_a_lock() {
         .await
         .unwrap();
     gate.release();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(relay.stats().partitions, 16, "leases were lost while outbox statements waited on a lock");
 
     sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
