@@ -66,6 +66,7 @@
 mod bus;
 mod config;
 mod publish;
+mod read;
 mod streams;
 pub mod subscribe;
 
