@@ -27,8 +27,8 @@
 //!   done. Retries, dead-lettering and per-aggregate order come from the shared
 //!   [`dispatch`](courier_core::dispatch) engine. See [`KafkaDelivery`].
 //! - **Read** ([`Bus::read`]): a consumer assigned every partition at offsets resolved up front
-//!   (beginning, the current end, or `offsets_for_times` for a time). Without a group it has no
-//!   `group.id` and commits nothing. With one it resumes at the group's committed offsets and
+//!   (beginning, the current end, or `offsets_for_times` for a time). Without a group it commits
+//!   nothing. With one it resumes at the group's committed offsets and
 //!   commits what is acknowledged, but it is assigned the partitions rather than joining the
 //!   group, so it shares no work with the group's subscribers.
 //!

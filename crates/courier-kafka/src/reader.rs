@@ -2,7 +2,8 @@
 //! topic at offsets resolved before the first message is read, so a reader starting at the end
 //! misses nothing published after it started.
 //!
-//! Without a group the consumer has no `group.id` and commits nothing. With one, each partition
+//! Without a group the consumer commits nothing (its `group.id`, which librdkafka requires to
+//! assign partitions, is a throwaway name). With one, each partition
 //! resumes at the group's committed offset, or at the start position when the group has none;
 //! an acknowledgement stores the message's next offset, which librdkafka commits periodically and
 //! when the reader is dropped. The consumer does not join the group (the partitions are assigned,
@@ -37,7 +38,9 @@ pub(crate) async fn read(shared: &Shared, topic: &Topic, options: ReadOptions) -
             return Err(Error::new(ErrorKind::InvalidInput, "consumer group name must not be empty"))
         }
         Some(_) => config.set("enable.auto.commit", "true").set("enable.auto.offset.store", "false"),
-        None => config.remove("group.id"),
+        // librdkafka assigns partitions only to a consumer with a group id; this one is never
+        // committed to, so the broker keeps nothing of it.
+        None => config.set("group.id", format!("courier-reader-{}", courier_core::EventId::new())),
     };
     let consumer: Arc<StreamConsumer> = Arc::new(
         config.create().map_err(|e| from_kafka(format_args!("creating a reader of topic {topic}"), e))?,
@@ -45,7 +48,7 @@ pub(crate) async fn read(shared: &Shared, topic: &Topic, options: ReadOptions) -
     let assignment = {
         let (consumer, topic) = (Arc::clone(&consumer), topic.clone());
         let start = options.get_start();
-        tokio::task::spawn_blocking(move || start_offsets(&*consumer, &topic, start, group.is_some()))
+        tokio::task::spawn_blocking(move || start_offsets(&consumer, &topic, start, group.is_some()))
             .await
             .map_err(|e| Error::new(ErrorKind::Lost, format!("resolving start offsets: {e}")))??
     };
@@ -126,12 +129,11 @@ fn start_offsets(
     };
     let mut assignment = TopicPartitionList::new();
     for partition in partitions {
-        let offset = match (found(&committed, partition), start) {
+        // `by_time` is empty unless the start is a time.
+        let resolved = found(&committed, partition).or_else(|| found(&by_time, partition));
+        let offset = match (resolved, start) {
             (Some(offset), _) => Offset::Offset(offset),
             (None, StartAt::Earliest) => Offset::Beginning,
-            (None, StartAt::Time(_)) if found(&by_time, partition).is_some() => {
-                Offset::Offset(found(&by_time, partition).expect("checked"))
-            }
             // The end as it is now, not when the first fetch resolves it: nothing published after
             // the reader started is missed.
             (None, StartAt::Latest | StartAt::Time(_)) => {
@@ -172,7 +174,10 @@ fn to_message(message: &BorrowedMessage<'_>, group_consumer: Option<Arc<StreamCo
     let Some(consumer) = group_consumer else { return read };
     let topic = message.topic().to_owned();
     read.on_ack(move || async move {
-        consumer.store_offset(&topic, partition, offset + 1).map_err(|e| {
+        // The next offset to read, stored as given (the single-offset `store_offset` adds 1).
+        let mut next = TopicPartitionList::new();
+        next.add_partition_offset(&topic, partition, Offset::Offset(offset + 1)).expect("a valid offset");
+        consumer.store_offsets(&next).map_err(|e| {
             from_kafka(format_args!("storing offset {} of partition {partition}", offset + 1), e)
         })
     })
