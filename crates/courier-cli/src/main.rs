@@ -11,6 +11,7 @@ mod http;
 mod report;
 mod secret;
 mod serve;
+mod tail;
 mod telemetry;
 
 use std::process::ExitCode;
