@@ -119,8 +119,10 @@ fn to_message(message: jetstream::Message, stream: &str, acked: bool) -> Option<
     Some(if acked { read.on_ack(move || ack(acker, sequence)) } else { read })
 }
 
+/// Waits for the server's confirmation, so a reader that exits after its last acknowledgement
+/// leaves the group's position past it.
 async fn ack(acker: Acker, sequence: u64) -> Result<(), Error> {
-    acker.ack().await.map_err(|err| {
+    acker.double_ack().await.map_err(|err| {
         Error::new(ErrorKind::Connection, format!("acknowledging stream sequence {sequence}: {err}"))
     })
 }
