@@ -371,3 +371,28 @@ fn nats_tail_exits_cleanly_on_sigterm() {
     assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     assert_eq!(rt.block_on(nats_consumers(&topic)), 0);
 }
+
+/// A group tail that stops at its limit returns what it pulled but did not print, so the group's
+/// next tail gets those messages at once rather than after the consumer's `ack_wait`.
+#[test]
+fn nats_tail_group_resumes_at_the_first_unprinted_message() {
+    let rt = runtime();
+    let topic = rt.block_on(Broker::Nats.fresh_topic("unprinted"));
+    rt.block_on(Broker::Nats.publish(&topic, &[order(0), order(1), order(2)]));
+    let group = format!("audit-{}", uuid::Uuid::now_v7().simple());
+    let args = |limit: &'static str| {
+        ["--bus", NATS, topic.as_str(), "--group", &group, "--from", "start", "--limit", limit, "--json"]
+            .map(str::to_owned)
+    };
+    let run = |args: [String; 10]| tail_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(aggregate_ids(&run(args("1"))), ["order-0"]);
+    let ack_pending = rt.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(NATS).await.unwrap());
+        let stream = js.get_stream(courier_nats::stream_name(&topic)).await.unwrap();
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(&group).await.unwrap();
+        consumer.info().await.unwrap().num_ack_pending
+    });
+    assert_eq!(ack_pending, 0, "nothing is left handed out to the tail that exited");
+    assert_eq!(aggregate_ids(&run(args("2"))), ["order-1", "order-2"]);
+}

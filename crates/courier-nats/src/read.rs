@@ -1,17 +1,20 @@
 //! [`Bus::read`](courier_core::Bus::read) on JetStream: a durable consumer for a group, else an
 //! ephemeral one without acknowledgements, created at the start position and deleted when the
 //! reader closes (the server drops it after [`EPHEMERAL_INACTIVE`] if the process dies first).
+//! A group reader pulls one message at a time and, on close, NAKs what it pulled but never handed
+//! out, so the group's next reader gets it at once instead of after `ack_wait`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::message::Acker;
-use async_nats::jetstream::{self, Context};
+use async_nats::jetstream::{self, AckKind, Context};
 use courier_core::{
     wire, Error, ErrorKind, Message, Position, ReadOptions, Reader, StartAt, Topic, Undecodable,
 };
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Mutex;
 
 use crate::config::NatsConfig;
 use crate::streams::{self, admin_error};
@@ -41,9 +44,19 @@ pub(crate) async fn read(
         return read_ephemeral(js, config, topic, policy).await;
     };
     let consumer = open_group(js, config, topic, group, policy).await?;
-    let messages = pull(&consumer, config, group, topic).await?;
+    // One at a time: a message pulled but never handed out stays unacknowledged, and unless the
+    // close below returns it, the group's next reader waits `ack_wait` for it.
+    let messages = Arc::new(Mutex::new(pull(&consumer, 1, group, topic).await?));
     let stream: Arc<str> = consumer.cached_info().stream_name.as_str().into();
-    Ok(Reader::new(messages_of(messages, topic.clone(), stream, true)))
+    let reader = Reader::new(messages_of(Arc::clone(&messages), topic.clone(), stream, true));
+    Ok(reader.on_close(move || async move {
+        let mut messages = messages.lock().await;
+        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            if let Err(err) = message.double_ack_with(AckKind::Nak(None)).await {
+                tracing::debug!(%err, "returning an unread message failed; ack_wait redelivers it");
+            }
+        }
+    }))
 }
 
 async fn read_ephemeral(
@@ -66,7 +79,7 @@ async fn read_ephemeral(
         .await
         .map_err(|err| admin_error(format!("creating a reader of {topic:?}"), None, err))?;
     let name = consumer.cached_info().name.clone();
-    let messages = pull(&consumer, config, &name, topic).await?;
+    let messages = Arc::new(Mutex::new(pull(&consumer, config.pull_batch, &name, topic).await?));
     let stream_name: Arc<str> = consumer.cached_info().stream_name.as_str().into();
     let topic = topic.clone();
     let reader = Reader::new(messages_of(messages, topic.clone(), stream_name, false));
@@ -79,16 +92,17 @@ async fn read_ephemeral(
 
 /// Turns pulled messages into read messages; `acked` gives them the consumer's acknowledgement.
 fn messages_of(
-    messages: pull::Stream,
+    messages: Arc<Mutex<pull::Stream>>,
     topic: Topic,
     stream: Arc<str>,
     acked: bool,
 ) -> futures::stream::BoxStream<'static, Message> {
-    futures::stream::unfold(messages, move |mut messages| {
+    futures::stream::unfold(messages, move |messages| {
         let (topic, stream) = (topic.clone(), Arc::clone(&stream));
         async move {
             loop {
-                match messages.next().await? {
+                let next = messages.lock().await.next().await?;
+                match next {
                     Ok(message) => match to_message(message, &stream, acked) {
                         Some(message) => return Some((message, messages)),
                         None => tracing::error!(%topic, "message without JetStream metadata ignored"),

@@ -133,7 +133,7 @@ pub(crate) async fn subscribe(
     group: &str,
 ) -> Result<BoxStream<'static, NatsDelivery>, Error> {
     let consumer = open_group(js, config, topic, group, DeliverPolicy::All).await?;
-    let messages = pull(&consumer, config, group, topic).await?;
+    let messages = pull(&consumer, config.pull_batch, group, topic).await?;
 
     let (unacked_tx, unacked_rx) = mpsc::unbounded_channel();
     let (released_tx, released_rx) = oneshot::channel();
@@ -194,16 +194,16 @@ pub(crate) async fn open_group(
     Ok(consumer)
 }
 
-/// The messages of `consumer` (named `name` in errors), pulled in batches of the configured size.
+/// The messages of `consumer` (named `name` in errors), pulled `batch` at a time.
 pub(crate) async fn pull(
     consumer: &PullConsumer,
-    config: &NatsConfig,
+    batch: usize,
     name: &str,
     topic: &Topic,
 ) -> Result<pull::Stream, Error> {
     consumer
         .stream()
-        .max_messages_per_batch(config.pull_batch)
+        .max_messages_per_batch(batch)
         .heartbeat(PULL_HEARTBEAT)
         .expires(PULL_EXPIRES)
         .messages()
