@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use courier_core::{StartAt, Topic};
+
 use crate::bus_url::BusUrl;
 use crate::config::ServiceArgs;
 
@@ -32,6 +34,8 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Inspect and operate the outbox.
     Outbox(OutboxArgs),
+    /// Print a topic's messages as they arrive, like `nats sub` or `kcat -C`.
+    Tail(TailArgs),
 }
 
 impl Command {
@@ -41,7 +45,7 @@ impl Command {
             Self::Relay(args) => Some(&args.service),
             Self::Migrate(args) => Some(&args.service),
             Self::Outbox(args) => Some(&args.service),
-            Self::Demo(_) | Self::Bench(_) => None,
+            Self::Demo(_) | Self::Bench(_) | Self::Tail(_) => None,
         }
     }
 
@@ -56,6 +60,7 @@ impl Command {
             Self::Relay(args) => args.run(config()).await,
             Self::Migrate(_) => crate::admin::migrate(&config()).await,
             Self::Outbox(args) => args.command.run(&config()).await,
+            Self::Tail(args) => args.run().await,
         }
     }
 }
@@ -80,6 +85,33 @@ pub struct DemoArgs {
     /// then count as lost.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+/// `courier tail`.
+#[derive(Args)]
+pub struct TailArgs {
+    /// Bus URL: nats://host:port or kafka://host:port[,host:port].
+    #[arg(long)]
+    pub bus: BusUrl,
+    /// The topic to read.
+    #[arg(value_parser = crate::tail::topic_arg)]
+    pub topic: Topic,
+    /// Read as member of this consumer group, acknowledging each message once printed, so the
+    /// group's next reader resumes after it. Without it the reader is ephemeral and moves no
+    /// group's position.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Where to start: `start`, `new`, an RFC 3339 UTC time (2026-12-01T14:00:00Z) or a duration
+    /// ago (10m). In a group it applies only when the group has no position yet.
+    #[arg(long, default_value = "new", value_parser = crate::tail::start_arg)]
+    pub from: StartAt,
+    /// Exit after printing this many messages.
+    #[arg(long, value_parser = at_least_one)]
+    pub limit: Option<usize>,
+    /// Print one JSON object per line; the payload is UTF-8 text when valid, else base64
+    /// (`payload_encoding` says which).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `courier bench …`.

@@ -13,6 +13,7 @@ mod nats_settings;
 mod report;
 mod secret;
 mod serve;
+mod tail;
 mod telemetry;
 mod topic_settings;
 

@@ -290,7 +290,7 @@ impl Started {
 }
 
 /// A flag that turns true on SIGTERM or SIGINT.
-fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
+pub(crate) fn stop_on_signal() -> anyhow::Result<watch::Receiver<bool>> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {

@@ -30,12 +30,12 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use courier_core::dispatch::{self, DeadLetter, DeadLetterReason, Delivery, DispatchConfig};
 use courier_core::{
-    Backoff, Bus, DeadLetterTopic, Envelope, ErrorKind, EventId, HandlerError, PublisherConfig, Topic,
-    TopicConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER,
+    Backoff, Bus, DeadLetterTopic, Envelope, ErrorKind, EventId, HandlerError, PublisherConfig, ReadOptions,
+    Reader, StartAt, Topic, TopicConfig, DEAD_LETTER_ATTEMPTS_HEADER, DEAD_LETTER_REASON_HEADER,
 };
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -51,6 +51,12 @@ pub trait Harness: Send + Sync + 'static {
     /// Events used by the heavy tests; the slow-reader test uses this many publishes.
     fn scale(&self) -> usize {
         200_000
+    }
+
+    /// Whether the broker finds positions by time ([`StartAt::Time`]); librdkafka's mock
+    /// cluster does not (it answers a ListOffsets by timestamp with no offset).
+    fn finds_positions_by_time(&self) -> bool {
+        true
     }
 }
 
@@ -68,6 +74,7 @@ macro_rules! conformance_tests {
             invalid_input_is_refused_naming_the_field,
             republished_event_is_a_duplicate,
             consumer_group_resumes_after_restart,
+            reader_starts_where_asked_and_a_group_resumes,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {
@@ -488,6 +495,54 @@ pub async fn consumer_group_resumes_after_restart<H: Harness>(harness: &H) {
         d.ack().await.unwrap();
     }
     assert_eq!(received, ids.into_iter().collect());
+}
+
+/// [`Bus::read`] starts at the start, the end or a time without moving any group, and a group
+/// reader resumes after the messages it acknowledged.
+pub async fn reader_starts_where_asked_and_a_group_resumes<H: Harness>(harness: &H) {
+    let bus = harness.bus().await;
+    let topic = fresh_topic(&bus, "read").await;
+    let sent = events(4, 1, 16);
+    publish_all(&bus, &topic, sent[..2].to_vec()).await;
+    // Well clear of the stored times on either side, whatever the broker clock's resolution.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let between = SystemTime::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    publish_all(&bus, &topic, sent[2..3].to_vec()).await;
+    let latest = bus.read(&topic, ReadOptions::new(StartAt::Latest)).await.expect("read from the end");
+    publish_all(&bus, &topic, sent[3..].to_vec()).await;
+
+    async fn ids(reader: &mut Reader, count: usize) -> Vec<EventId> {
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let message =
+                tokio::time::timeout(Duration::from_secs(30), reader.next()).await.unwrap().unwrap();
+            ids.push(message.content().expect("a Courier event").event_id());
+            message.ack().await.unwrap();
+        }
+        ids
+    }
+    let id = |range: std::ops::Range<usize>| sent[range].iter().map(Envelope::event_id).collect::<Vec<_>>();
+    let options = |start| ReadOptions::new(start);
+    let mut earliest = bus.read(&topic, options(StartAt::Earliest)).await.unwrap();
+    assert_eq!(ids(&mut earliest, 4).await, id(0..4));
+    earliest.close().await;
+    let mut latest = latest;
+    assert_eq!(ids(&mut latest, 1).await, id(3..4));
+    latest.close().await;
+    if harness.finds_positions_by_time() {
+        let mut by_time = bus.read(&topic, options(StartAt::Time(between))).await.unwrap();
+        assert_eq!(ids(&mut by_time, 2).await, id(2..4));
+        by_time.close().await;
+    }
+
+    let group = options(StartAt::Earliest).group("readers");
+    let mut first = bus.read(&topic, group.clone()).await.unwrap();
+    assert_eq!(ids(&mut first, 3).await, id(0..3), "ephemeral readers moved no group");
+    first.close().await;
+    let mut second = bus.read(&topic, group).await.unwrap();
+    assert_eq!(ids(&mut second, 1).await, id(3..4));
+    second.close().await;
 }
 
 async fn publish_all<B: Bus>(bus: &B, topic: &Topic, events: Vec<Envelope>) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::stream::BoxStream;
 
 use crate::dispatch::{DeadLetter, DeadLetterReason, Delivery};
+use crate::read::{ReadOptions, Reader};
 use crate::{Envelope, Error, Publisher, PublisherConfig, Topic, Transport};
 
 /// A message broker: publishes through a [`Transport`], subscribes as a consumer group.
@@ -42,6 +43,13 @@ pub trait Bus: Clone + Send + Sync + 'static {
         topic: &Topic,
         group: &str,
     ) -> impl Future<Output = Result<BoxStream<'static, Self::Delivery>, Error>> + Send;
+
+    /// Reads `topic` from `options`' start position, in the options' consumer group or, without
+    /// one, as an ephemeral reader that changes no group's position. Unlike
+    /// [`subscribe`](Self::subscribe), a message that is not a Courier event is handed out as
+    /// [`Undecodable`](crate::Undecodable), not dead-lettered. See [`Reader`].
+    fn read(&self, topic: &Topic, options: ReadOptions)
+        -> impl Future<Output = Result<Reader, Error>> + Send;
 }
 
 /// Backend-neutral topic settings for [`Bus::provision`]: build with [`TopicConfig::new`] and

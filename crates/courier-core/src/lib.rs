@@ -31,6 +31,7 @@ mod event_id;
 pub mod memory;
 mod offsets;
 mod publish;
+mod read;
 mod redact;
 pub mod wire;
 
@@ -51,4 +52,5 @@ pub use offsets::OffsetTracker;
 pub use publish::{
     Ack, Completion, Position, PublishResult, Publisher, PublisherConfig, Receipt, Results, Transport,
 };
+pub use read::{Message, ReadOptions, Reader, StartAt, Undecodable};
 pub use redact::{is_secret_setting, redact_url};

@@ -50,7 +50,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::Notify;
@@ -65,8 +65,8 @@ use late::LateVerdicts;
 use crate::bus::{Bus, TopicConfig};
 use crate::dispatch::Delivery;
 use crate::{
-    Completion, Envelope, Error, ErrorKind, EventId, EventIdMap, OffsetTracker, Position, Publisher,
-    PublisherConfig, Receipt, Topic, Transport, DEFAULT_MAX_PAYLOAD,
+    Completion, Envelope, Error, ErrorKind, EventId, EventIdMap, Message, OffsetTracker, Position, Publisher,
+    PublisherConfig, ReadOptions, Reader, Receipt, StartAt, Topic, Transport, DEFAULT_MAX_PAYLOAD,
 };
 
 /// Settings of a [`MemoryBus`]: build with [`MemoryConfig::default`] and the setters.
@@ -149,13 +149,19 @@ struct TopicLog {
 struct LogState {
     /// Sequence of `messages[0]`; sequences start at 1.
     first_seq: u64,
-    messages: VecDeque<Arc<Envelope>>,
+    messages: VecDeque<Stored>,
     max_messages: usize,
     duplicate_window: Duration,
     /// Event id → sequence, for ids published within the duplicate window.
     seen: EventIdMap<EventId, u64>,
     seen_order: VecDeque<(Instant, EventId)>,
     groups: HashMap<String, Arc<Mutex<GroupState>>>,
+}
+
+/// An event in a topic's log and when it was appended, for readers starting at a time.
+struct Stored {
+    envelope: Arc<Envelope>,
+    at: SystemTime,
 }
 
 struct GroupState {
@@ -208,7 +214,7 @@ impl MemoryBus {
     pub fn events(&self, topic: &Topic) -> Vec<Arc<Envelope>> {
         let log = self.inner.log(topic);
         let state = log.state.lock().expect("log lock");
-        state.messages.iter().cloned().collect()
+        state.messages.iter().map(|m| Arc::clone(&m.envelope)).collect()
     }
 }
 
@@ -277,7 +283,7 @@ impl LogState {
     /// limit; returns its sequence.
     fn push(&mut self, envelope: Arc<Envelope>) -> u64 {
         let sequence = self.first_seq + self.messages.len() as u64;
-        self.messages.push_back(envelope);
+        self.messages.push_back(Stored { envelope, at: SystemTime::now() });
         if self.messages.len() > self.max_messages {
             self.messages.pop_front();
             self.first_seq += 1;
@@ -295,9 +301,19 @@ impl LogState {
         }
     }
 
-    fn get(&self, sequence: u64) -> Option<&Arc<Envelope>> {
+    fn get(&self, sequence: u64) -> Option<&Stored> {
         let index = sequence.checked_sub(self.first_seq)?;
         self.messages.get(usize::try_from(index).ok()?)
+    }
+
+    /// The sequence a reader starting at `start` reads first.
+    fn start_sequence(&self, start: StartAt) -> u64 {
+        let skipped = match start {
+            StartAt::Earliest => 0,
+            StartAt::Latest => self.messages.len(),
+            StartAt::Time(time) => self.messages.partition_point(|m| m.at < time),
+        };
+        self.first_seq + skipped as u64
     }
 }
 
@@ -354,6 +370,7 @@ impl Transport for MemoryTransport {
 pub struct MemoryDelivery {
     envelope: Arc<Envelope>,
     sequence: u64,
+    stored_at: SystemTime,
     group: Arc<Mutex<GroupState>>,
 }
 
@@ -424,13 +441,57 @@ impl Bus for MemoryBus {
         topic: &Topic,
         group: &str,
     ) -> Result<BoxStream<'static, MemoryDelivery>, Error> {
+        Ok(self.join(topic, group, StartAt::Earliest)?.boxed())
+    }
+
+    /// Events carry no bytes here, so nothing is ever [`Undecodable`](crate::Undecodable).
+    async fn read(&self, topic: &Topic, options: ReadOptions) -> Result<Reader, Error> {
+        let messages = match options.get_group() {
+            Some(group) => self
+                .join(topic, group, options.get_start())?
+                .map(|delivery| {
+                    let (position, at) =
+                        (Position::Memory { sequence: delivery.sequence }, delivery.stored_at);
+                    Message::new(position, Some(at), Ok((*delivery.envelope).clone()))
+                        .on_ack(|| delivery.ack())
+                })
+                .boxed(),
+            None => {
+                let log = self.inner.log(topic);
+                let cursor = log.state.lock().expect("log lock").start_sequence(options.get_start());
+                stream::unfold((log, cursor), |(log, mut cursor)| async move {
+                    let message = next_message(&log, |state| {
+                        cursor = cursor.max(state.first_seq);
+                        let stored = state.get(cursor)?;
+                        let position = Position::Memory { sequence: cursor };
+                        cursor += 1;
+                        Some(Message::new(position, Some(stored.at), Ok((*stored.envelope).clone())))
+                    })
+                    .await;
+                    Some((message, (log, cursor)))
+                })
+                .boxed()
+            }
+        };
+        Ok(Reader::new(messages))
+    }
+}
+
+impl MemoryBus {
+    /// Joins consumer `group` of `topic`, creating it at `start` when it is new.
+    fn join(
+        &self,
+        topic: &Topic,
+        group: &str,
+        start: StartAt,
+    ) -> Result<impl futures::Stream<Item = MemoryDelivery> + Send + 'static, Error> {
         if group.is_empty() {
             return Err(Error::new(ErrorKind::InvalidInput, "consumer group name must not be empty"));
         }
         let log = self.inner.log(topic);
         let group = {
             let mut state = log.state.lock().expect("log lock");
-            let first = state.first_seq;
+            let first = state.start_sequence(start);
             Arc::clone(state.groups.entry(group.to_owned()).or_insert_with(|| {
                 Arc::new(Mutex::new(GroupState {
                     cursor: first,
@@ -444,35 +505,45 @@ impl Bus for MemoryBus {
         Ok(stream::unfold((log, group, guard), |(log, group, guard)| async move {
             let delivery = next_delivery(&log, &group).await;
             Some((delivery, (log, group, guard)))
-        })
-        .boxed())
+        }))
     }
 }
 
-async fn next_delivery(log: &TopicLog, group: &Arc<Mutex<GroupState>>) -> MemoryDelivery {
+/// Waits until `take` finds the next message in the log.
+async fn next_message<T>(log: &TopicLog, mut take: impl FnMut(&LogState) -> Option<T>) -> T {
     loop {
         let appended = log.appended.notified();
-        {
-            let state = log.state.lock().expect("log lock");
-            let mut g = group.lock().expect("group lock");
-            // Retention may have dropped events the group never read or acknowledged: skip to the
-            // oldest kept, and count the dropped ones as done, or every later acknowledgement
-            // would wait behind them in the tracker for ever.
-            g.cursor = g.cursor.max(state.first_seq);
-            g.acked.skip_to(state.first_seq);
-            if let Some(envelope) = state.get(g.cursor) {
-                let sequence = g.cursor;
-                g.cursor += 1;
-                return MemoryDelivery { envelope: Arc::clone(envelope), sequence, group: Arc::clone(group) };
-            }
+        if let Some(found) = take(&log.state.lock().expect("log lock")) {
+            return found;
         }
         appended.await;
     }
 }
 
+async fn next_delivery(log: &TopicLog, group: &Arc<Mutex<GroupState>>) -> MemoryDelivery {
+    next_message(log, |state| {
+        let mut g = group.lock().expect("group lock");
+        // Retention may have dropped events the group never read or acknowledged: skip to the
+        // oldest kept, and count the dropped ones as done, or every later acknowledgement
+        // would wait behind them in the tracker for ever.
+        g.cursor = g.cursor.max(state.first_seq);
+        g.acked.skip_to(state.first_seq);
+        let stored = state.get(g.cursor)?;
+        let sequence = g.cursor;
+        g.cursor += 1;
+        Some(MemoryDelivery {
+            envelope: Arc::clone(&stored.envelope),
+            sequence,
+            stored_at: stored.at,
+            group: Arc::clone(group),
+        })
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
-    use futures::StreamExt as _;
+    use futures::{FutureExt as _, StreamExt as _};
 
     use super::*;
 
@@ -587,6 +658,65 @@ mod tests {
         }
         assert_eq!(kinds, vec![Some(ErrorKind::Unavailable), Some(ErrorKind::Timeout), None]);
         assert_eq!(bus.events(&topic).len(), 2, "the lost ACK's event and the healthy one");
+    }
+
+    async fn publish_orders(bus: &MemoryBus, topic: &Topic, numbers: std::ops::Range<usize>) {
+        let publisher = bus.publisher(PublisherConfig::default());
+        for n in numbers {
+            publisher.publish(topic, order(n)).await.unwrap().await.unwrap();
+        }
+    }
+
+    async fn next_ids(reader: &mut Reader, count: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let message = reader.next().await.unwrap();
+            ids.push(message.content().unwrap().aggregate_id().to_owned());
+            message.ack().await.unwrap();
+        }
+        ids
+    }
+
+    /// An ephemeral reader starts where asked and leaves no group behind.
+    #[tokio::test]
+    async fn ephemeral_readers_start_at_the_start_the_end_or_a_time() {
+        let bus = MemoryBus::default();
+        let topic = Topic::new("reads").unwrap();
+        publish_orders(&bus, &topic, 0..2).await;
+        let between = SystemTime::now();
+        publish_orders(&bus, &topic, 2..3).await;
+        let mut earliest = bus.read(&topic, ReadOptions::new(StartAt::Earliest)).await.unwrap();
+        let mut latest = bus.read(&topic, ReadOptions::new(StartAt::Latest)).await.unwrap();
+        let mut by_time = bus.read(&topic, ReadOptions::new(StartAt::Time(between))).await.unwrap();
+        publish_orders(&bus, &topic, 3..4).await;
+        assert_eq!(next_ids(&mut earliest, 4).await, ["order-0", "order-1", "order-2", "order-3"]);
+        assert_eq!(next_ids(&mut latest, 1).await, ["order-3"]);
+        assert_eq!(next_ids(&mut by_time, 2).await, ["order-2", "order-3"]);
+        let first = earliest.next().now_or_never();
+        assert!(first.is_none(), "nothing more to read");
+        assert!(bus.inner.log(&topic).state.lock().unwrap().groups.is_empty());
+    }
+
+    /// A group reader resumes after what an earlier reader of the group acknowledged; its start
+    /// applies only to a new group.
+    #[tokio::test]
+    async fn a_group_reader_resumes_after_acknowledged_messages() {
+        let bus = MemoryBus::default();
+        let topic = Topic::new("group-reads").unwrap();
+        publish_orders(&bus, &topic, 0..3).await;
+        let options = ReadOptions::new(StartAt::Latest).group("audit");
+        let mut first = bus.read(&topic, options.clone()).await.unwrap();
+        publish_orders(&bus, &topic, 3..5).await;
+        assert_eq!(next_ids(&mut first, 1).await, ["order-3"]);
+        let message = first.next().await.unwrap();
+        assert_eq!(message.position(), &Position::Memory { sequence: 5 });
+        drop((message, first)); // read, not acknowledged
+        let mut second = bus.read(&topic, options.clone()).await.unwrap();
+        assert_eq!(next_ids(&mut second, 1).await, ["order-4"]);
+        let earliest = ReadOptions::new(StartAt::Earliest).group("audit");
+        drop(second);
+        let mut third = bus.read(&topic, earliest).await.unwrap();
+        assert!(third.next().now_or_never().is_none(), "the group's position, not the start, applies");
     }
 
     /// Events retention dropped before the group read them must not hold back the group's

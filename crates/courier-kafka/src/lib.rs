@@ -30,6 +30,11 @@
 //!   are not UTF-8) is forwarded as it is to the topic's dead-letter topic
 //!   ([`KafkaBus::dead_letter_topic`]) with the reason and its position, and committed only
 //!   after that copy is acknowledged.
+//! - **Read** ([`Bus::read`]): a consumer assigned every partition at offsets resolved up front
+//!   (beginning, the current end, or `offsets_for_times` for a time). Without a group it commits
+//!   nothing. With one it resumes at the group's committed offsets and
+//!   commits what is acknowledged, but it is assigned the partitions rather than joining the
+//!   group, so it shares no work with the group's subscribers.
 //!
 //! # What an ACK guarantees on Kafka
 //! A successful verdict means the partition leader appended the event and every replica in
@@ -81,12 +86,16 @@ mod native;
 mod owned;
 mod problem;
 mod producer;
+mod reader;
 mod record;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
-use courier_core::{Bus, DeadLetterTopic, Error, ErrorKind, Publisher, PublisherConfig, Topic, TopicConfig};
+use courier_core::{
+    Bus, DeadLetterTopic, Error, ErrorKind, Publisher, PublisherConfig, ReadOptions, Reader, Topic,
+    TopicConfig,
+};
 use futures::stream::BoxStream;
 use rdkafka::admin::AdminClient;
 use rdkafka::client::Client;
@@ -311,5 +320,11 @@ impl Bus for KafkaBus {
         group: &str,
     ) -> Result<BoxStream<'static, KafkaDelivery>, Error> {
         consumer::subscribe(&self.shared, topic, group)
+    }
+
+    /// Reads through a consumer assigned every partition (see **Read** in the crate docs): with
+    /// a group it resumes at the group's offsets but does not join the group.
+    async fn read(&self, topic: &Topic, options: ReadOptions) -> Result<Reader, Error> {
+        reader::read(&self.shared, topic, options).await
     }
 }

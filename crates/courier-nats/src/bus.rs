@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, Context};
 use async_nats::{Client, Event};
-use courier_core::{Bus, DeadLetterTopic, Error, ErrorKind, Publisher, PublisherConfig, Topic, TopicConfig};
+use courier_core::{
+    Bus, DeadLetterTopic, Error, ErrorKind, Publisher, PublisherConfig, ReadOptions, Reader, Topic,
+    TopicConfig,
+};
 use futures::stream::BoxStream;
 
 use crate::config::NatsConfig;
@@ -160,6 +163,12 @@ impl Bus for NatsBus {
 
     async fn subscribe(&self, topic: &Topic, group: &str) -> Result<BoxStream<'static, NatsDelivery>, Error> {
         subscribe::subscribe(&self.inner.consumers, &self.inner.config, topic, group).await
+    }
+
+    /// Without a group, reads through an ephemeral consumer that [`Reader::close`] deletes; with
+    /// one, through the group's durable consumer, created at the start position when new.
+    async fn read(&self, topic: &Topic, options: ReadOptions) -> Result<Reader, Error> {
+        crate::read::read(&self.inner.admin, &self.inner.config, topic, options).await
     }
 }
 

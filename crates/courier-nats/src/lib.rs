@@ -73,6 +73,7 @@ mod bus;
 mod config;
 mod poison;
 mod publish;
+mod read;
 mod security;
 mod streams;
 pub mod subscribe;

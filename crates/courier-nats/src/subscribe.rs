@@ -143,6 +143,35 @@ pub(crate) async fn subscribe(
     topic: &Topic,
     group: &str,
 ) -> Result<BoxStream<'static, NatsDelivery>, Error> {
+    let consumer = open_group(js, config, topic, group, DeliverPolicy::All).await?;
+    let messages = pull(&consumer, config.pull_batch, group, topic).await?;
+
+    let (unacked_tx, unacked_rx) = mpsc::unbounded_channel();
+    let (released_tx, released_rx) = oneshot::channel();
+    tokio::spawn(nak_unacked(unacked_rx, released_rx));
+    let (tx, rx) = mpsc::channel(HANDOFF);
+    let puller = Puller {
+        stream: consumer.cached_info().stream_name.as_str().into(),
+        consumer: consumer.clone(),
+        js: js.clone(),
+        config: Arc::clone(config),
+        topic: topic.clone(),
+        group: group.to_owned(),
+        unacked: unacked_tx,
+    };
+    tokio::spawn(puller.run(messages, tx, released_tx));
+    Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) }).boxed())
+}
+
+/// Opens (creating on first use, delivering from `deliver_policy`) the durable consumer `group`
+/// on `topic`'s stream.
+pub(crate) async fn open_group(
+    js: &Context,
+    config: &NatsConfig,
+    topic: &Topic,
+    group: &str,
+    deliver_policy: DeliverPolicy,
+) -> Result<PullConsumer, Error> {
     check_group(group)?;
     let stream = streams::stream_for(js, topic).await?;
     let consumer_config = pull::Config {
@@ -150,7 +179,7 @@ pub(crate) async fn subscribe(
         filter_subject: topic.to_string(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
-        deliver_policy: DeliverPolicy::All,
+        deliver_policy,
         max_deliver: -1,
         max_ack_pending: config.max_ack_pending,
         description: Some("courier consumer group".into()),
@@ -174,32 +203,24 @@ pub(crate) async fn subscribe(
             ),
         ));
     }
-    let messages = consumer
+    Ok(consumer)
+}
+
+/// The messages of `consumer` (named `name` in errors), pulled `batch` at a time.
+pub(crate) async fn pull(
+    consumer: &PullConsumer,
+    batch: usize,
+    name: &str,
+    topic: &Topic,
+) -> Result<pull::Stream, Error> {
+    consumer
         .stream()
-        .max_messages_per_batch(config.pull_batch)
+        .max_messages_per_batch(batch)
         .heartbeat(PULL_HEARTBEAT)
         .expires(PULL_EXPIRES)
         .messages()
         .await
-        .map_err(|err| {
-            admin_error(format!("pulling from consumer group {group:?} on {topic:?}"), None, err)
-        })?;
-
-    let (unacked_tx, unacked_rx) = mpsc::unbounded_channel();
-    let (released_tx, released_rx) = oneshot::channel();
-    tokio::spawn(nak_unacked(unacked_rx, released_rx));
-    let (tx, rx) = mpsc::channel(HANDOFF);
-    let puller = Puller {
-        stream: consumer.cached_info().stream_name.as_str().into(),
-        consumer: consumer.clone(),
-        js: js.clone(),
-        config: Arc::clone(config),
-        topic: topic.clone(),
-        group: group.to_owned(),
-        unacked: unacked_tx,
-    };
-    tokio::spawn(puller.run(messages, tx, released_tx));
-    Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) }).boxed())
+        .map_err(|err| admin_error(format!("pulling from consumer {name:?} on {topic:?}"), None, err))
 }
 
 /// NAKs deliveries dropped without an acknowledgement, for immediate redelivery. One per
@@ -520,7 +541,7 @@ fn wire_size(headers: &HeaderMap, body: &[u8]) -> usize {
     b"NATS/1.0\r\n\r\n".len() + lines + body.len()
 }
 
-fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+pub(crate) fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
     let Some(headers) = headers else { return Vec::new() };
     headers
         .iter()
