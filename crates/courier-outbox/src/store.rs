@@ -236,8 +236,9 @@ impl Store {
     /// The pending backlog, read through the pending index: cheap enough to poll for gauges,
     /// where [`stats`](Self::stats) counts every row, a day of published ones included.
     pub async fn backlog(&self) -> Result<Backlog, OutboxError> {
-        let (pending, oldest_us) =
-            dispatch!(self.backend, Backend, ref pool => Queries::backlog(pool).await)?;
+        let read: Result<(i64, Option<i64>), sqlx::Error> =
+            dispatch!(self.backend, Backend, ref pool => Queries::backlog(pool).await);
+        let (pending, oldest_us) = read?;
         Ok(Backlog {
             pending: u64::try_from(pending).unwrap_or_default(),
             oldest_pending_age: oldest_us.map(age_since),
@@ -246,7 +247,9 @@ impl Store {
 
     /// Whether the database answers a trivial query, for readiness probes.
     pub async fn ping(&self) -> Result<(), OutboxError> {
-        Ok(dispatch!(self.backend, Backend, ref pool => Queries::ping(pool).await)?)
+        let pinged: Result<(), sqlx::Error> =
+            dispatch!(self.backend, Backend, ref pool => Queries::ping(pool).await);
+        Ok(pinged?)
     }
 
     /// Dead events matching `filter`, oldest first, at most `limit`.
