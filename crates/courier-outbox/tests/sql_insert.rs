@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{eventually, fast_config, topic, Kind, TestDb};
 use courier_core::MemoryBus;
-use courier_outbox::{shard_of, Relay};
+use courier_outbox::{shard_of, DeadFilter, Relay};
 use rand::{Rng, SeedableRng};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -35,6 +35,7 @@ macro_rules! per_server_database {
 per_server_database!(
     shard_function_equals_shard_of,
     trigger_fills_only_a_missing_shard,
+    rows_breaking_the_contract_go_dead_naming_the_problem,
     python_transaction_is_relayed_in_order,
 );
 
@@ -174,6 +175,47 @@ async fn trigger_fills_only_a_missing_shard(kind: Kind) {
         );
     }
     assert_eq!(rows.len(), 2);
+}
+
+/// A foreign writer's mistakes cannot be refused at insert time: the relay makes such a row dead
+/// with the reason (for `courier outbox dead`), and other aggregates keep flowing.
+async fn rows_breaking_the_contract_go_dead_naming_the_problem(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let rows = [
+        ("not-a-uuid", "bad-1", "{}"),
+        ("00000000-0000-4000-8000-000000000002", "bad-2", "[\"not\", \"an object\"]"),
+        ("00000000-0000-4000-8000-000000000003", "bad-3", "{\"name with spaces\": \"v\"}"),
+        ("00000000-0000-4000-8000-000000000004", "good", "{}"),
+    ];
+    for (event_id, aggregate_id, headers) in rows {
+        store
+            .execute_raw(&format!(
+                "INSERT INTO courier_outbox (event_id, topic, aggregate_type, aggregate_id, event_type, \
+                 payload, headers) VALUES ('{event_id}', '{topic}', 'order', '{aggregate_id}', 'OrderPlaced', \
+                 '{{}}', '{headers}')"
+            ))
+            .await
+            .unwrap();
+    }
+    let relay = Relay::new(store.clone(), bus.clone(), fast_config()).start();
+    eventually(WAIT, "three dead rows and one published", || async {
+        let stats = store.stats().await.unwrap();
+        (stats.dead, stats.published) == (3, 1)
+    })
+    .await;
+    relay.shutdown().await.unwrap();
+    let mut dead = store.list_dead(&DeadFilter::all(), 10).await.unwrap();
+    dead.sort_by_key(|d| d.id);
+    let errors: Vec<String> = dead.into_iter().map(|d| d.last_error.unwrap_or_default()).collect();
+    for (error, expected) in
+        errors.iter().zip(["invalid event_id", "invalid headers JSON", "name with spaces"])
+    {
+        assert!(error.contains(expected), "{error:?} should name {expected:?}");
+    }
+    assert_eq!(errors.len(), 3);
+    let published: Vec<String> = bus.events(&topic).iter().map(|e| e.aggregate_id().to_owned()).collect();
+    assert_eq!(published, ["good"]);
 }
 
 /// Runs tests/python/enqueue_sql.py: `(committed event ids in order, rolled-back event ids)`.
