@@ -81,11 +81,12 @@ ensure_tansu() {
   wait_port tansu "$TANSU_PORT" 60
 }
 
+# psycopg and PyMySQL: the outbox's plain-SQL enqueue tests (courier-outbox tests/python).
 ensure_python_clients() {
-  python3 -c "import kafka, nats" 2>/dev/null && return 0
-  echo "installing kafka-python and nats-py (independent clients for interop tests)"
-  python3 -m pip install --quiet kafka-python nats-py >"$LOG_DIR/pip.log" 2>&1 || {
-    echo "FATAL: pip install kafka-python nats-py failed; see $LOG_DIR/pip.log" >&2; return 1; }
+  python3 -c "import kafka, nats, psycopg, pymysql" 2>/dev/null && return 0
+  echo "installing kafka-python, nats-py, psycopg and PyMySQL (independent clients for interop tests)"
+  python3 -m pip install --quiet kafka-python nats-py "psycopg[binary]" PyMySQL >"$LOG_DIR/pip.log" 2>&1 || {
+    echo "FATAL: pip install kafka-python nats-py psycopg[binary] PyMySQL failed; see $LOG_DIR/pip.log" >&2; return 1; }
 }
 
 # Debian packages the Kafka backend needs: libssl-dev and pkg-config to build librdkafka with TLS

@@ -39,5 +39,8 @@ pub use enqueue::{Enqueue, Outbox, TopicMapper};
 pub use error::OutboxError;
 pub use inbox::{Inbox, InboxConnection, InboxHandler, InboxPool, Recorded};
 pub use relay::{AckedEvent, FailedEvent, Relay, RelayConfig, RelayHandle, RelayObserver, RelayStats};
+/// Public for the tests comparing it with the databases' `courier_outbox_shard`.
+#[doc(hidden)]
+pub use row::shard_of;
 pub use sql::OutboxConnection;
 pub use store::{Store, StoreTransaction};

@@ -18,7 +18,8 @@ pub(crate) fn now_us() -> i64 {
 
 /// A stable hash of the ordering key: `shard % partitions` picks the partition, so every event of
 /// an aggregate belongs to the same relay lease (FNV-1a, fixed forever because it is stored).
-pub(crate) fn shard_of(aggregate_id: &str) -> i64 {
+/// The `courier_outbox_shard` SQL function computes the same value for plain SQL inserts.
+pub fn shard_of(aggregate_id: &str) -> i64 {
     let hash =
         aggregate_id.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
     i64::from(hash & 0x7fff_ffff)
