@@ -101,4 +101,25 @@ mod tests {
         drop(second);
         assert!(held.replies().is_empty());
     }
+
+    /// Against the NATS server on 127.0.0.1:4222.
+    #[tokio::test]
+    async fn held_messages_get_in_progress_acks_until_the_registry_is_gone() {
+        use futures::StreamExt;
+        let client = async_nats::connect("127.0.0.1:4222").await.expect("nats-server on 127.0.0.1:4222");
+        let reply = Subject::from(format!("courier.test.wpi.{}", uuid::Uuid::now_v7().simple()));
+        let mut acks = client.subscribe(reply.clone()).await.unwrap();
+        client.flush().await.unwrap();
+        let held = Arc::new(Held::default());
+        let message = held.hold(reply);
+        let signalling = tokio::spawn(signal(Arc::downgrade(&held), client, MIN_PERIOD));
+
+        let ack = acks.next().await.expect("an in-progress ack");
+        assert_eq!(ack.payload.as_ref(), b"+WPI");
+        drop((message, held));
+        tokio::time::timeout(Duration::from_secs(60), signalling)
+            .await
+            .expect("signalling ends once the registry is gone")
+            .unwrap();
+    }
 }
