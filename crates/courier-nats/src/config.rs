@@ -152,7 +152,9 @@ impl NatsConfig {
     }
 
     /// Consumer `ack_wait`: how long JetStream waits for an acknowledgement before redelivering.
-    /// Handlers that are being retried extend it with in-progress acks. Default 30 s.
+    /// Every message a subscriber holds (being handled, retried, or queued behind its aggregate's
+    /// earlier events) gets an in-progress ack three times per `ack_wait`, so `ack_wait` only
+    /// bounds how long the messages of a subscriber that died wait. Default 30 s.
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
         self.ack_wait = ack_wait;
         self

@@ -20,7 +20,9 @@
 //!   max age/bytes/messages, duplicate window, replicas; `partitions` has no JetStream meaning and
 //!   is ignored), or only checks that some stream holds the subject when provisioning is off.
 //! * **Subscribing**: a durable pull consumer per (topic, group) with explicit acks, sent only
-//!   after the handler succeeded; see [`subscribe`] for messages that cannot be
+//!   after the handler succeeded, and `+WPI` (in progress) three times per `ack_wait` for every
+//!   message handed out and not yet acknowledged, so one queued behind a slow event of its
+//!   aggregate is not redelivered; see [`subscribe`] for messages that cannot be
 //!   handed out. Dead-lettered events go to [`NatsBus::dead_letter`]'s topic by default.
 //!   Consumers are never deleted, so a restarted subscriber resumes after its last ACK.
 //! * **Security**: TLS with a private CA ([`NatsConfig::tls_ca_file`]) and client certificates
@@ -71,6 +73,7 @@
 
 mod bus;
 mod config;
+mod in_progress;
 mod poison;
 mod publish;
 mod read;

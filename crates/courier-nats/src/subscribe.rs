@@ -36,6 +36,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::NatsConfig;
+use crate::in_progress::{self, Held, HeldMessage};
 use crate::poison::{self, StoredMessage};
 use crate::publish::dead_letter_msg_id;
 use crate::streams::{self, admin_error};
@@ -55,9 +56,11 @@ const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// that a message async-nats cannot parse dropped it.
 const RECONNECT_CHECK: Duration = Duration::from_millis(500);
 
-/// A JetStream message handed to the dispatch engine. Dropping it unacknowledged NAKs it once its
-/// subscription stream is dropped, so the group's next subscriber gets it at once instead of
-/// after `ack_wait`.
+/// A JetStream message handed to the dispatch engine. Until it is acknowledged or dropped, its
+/// subscription keeps it from being redelivered after `ack_wait` with periodic in-progress acks,
+/// however long it waits behind its aggregate's earlier events. Dropping it unacknowledged NAKs
+/// it once its subscription stream is dropped, so the group's next subscriber gets it at once
+/// instead of after `ack_wait`.
 pub struct NatsDelivery {
     envelope: Envelope,
     acker: Option<Acker>,
@@ -65,6 +68,7 @@ pub struct NatsDelivery {
     stream_sequence: u64,
     delivered: u64,
     unacked: mpsc::UnboundedSender<Acker>,
+    _held: Option<HeldMessage>,
 }
 
 impl NatsDelivery {
@@ -100,7 +104,8 @@ impl Delivery for NatsDelivery {
         Some(Position::Stream { stream: self.stream.to_string(), sequence: self.stream_sequence })
     }
 
-    /// Sends `+WPI` (work in progress), restarting the consumer's `ack_wait` timer.
+    /// Sends `+WPI` (work in progress) at once, restarting the consumer's `ack_wait` timer; the
+    /// subscription also sends it periodically for every held delivery.
     async fn keep_alive(&self) {
         if let Some(acker) = &self.acker {
             if let Err(err) = acker.ack_with(AckKind::Progress).await {
@@ -158,6 +163,7 @@ pub(crate) async fn subscribe(
         topic: topic.clone(),
         group: group.to_owned(),
         unacked: unacked_tx,
+        held: in_progress::keep_alive(js.client(), config.ack_wait),
     };
     tokio::spawn(puller.run(messages, tx, released_tx));
     Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|d| (d, rx)) }).boxed())
@@ -266,6 +272,8 @@ struct Puller {
     topic: Topic,
     group: String,
     unacked: mpsc::UnboundedSender<Acker>,
+    /// This subscription's deliveries that are handed out and not yet acknowledged or dropped.
+    held: Arc<Held>,
 }
 
 impl Puller {
@@ -423,6 +431,8 @@ impl Puller {
             self.dead_letter(message, reason, delivered).await;
             return None;
         }
+        // `info` parsed the reply subject, so it is there.
+        let held = message.reply.clone().map(|reply| self.held.hold(reply));
         let (_, acker) = message.split();
         Some(NatsDelivery {
             envelope,
@@ -431,6 +441,7 @@ impl Puller {
             stream_sequence,
             delivered,
             unacked: self.unacked.clone(),
+            _held: held,
         })
     }
 

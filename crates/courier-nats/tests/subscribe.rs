@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use courier_conformance::fresh_topic;
 use courier_core::dispatch::{dispatch, Delivery, DispatchConfig};
 use courier_core::wire::{self, HeaderStyle, WireMode};
 use courier_core::{
-    Bus, Envelope, HandlerError, PublisherConfig, Topic, DEAD_LETTER_ATTEMPTS_HEADER,
+    Backoff, Bus, Envelope, HandlerError, PublisherConfig, Topic, DEAD_LETTER_ATTEMPTS_HEADER,
     DEAD_LETTER_ERROR_HEADER, DEAD_LETTER_POSITION_HEADER, DEAD_LETTER_REASON_HEADER,
 };
 use futures::StreamExt;
@@ -67,6 +68,83 @@ async fn message_redelivered_past_the_limit_is_dead_lettered() {
     assert_eq!(d.envelope().event_id(), poison.event_id());
     assert!(d.envelope().headers()[DEAD_LETTER_REASON_HEADER].contains("delivered 2 times"));
     assert_eq!(d.envelope().headers()[DEAD_LETTER_ATTEMPTS_HEADER], "2");
+}
+
+/// Issue 15: the head event of an aggregate fails for about three times `ack_wait`, each retry
+/// wait longer than `ack_wait`, while the aggregate's later events wait in its queue. Every
+/// delivery held by the subscriber, the head's included, is kept alive: JetStream redelivers
+/// none of them, and each event is handled once, in order.
+#[tokio::test]
+async fn deliveries_held_behind_a_slow_head_are_not_redelivered() {
+    let ack_wait = Duration::from_secs(3);
+    let bus = shared_bus(|c| c.ack_wait(ack_wait)).await;
+    let topic = fresh_topic(&bus, "slowhead").await;
+    let dead_letter = bus.dead_letter(&topic).await.unwrap();
+    let events: Vec<Envelope> = (0..3).map(|i| event("a-1", format!("event {i}"))).collect();
+    let ids: Vec<_> = events.iter().map(Envelope::event_id).collect();
+    let publisher = bus.publisher(PublisherConfig::default());
+    for e in &events {
+        publisher.publish(&topic, e.clone()).await.unwrap().await.unwrap();
+    }
+    publisher.close().await.unwrap();
+
+    let failures_left = Arc::new(AtomicU32::new(2));
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let (failures_left, handled, head) = (failures_left.clone(), handled.clone(), ids[0]);
+        move |e: Envelope| {
+            let (failures_left, handled) = (failures_left.clone(), handled.clone());
+            async move {
+                let fail = |left: u32| left.checked_sub(1);
+                if e.event_id() == head
+                    && failures_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, fail).is_ok()
+                {
+                    return Err(HandlerError::retryable("the head is slow"));
+                }
+                handled.lock().unwrap().push(e.event_id());
+                Ok(())
+            }
+        }
+    };
+    let handed_out = Arc::new(Mutex::new(Vec::new()));
+    let source = {
+        let handed_out = handed_out.clone();
+        bus.subscribe(&topic, "worker")
+            .await
+            .unwrap()
+            .inspect(move |d| handed_out.lock().unwrap().push((d.envelope().event_id(), d.delivered())))
+    };
+    // Each retry wait outlasts ack_wait; two of them hold the queue for three times ack_wait.
+    let wait = ack_wait * 3 / 2;
+    let config = DispatchConfig::default().backoff(Backoff::default().initial(wait).max(wait).jitter(0.0));
+    let consumer: async_nats::jetstream::consumer::PullConsumer = bus
+        .jetstream()
+        .get_stream(courier_nats::stream_name(&topic))
+        .await
+        .unwrap()
+        .get_consumer("worker")
+        .await
+        .unwrap();
+    let watched = handled.clone();
+    let stats = dispatch(source, handler, dead_letter, config, async move {
+        let mut consumer = consumer;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let acked = consumer.info().await.unwrap().ack_floor.stream_sequence >= 3;
+            if acked && watched.lock().unwrap().len() >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Time for a redelivery, had one been due, to reach the handler.
+        tokio::time::sleep(ack_wait).await;
+    })
+    .await;
+
+    assert_eq!(stats.retries, 2);
+    assert_eq!(*handled.lock().unwrap(), ids, "each event handled once, in order");
+    let expected: Vec<_> = ids.iter().map(|&id| (id, 1)).collect();
+    assert_eq!(*handed_out.lock().unwrap(), expected, "each event delivered once");
 }
 
 /// A user's stream holding both the topic and its dead-letter subject (`orders.>` holds
