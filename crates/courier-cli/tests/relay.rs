@@ -520,3 +520,28 @@ async fn trace_context_from_enqueue_reaches_the_broker_headers() {
     assert_eq!(headers.get("ce-traceparent").map(|v| v.as_str()), Some(traceparent));
     assert_eq!(headers.get("ce-subject").map(|v| v.as_str()), Some("acct-1"));
 }
+
+/// `[topics.defaults]` reaches the JetStream stream the relay provisions: its age limit, byte
+/// limit and duplicate window (set here through environment variables).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioned_streams_take_the_configured_limits() {
+    let (db, nats) = (TestDb::new().await, PrivateNats::start());
+    let topic = unique("provisioned").replace('_', "-");
+    let limits = [
+        ("COURIER_TOPICS__DEFAULTS__MAX_AGE", "7d"),
+        ("COURIER_TOPICS__DEFAULTS__MAX_BYTES", "1048576"),
+        ("COURIER_TOPICS__DEFAULTS__DUPLICATE_WINDOW", "5m"),
+    ];
+    let relay = RelayProcess::start(&db.url, &nats.url(), &topic, &limits);
+    wait_until(Duration::from_secs(30), "the relay ready", || {
+        relay.get("/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let topic = courier_core::Topic::new(topic).unwrap();
+    let mut stream = js.get_stream(courier_nats::stream_name(&topic)).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.max_age, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(config.max_bytes, 1_048_576);
+    assert_eq!(config.duplicate_window, Duration::from_secs(300));
+    assert!(relay.terminate().status.success());
+}
