@@ -39,7 +39,8 @@ impl LastProblem {
 
     /// Forgets the problem: an operation went through, so it is over.
     pub(crate) fn clear(&self) {
-        if self.set.swap(false, Ordering::AcqRel) {
+        // A load first: the delivery path then writes nothing shared while all is well.
+        if self.set.load(Ordering::Acquire) && self.set.swap(false, Ordering::AcqRel) {
             self.last.lock().expect("problem lock").take();
         }
     }
