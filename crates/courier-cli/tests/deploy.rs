@@ -4,10 +4,11 @@
 //! The relay is started as the Deployment starts it, with the ConfigMap's own courier.toml.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use courier_conformance::local::{free_port, http_get};
 
 use serde_norway::Value;
 
@@ -310,10 +311,6 @@ fn relay_waiting_for_its_database_is_alive_but_not_ready() {
     assert!(!stderr.contains(&password), "a secret reached the log:\n{stderr}");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The relay's process, killed if the test fails before stopping it.
 struct Relay {
     child: Child,
@@ -347,15 +344,7 @@ impl Relay {
 
     /// Status and body of `GET path`, or `None` when nothing answers.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.listen).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        Some((status, body))
+        http_get(&self.listen, path)
     }
 
     /// Polls `path` until its answer is what `wanted` accepts; a 404 (a path the binary does not

@@ -4,26 +4,14 @@
 //!   that authentication failed, and nothing it prints or serves may contain the password;
 //! - topics provisioned with the partitions of `[topics.defaults]` and `[topics.settings]`.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use courier_conformance::tansu_server::{free_port, PrivateTansu};
+use courier_conformance::local::{free_port, http_get as get};
+use courier_conformance::tansu_server::PrivateTansu;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
-
-/// Status code and body of `path` on `listen`, or `None` when nothing answers.
-fn get(listen: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = std::net::TcpStream::connect(listen).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
-}
 
 /// Runs `courier relay --config <file with text>`, its output going to files in `dir`.
 fn relay(dir: &Path, text: &str) -> (Child, PathBuf, PathBuf) {

@@ -34,14 +34,8 @@ fn relay(server: &PrivateServer, dir: &std::path::Path, password: &str) -> (Comm
 
 /// Waits (generously) until the relay answers `/readyz` with 200; fails if it exits first.
 fn wait_ready(child: &mut Child, listen: &str) {
-    let ready = || {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(listen) else { return false };
-        let _ = write!(stream, "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response.starts_with("HTTP/1.1 200")
-    };
+    let ready =
+        || courier_conformance::local::http_get(listen, "/readyz").is_some_and(|(status, _)| status == 200);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !ready() {
         assert!(child.try_wait().unwrap().is_none(), "the relay exited");

@@ -2,10 +2,11 @@
 //! errors and graceful shutdown. Each test gets its own database; the broker-outage test runs
 //! its own nats-server so the shared one is never disturbed.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use courier_conformance::local::{free_port, http_get};
 
 use courier_conformance::private_db::{PrivateDb, PASSWORD_USER};
 
@@ -14,10 +15,6 @@ const SHARED_NATS: &str = "nats://127.0.0.1:4222";
 
 fn courier() -> Command {
     Command::new(env!("CARGO_BIN_EXE_courier"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn unique(prefix: &str) -> String {
@@ -140,15 +137,7 @@ impl RelayProcess {
 
     /// Status code and body of `path`, or `None` when nothing answers.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.listen).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-        Some((status, body))
+        http_get(&self.listen, path)
     }
 
     fn metric(&self, name: &str) -> f64 {

@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod local;
 pub mod nats_server;
 pub mod private_db;
 pub mod reference_vectors;

@@ -2,7 +2,7 @@
 //! without touching the shared one (the NATS backend's restart tests, the outbox relay's
 //! fencing tests).
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ impl PrivateServer {
             std::path::Path::new(NATS_SERVER).exists(),
             "{NATS_SERVER} is missing: install nats-server (scripts/services.sh)"
         );
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::local::free_port();
         let dir = std::env::temp_dir().join(format!("courier-nats-test-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("server.conf");

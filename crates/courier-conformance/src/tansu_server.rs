@@ -4,15 +4,10 @@
 //! Tansu 0.6 offers SASL SCRAM (`--authentication`) but not PLAIN, and its own TLS listener does
 //! not answer a TLS handshake; [`TlsProxy`] (socat) puts a real TLS listener in front of it.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A private Tansu process, killed on drop.
 pub struct PrivateTansu {
@@ -25,7 +20,7 @@ impl PrivateTansu {
     /// Starts Tansu on a free port. `advertised_port` is the port it tells clients to use (a
     /// [`TlsProxy`] in front of it), by default its own; `authentication` makes it require SASL.
     pub fn start(authentication: bool, advertised_port: Option<u16>) -> Self {
-        let port = free_port();
+        let port = crate::local::free_port();
         let advertised = advertised_port.unwrap_or(port);
         let mut command = Command::new(binary("tansu", "install it with `bash scripts/services.sh`"));
         command.args([

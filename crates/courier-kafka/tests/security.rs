@@ -17,7 +17,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use courier_conformance::tansu_server::{free_port, PrivateTansu, TlsProxy};
+use courier_conformance::local::free_port;
+use courier_conformance::tansu_server::{PrivateTansu, TlsProxy};
 use courier_core::dispatch::Delivery;
 use courier_core::{Bus, Envelope, Error, ErrorKind, PublisherConfig, Topic, TopicConfig};
 use courier_kafka::{KafkaBus, KafkaConfig};

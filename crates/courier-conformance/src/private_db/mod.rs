@@ -11,7 +11,6 @@ mod mariadb;
 mod postgres;
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -85,7 +84,7 @@ impl PrivateDb {
         let ca_file = ca.write_cert(&dir.join("ca.crt"));
         let server = ca.server(&["127.0.0.1", "localhost"], &dir, "server");
         let client = ca.client(CERT_USER, &dir, "client");
-        let port = free_port();
+        let port = crate::local::free_port();
         (Self { child: None, dir, port, scheme, ca: ca_file, client, stop_signal }, server)
     }
 
@@ -129,11 +128,6 @@ impl Drop for PrivateDb {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Whether this process runs as root (database servers refuse to, or must be told).
