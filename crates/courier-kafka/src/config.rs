@@ -37,6 +37,7 @@ pub struct KafkaConfig {
     pub(crate) dedup_window: Duration,
     pub(crate) dedup_capacity: usize,
     pub(crate) commit_interval: Duration,
+    pub(crate) revoke_timeout: Duration,
     pub(crate) flush_timeout: Duration,
     /// librdkafka settings for every client.
     settings: Settings,
@@ -71,6 +72,7 @@ impl Default for KafkaConfig {
             dedup_window: Duration::from_secs(120),
             dedup_capacity: 100_000,
             commit_interval: Duration::from_secs(1),
+            revoke_timeout: Duration::from_secs(30),
             flush_timeout: Duration::from_secs(30),
             settings: Settings::default(),
             producer_settings: Settings::default(),
@@ -189,6 +191,16 @@ impl KafkaConfig {
     /// on rebalance and when the subscription is dropped. Default 1 s.
     pub fn commit_interval(mut self, interval: Duration) -> Self {
         self.commit_interval = interval;
+        self
+    }
+
+    /// How long a rebalance that takes partitions away waits for the handlers still working on
+    /// their messages, so that the new owner never handles an aggregate while the old one still
+    /// does. What finishes in time is committed; past it the rebalance goes on and the new
+    /// owner handles the rest again. Keep it below `max.poll.interval.ms` (the group's
+    /// rebalance timeout, librdkafka default 300 s). Default 30 s.
+    pub fn revoke_timeout(mut self, timeout: Duration) -> Self {
+        self.revoke_timeout = timeout;
         self
     }
 
