@@ -56,9 +56,16 @@ impl OutboxCommand {
             _ => {}
         }
         let store = config.connect_store().await?;
+        let outcome = self.run_on(config, &store).await;
+        // The database sees each connection closed rather than dropped.
+        store.close().await;
+        outcome.map(|()| true)
+    }
+
+    async fn run_on(self, config: &Config, store: &Store) -> anyhow::Result<()> {
         match self {
-            Self::Stats => stats(&store).await?,
-            Self::Dead { filter, limit } => list_dead(&store, filter.into_filter(), limit).await?,
+            Self::Stats => stats(store).await?,
+            Self::Dead { filter, limit } => list_dead(store, filter.into_filter(), limit).await?,
             Self::Requeue { filter, .. } => {
                 let n = store.requeue(&filter.into_filter()).await?;
                 println!("{n} dead event(s) requeued");
@@ -76,9 +83,9 @@ impl OutboxCommand {
                 let n = store.purge_published(retention).await?;
                 println!("{n} published row(s) older than {} purged", humantime::format_duration(retention));
             }
-            Self::Enqueue(args) => args.run(config, &store).await?,
+            Self::Enqueue(args) => args.run(config, store).await?,
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -142,15 +149,19 @@ impl EnqueueArgs {
             if let Some(trace) = &trace {
                 builder = builder.trace(trace.clone());
             }
-            // Built inside its span, so with the `otel` feature the event carries that span's
-            // trace context to the broker.
+            // The span lasts while the event is built and stored. Built inside it, the event
+            // carries its trace context to the broker (with the `otel` feature). It is not
+            // entered while storing: sqlx's SQLite connection thread holds the current span
+            // until a moment after it replied, so the span could end after the process flushed
+            // its telemetry at exit, and never be exported.
             let span = tracing::info_span!("outbox.enqueue", event_type = %self.event_type);
             let event = span.in_scope(|| builder.build()).context("invalid event")?;
             let mut request = Enqueue::new(&event);
             if let Some(topic) = &topic {
                 request = request.topic(topic);
             }
-            tracing::Instrument::instrument(store.enqueue(&outbox, &[request]), span).await?;
+            store.enqueue(&outbox, &[request]).await?;
+            drop(span);
         }
         println!("{} event(s) enqueued", self.count);
         Ok(())
