@@ -170,9 +170,12 @@ impl NatsConfig {
     }
 
     /// Consumer `max_ack_pending`: messages handed out but not acknowledged before JetStream
-    /// pauses delivery. Keep it above the dispatch engine's `max_buffered`. Default 10,000.
+    /// pauses delivery. It also bounds what a subscription holds in memory ahead of its handlers
+    /// (every message received is taken and kept alive at once). Keep it above the dispatch
+    /// engine's `max_buffered`. Values below 1 (JetStream's "unlimited") count as 1.
+    /// Default 10,000.
     pub fn max_ack_pending(mut self, max: i64) -> Self {
-        self.max_ack_pending = max;
+        self.max_ack_pending = max.max(1);
         self
     }
 

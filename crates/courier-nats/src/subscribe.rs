@@ -41,9 +41,6 @@ use crate::poison::{self, StoredMessage};
 use crate::publish::dead_letter_msg_id;
 use crate::streams::{self, admin_error};
 
-/// Deliveries decoded ahead of the dispatch engine; kept small because each one is a message
-/// JetStream considers handed out.
-const HANDOFF: usize = 32;
 /// How long a message whose dead-lettering failed waits before JetStream redelivers it.
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
 /// Lifetime of each pull request. JetStream (2.9) keeps delivering to a pull request until it
@@ -154,7 +151,9 @@ pub(crate) async fn subscribe(
     let (unacked_tx, unacked_rx) = mpsc::unbounded_channel();
     let (released_tx, released_rx) = oneshot::channel();
     tokio::spawn(nak_unacked(unacked_rx, released_rx));
-    let (tx, rx) = mpsc::channel(HANDOFF);
+    // Unbounded: the puller takes every message as it arrives and keeps it alive at once (see
+    // `Puller::run`); JetStream's `max_ack_pending` bounds how many there can be.
+    let (tx, rx) = mpsc::unbounded_channel();
     let puller = Puller {
         stream: consumer.cached_info().stream_name.as_str().into(),
         consumer: consumer.clone(),
@@ -277,10 +276,14 @@ struct Puller {
 }
 
 impl Puller {
+    /// Takes every message as soon as it arrives, keeps it alive (`+WPI`) from then on, and
+    /// hands it to the stream, never waiting for the application: a message left in the pull
+    /// buffer while the application is busy would get no in-progress signal, and JetStream would
+    /// redeliver it after `ack_wait`, to be handled twice and out of order.
     async fn run(
         self,
         mut messages: pull::Stream,
-        tx: mpsc::Sender<NatsDelivery>,
+        tx: mpsc::UnboundedSender<NatsDelivery>,
         released: oneshot::Sender<()>,
     ) {
         let mut reconnect_check = tokio::time::interval(RECONNECT_CHECK);
@@ -311,7 +314,7 @@ impl Puller {
             };
             if let Some(delivery) = self.prepare(message).await {
                 // A refused delivery is dropped here, which NAKs it.
-                if tx.send(delivery).await.is_err() {
+                if tx.send(delivery).is_err() {
                     break;
                 }
             }

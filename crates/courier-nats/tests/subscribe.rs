@@ -397,3 +397,49 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Issue 15: while the application takes nothing for three times `ack_wait` (a dispatch engine
+/// whose buffer is full), every message the subscription received is kept alive, not only the
+/// few handed on ahead of the application: nothing is redelivered, and each event arrives once,
+/// in order, when the application goes on.
+#[tokio::test]
+async fn messages_waiting_for_a_busy_application_are_not_redelivered() {
+    let ack_wait = Duration::from_secs(2);
+    let bus = shared_bus(|c| c.ack_wait(ack_wait)).await;
+    let topic = fresh_topic(&bus, "busyapp").await;
+    let total = 200;
+    let publisher = bus.publisher(PublisherConfig::default());
+    for i in 0..total {
+        publisher
+            .publish(&topic, event(&format!("a-{}", i % 10), format!("event {i}")))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    publisher.close().await.unwrap();
+
+    let mut stream = bus.subscribe(&topic, "busy").await.unwrap();
+    let mut next =
+        async || tokio::time::timeout(Duration::from_secs(20), stream.next()).await.unwrap().unwrap();
+    let first = next().await;
+    tokio::time::sleep(3 * ack_wait).await;
+    first.ack().await.unwrap();
+    for sequence in 2..=total as u64 {
+        let d = next().await;
+        assert_eq!((d.stream_sequence(), d.delivered()), (sequence, 1), "each once, in order");
+        d.ack().await.unwrap();
+    }
+    let sentinel = event("a-0", "after");
+    let publisher = bus.publisher(PublisherConfig::default());
+    publisher.publish(&topic, sentinel.clone()).await.unwrap().await.unwrap();
+    publisher.close().await.unwrap();
+    let d = next().await;
+    assert_eq!(
+        d.envelope().event_id(),
+        sentinel.event_id(),
+        "a redelivery came first: {} (delivered {})",
+        d.stream_sequence(),
+        d.delivered()
+    );
+}
