@@ -140,6 +140,9 @@ pub struct BenchReportArgs {
     /// 500,2000,5000,10000,100000,1000000 (--quick: 500,2000).
     #[arg(long, value_delimiter = ',', value_parser = at_least_one)]
     pub levels: Vec<usize>,
+    /// Run only this part of the matrix.
+    #[arg(long, value_enum)]
+    pub only: Option<ReportPart>,
     /// Buses of the bus matrix (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "memory,nats,kafka")]
     pub backends: Vec<Backend>,
@@ -152,6 +155,11 @@ pub struct BenchReportArgs {
     /// Events of the runs of Courier against the bare clients; default 100,000 (--quick: 5,000).
     #[arg(long, value_parser = at_least_one)]
     pub compare_events: Option<usize>,
+    /// Rounds of Courier against the bare clients, each a Courier run and a bare run back to
+    /// back (who goes first alternates); the report gives each round's ratio and their median.
+    /// Default 3 (--quick: 1).
+    #[arg(long, value_parser = at_least_one)]
+    pub rounds: Option<usize>,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub payload: usize,
@@ -220,6 +228,15 @@ pub struct BenchBusArgs {
     /// Write the rows as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// The two halves of `courier bench report`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportPart {
+    /// Memory, NATS and Kafka by pressure level and against their bare clients.
+    Bus,
+    /// Each database with each bus through the outbox relay.
+    Outbox,
 }
 
 /// The buses `courier bench bus` measures.

@@ -30,6 +30,9 @@ pub struct Row {
     pub e2e_p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e2e_p99_ms: Option<f64>,
+    /// Events a consumer group handled per second, first publish to last event handled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_throughput_eps: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks_before: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -47,6 +50,9 @@ pub struct Row {
     pub machine_cpu_us_per_event: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<u64>,
+    /// Which round of a repeated comparison the row belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<u64>,
     /// Offered events/s of an open-loop (`steady`) run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offered_eps: Option<f64>,
@@ -119,7 +125,7 @@ pub fn conclude(rounds: &[Vec<Row>], ratios: &[(&str, &str)], json: Option<&Path
 }
 
 /// The median of sorted, non-empty `values`.
-fn median(values: &[f64]) -> f64 {
+pub fn median(values: &[f64]) -> f64 {
     let mid = values.len() / 2;
     if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0

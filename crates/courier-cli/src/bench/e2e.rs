@@ -57,6 +57,10 @@ pub struct Seen {
     pub order_violations: u64,
     pub foreign: u64,
     latency: Latency,
+    /// When the last new event was handled.
+    last: Option<Instant>,
+    /// When the first event was handed to the publisher.
+    first_sent: Option<Instant>,
 }
 
 impl Seen {
@@ -64,9 +68,9 @@ impl Seen {
         Self { handled: vec![false; events], next: vec![0; aggregates.max(1)], ..Self::default() }
     }
 
-    /// Records event `i`, handled `latency` after it was published; says whether every event
-    /// has now been seen.
-    fn record(&mut self, i: usize, latency: Option<Duration>) -> bool {
+    /// Records event `i`, handled at `at`, `latency` after it was published; says whether every
+    /// event has now been seen.
+    fn record(&mut self, i: usize, at: Instant, latency: Option<Duration>) -> bool {
         if std::mem::replace(&mut self.handled[i], true) {
             self.duplicates += 1;
             return false;
@@ -79,6 +83,7 @@ impl Seen {
         if let Some(latency) = latency {
             self.latency.record(latency);
         }
+        self.last = Some(at);
         self.distinct += 1;
         self.distinct == self.handled.len()
     }
@@ -95,6 +100,15 @@ impl Seen {
         row.order_violations += self.order_violations + self.foreign;
         row.e2e_p50_ms = Some(self.latency.quantile_ms(0.5));
         row.e2e_p99_ms = Some(self.latency.quantile_ms(0.99));
+        row.e2e_throughput_eps = self.throughput_eps();
+    }
+
+    /// Events handled per second from the first publish to the last event handled: when it is
+    /// below the publishing throughput, the group falls behind and publish→handler latency is
+    /// mostly the backlog it leaves.
+    fn throughput_eps(&self) -> Option<f64> {
+        let span = self.last?.checked_duration_since(self.first_sent?)?;
+        Some(self.distinct as f64 / span.as_secs_f64().max(1e-9))
     }
 }
 
@@ -119,7 +133,10 @@ impl Handler for Verifier {
         match self.index.get(&envelope.event_id()) {
             Some(&i) => {
                 let latency = self.sent.at(i).map(|at| now.saturating_duration_since(at));
-                if seen.record(i, latency) {
+                if seen.first_sent.is_none() {
+                    seen.first_sent = self.sent.at(0);
+                }
+                if seen.record(i, now, latency) {
                     self.complete.notify_one();
                 }
             }
@@ -214,21 +231,23 @@ mod tests {
     #[test]
     fn in_order_events_are_clean() {
         let mut seen = Seen::new(4, 2);
+        let now = Instant::now();
         // Aggregate 0 gets events 0 and 2, aggregate 1 events 1 and 3.
-        assert!(!seen.record(1, None));
-        assert!(!seen.record(0, None));
-        assert!(!seen.record(2, None));
-        assert!(seen.record(3, None));
+        assert!(!seen.record(1, now, None));
+        assert!(!seen.record(0, now, None));
+        assert!(!seen.record(2, now, None));
+        assert!(seen.record(3, now, None));
         assert_eq!((seen.lost(), seen.duplicates, seen.order_violations), (0, 0, 0));
     }
 
     #[test]
     fn duplicates_reorders_and_losses_are_counted() {
         let mut seen = Seen::new(6, 2);
-        seen.record(2, None); // aggregate 0's second event before its first
-        seen.record(0, None);
-        seen.record(0, None); // again
-        seen.record(1, None);
+        let now = Instant::now();
+        seen.record(2, now, None); // aggregate 0's second event before its first
+        seen.record(0, now, None);
+        seen.record(0, now, None); // again
+        seen.record(1, now, None);
         assert_eq!(seen.duplicates, 1);
         assert_eq!(seen.order_violations, 2, "2 came early, then 0 came late");
         assert_eq!(seen.lost(), 3);
@@ -237,11 +256,14 @@ mod tests {
     #[test]
     fn the_consumer_view_joins_the_publisher_row() {
         let mut seen = Seen::new(2, 1);
-        seen.record(0, Some(Duration::from_millis(2)));
+        let start = Instant::now();
+        seen.first_sent = Some(start);
+        seen.record(0, start + Duration::from_millis(500), Some(Duration::from_millis(2)));
         let mut row = Row { lost: 0, duplicates: 1, ..Row::default() };
         seen.apply(&mut row);
         assert_eq!((row.lost, row.duplicates), (1, 1));
         assert_eq!(row.e2e_p50_ms, Some(2.0));
+        assert_eq!(row.e2e_throughput_eps, Some(2.0), "one event in half a second");
     }
 
     #[test]

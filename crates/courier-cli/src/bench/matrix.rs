@@ -16,7 +16,7 @@ use super::bus::{self, BusLoad};
 use super::chart::{self, Series};
 use super::outbox::{self, OutboxLoad, Server};
 use super::table::{self, Failure, PUBLISH_ONLY};
-use crate::args::{Backend, BenchReportArgs};
+use crate::args::{Backend, BenchReportArgs, ReportPart};
 use crate::bus_url::{with_bus, BusUrl};
 use crate::report::{reset_peak_rss, Row};
 
@@ -29,6 +29,7 @@ struct Plan {
     levels: Vec<usize>,
     backends: Vec<(Backend, BusUrl)>,
     compare_events: usize,
+    rounds: usize,
     payload: usize,
     window: usize,
     dbs: Vec<String>,
@@ -52,13 +53,19 @@ impl Plan {
             Backend::Kafka => args.kafka.clone(),
         };
         let outbox_events = args.outbox_events.unwrap_or(if quick { 2_000 } else { 50_000 });
+        let runs = |part| args.only.is_none_or(|only| only == part);
         Self {
             levels,
-            backends: args.backends.iter().map(|&b| (b, url(b))).collect(),
+            backends: if runs(ReportPart::Bus) {
+                args.backends.iter().map(|&b| (b, url(b))).collect()
+            } else {
+                Vec::new()
+            },
             compare_events: args.compare_events.unwrap_or(if quick { 5_000 } else { 100_000 }),
+            rounds: args.rounds.unwrap_or(if quick { 1 } else { 3 }),
             payload: args.payload,
             window: args.window,
-            dbs: args.dbs.clone(),
+            dbs: if runs(ReportPart::Outbox) { args.dbs.clone() } else { Vec::new() },
             outbox_buses: args.outbox_buses.iter().map(|&b| (b, url(b))).collect(),
             outbox: OutboxLoad {
                 events: outbox_events,
@@ -84,7 +91,7 @@ impl Plan {
 
     /// The steps the progress bar counts.
     fn steps(&self) -> u64 {
-        let bus = self.backends.len() * (1 + self.levels.len() + 1);
+        let bus = self.backends.len() * (1 + self.levels.len() + self.rounds);
         let outbox = self.dbs.len() * (self.outbox_buses.len() * (1 + self.rates.len()) + 1);
         (bus + outbox) as u64
     }
@@ -154,14 +161,28 @@ impl Runs {
             .await;
         }
         let load = plan.bus_load(plan.compare_events);
-        self.step(format!("{name} against the bare client"), async {
-            let mut courier = bus::run_courier(bus, &load, false).await?;
-            courier.mode = PUBLISH_ONLY.into();
-            let mut rows = vec![courier];
-            rows.extend(super::run_baseline(url, &load).await?);
-            Ok(rows)
-        })
-        .await;
+        for round in 1..=plan.rounds as u64 {
+            self.step(format!("{name} against the bare client, round {round}"), async {
+                // Who goes first alternates, so neither side always meets a broker that has just
+                // been busy.
+                let bare_first = round % 2 == 0;
+                let mut rows = Vec::new();
+                if bare_first {
+                    rows.extend(super::run_baseline(url, &load).await?);
+                }
+                let mut courier = bus::run_courier(bus, &load, false).await?;
+                courier.mode = PUBLISH_ONLY.into();
+                rows.insert(0, courier);
+                if !bare_first {
+                    rows.extend(super::run_baseline(url, &load).await?);
+                }
+                for row in &mut rows {
+                    row.round = Some(round);
+                }
+                Ok(rows)
+            })
+            .await;
+        }
     }
 
     /// Drain and the steady rates of one database and bus.
@@ -290,7 +311,7 @@ impl Conditions<'_> {
         format!(
             "# courier bench report{}\n\n\
              - payload {} B, in-flight window {}, aggregates = events/10, one warm-up run per bus\n\
-             - bus levels: {} events; Courier against the bare clients at {} events\n\
+             - bus levels: {} events; Courier against the bare clients at {} events, {} round(s)\n\
              - outbox: {}-event drains; open-loop steady runs at {} events/s for {:?}, {} events per transaction\n\
              - {cores} cores; load average {} at the start, {} at the end; {:.0} s in all\n",
             if self.quick { " (--quick)" } else { "" },
@@ -298,6 +319,7 @@ impl Conditions<'_> {
             self.plan.window,
             levels.join(", "),
             table::thousands(self.plan.compare_events as f64),
+            self.plan.rounds,
             table::thousands(self.plan.outbox.events as f64),
             rates.join(" and "),
             self.plan.steady,
@@ -329,7 +351,7 @@ fn write_charts(dir: &Path, rows: &[Row], payload: usize) -> anyhow::Result<()> 
         (
             "bus-throughput.svg",
             chart::line_chart(
-                &format!("Throughput, first publish to last ACK ({payload} B)"),
+                &format!("Throughput from the first publish to the last ACK / handler ({payload} B)"),
                 "events per run (pressure level)",
                 "events/s",
                 &throughput,
@@ -352,8 +374,8 @@ fn write_charts(dir: &Path, rows: &[Row], payload: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Per backend, in the order the rows came: throughput by level, and ACK and end-to-end p99 by
-/// level.
+/// Per backend, in the order the rows came: publishing and handling throughput by level, and ACK
+/// and end-to-end p99 by level.
 fn chart_series(rows: &[Row]) -> (Vec<Series>, Vec<Series>) {
     let mut backends: Vec<&str> = Vec::new();
     for row in rows.iter().filter(|r| r.mode == "courier" && !table::is_outbox(r)) {
@@ -370,8 +392,15 @@ fn chart_series(rows: &[Row]) -> (Vec<Series>, Vec<Series>) {
             .collect(),
         dashed,
     };
-    let throughput =
-        backends.iter().map(|b| series(b, (*b).to_owned(), false, &|r| Some(r.throughput_eps))).collect();
+    let throughput = backends
+        .iter()
+        .flat_map(|b| {
+            [
+                series(b, format!("{b} published"), false, &|r| Some(r.throughput_eps)),
+                series(b, format!("{b} handled"), true, &|r| r.e2e_throughput_eps),
+            ]
+        })
+        .collect();
     let latency = backends
         .iter()
         .flat_map(|b| {
@@ -397,6 +426,7 @@ mod tests {
             throughput_eps: events as f64,
             ack_p99_ms: 1.0,
             e2e_p99_ms: Some(2.0),
+            e2e_throughput_eps: Some(events as f64 / 2.0),
             ..Row::default()
         };
         let rows = [
@@ -408,8 +438,9 @@ mod tests {
         ];
         let (throughput, latency) = chart_series(&rows);
         let names: Vec<&str> = throughput.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["nats", "kafka"]);
+        assert_eq!(names, ["nats published", "nats handled", "kafka published", "kafka handled"]);
         assert_eq!(throughput[0].points, [(500.0, 500.0), (2000.0, 2000.0)]);
+        assert_eq!(throughput[1].points, [(500.0, 250.0), (2000.0, 1000.0)]);
         assert_eq!(latency.len(), 4);
         assert!(latency[1].dashed && latency[1].name == "nats e2e p99");
     }

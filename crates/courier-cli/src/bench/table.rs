@@ -12,20 +12,34 @@ pub struct Failure {
     pub error: String,
 }
 
-/// Courier against a bare client on one backend, from one run.
+/// Courier against one bare client on one backend: the throughput ratio of each round, where a
+/// round is one Courier run and one bare run back to back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ratio {
     pub backend: String,
     pub bare_mode: String,
-    pub courier_eps: f64,
-    pub bare_eps: f64,
+    /// Courier/bare of each round, in round order.
+    pub each: Vec<f64>,
+    pub courier_eps: Vec<f64>,
+    pub bare_eps: Vec<f64>,
 }
 
 impl Ratio {
-    /// Courier's throughput as a share of the bare client's.
-    pub fn value(&self) -> f64 {
-        ratio(self.courier_eps, self.bare_eps)
+    /// The median of the rounds' ratios: a shared machine's throughput drifts from run to run, a
+    /// ratio measured back to back much less.
+    pub fn median(&self) -> f64 {
+        median_of(&self.each)
     }
+}
+
+/// The median of `values` (NaN for none).
+pub fn median_of(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    crate::report::median(&sorted)
 }
 
 /// `a / b`, or NaN when `b` is not positive, so a missing figure never looks like a result.
@@ -40,22 +54,34 @@ pub fn ratio(a: f64, b: f64) -> f64 {
 /// The mode of the Courier rows measured publish-only, next to the bare clients.
 pub const PUBLISH_ONLY: &str = "courier-publish-only";
 
-/// For each backend, its publish-only Courier row against each of its bare rows (`baseline`,
-/// `baseline-payload-only`).
+/// For each backend and bare mode (`baseline`, `baseline-payload-only`), the publish-only Courier
+/// row against the bare row of the same round.
 pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
-    rows.iter()
-        .filter(|row| row.mode == PUBLISH_ONLY)
-        .flat_map(|courier| {
-            rows.iter()
-                .filter(move |bare| bare.backend == courier.backend && bare.mode.starts_with("baseline"))
-                .map(move |bare| Ratio {
+    let mut out: Vec<Ratio> = Vec::new();
+    for courier in rows.iter().filter(|row| row.mode == PUBLISH_ONLY) {
+        let bare = rows.iter().filter(|bare| {
+            bare.backend == courier.backend
+                && bare.mode.starts_with("baseline")
+                && bare.round == courier.round
+        });
+        for bare in bare {
+            let at = out.iter().position(|r| r.backend == courier.backend && r.bare_mode == bare.mode);
+            let at = at.unwrap_or_else(|| {
+                out.push(Ratio {
                     backend: courier.backend.clone(),
                     bare_mode: bare.mode.clone(),
-                    courier_eps: courier.throughput_eps,
-                    bare_eps: bare.throughput_eps,
-                })
-        })
-        .collect()
+                    each: Vec::new(),
+                    courier_eps: Vec::new(),
+                    bare_eps: Vec::new(),
+                });
+                out.len() - 1
+            });
+            out[at].each.push(ratio(courier.throughput_eps, bare.throughput_eps));
+            out[at].courier_eps.push(courier.throughput_eps);
+            out[at].bare_eps.push(bare.throughput_eps);
+        }
+    }
+    out
 }
 
 /// Whether a row comes from the outbox matrix (its backend names a database and a bus).
@@ -77,17 +103,21 @@ pub fn render(rows: &[Row], failures: &[Failure]) -> String {
         out.push_str(&bus_table(&compared));
         out.push('\n');
         out.push_str(
-            "| backend | Courier ev/s | bare client | bare ev/s | Courier/bare |\n|---|---:|---|---:|---:|\n",
+            "| backend | bare client | rounds | Courier ev/s (median) | bare ev/s (median) \
+             | Courier/bare (median) | each round |\n|---|---|---:|---:|---:|---:|---|\n",
         );
         for r in ratios(rows) {
+            let each: Vec<String> = r.each.iter().map(|v| format!("{v:.2}")).collect();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {:.2} |",
+                "| {} | {} | {} | {} | {} | {:.2} | {} |",
                 r.backend,
-                thousands(r.courier_eps),
                 r.bare_mode,
-                thousands(r.bare_eps),
-                r.value()
+                r.each.len(),
+                thousands(median_of(&r.courier_eps)),
+                thousands(median_of(&r.bare_eps)),
+                r.median(),
+                each.join(", ")
             );
         }
     }
@@ -108,14 +138,15 @@ pub fn render(rows: &[Row], failures: &[Failure]) -> String {
 
 fn bus_table(rows: &[&Row]) -> String {
     let mut out = String::from(
-        "| backend | mode | events | ev/s | accept p50/p99 µs | ACK p50/p99/max ms | e2e p50/p99 ms \
-         | lost/dup/order | tasks before→after | peak RSS MiB | CPU µs/ev process | CPU µs/ev machine |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| backend | mode | events | ev/s | accept p50/p99 µs | ACK p50/p99/max ms | handled ev/s \
+         | e2e p50/p99 ms | lost/dup/order | tasks before→after | peak RSS MiB | CPU µs/ev process \
+         | CPU µs/ev machine |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.2}/{:.2}/{} | {} | {}/{}/{} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.2}/{:.2}/{} | {} | {} | {}/{}/{} | {} | {} | {} | {} |",
             r.backend,
             r.mode,
             thousands(r.events as f64),
@@ -124,6 +155,7 @@ fn bus_table(rows: &[&Row]) -> String {
             r.ack_p50_ms,
             r.ack_p99_ms,
             optional(r.ack_max_ms, 2),
+            r.e2e_throughput_eps.map_or("–".into(), thousands),
             pair(r.e2e_p50_ms, r.e2e_p99_ms, 2),
             r.lost,
             r.duplicates,
@@ -210,25 +242,43 @@ mod tests {
     }
 
     #[test]
-    fn ratios_pair_courier_with_each_bare_row_of_its_backend() {
+    fn ratios_pair_courier_with_each_bare_row_of_its_backend_and_round() {
+        let in_round = |mut row: Row, round| {
+            row.round = Some(round);
+            row
+        };
         let rows = [
-            row("nats", PUBLISH_ONLY, 90.0),
-            row("nats", "baseline", 100.0),
+            in_round(row("nats", PUBLISH_ONLY, 90.0), 1),
+            in_round(row("nats", "baseline", 100.0), 1),
+            in_round(row("nats", "baseline", 50.0), 2),
+            in_round(row("nats", PUBLISH_ONLY, 60.0), 2),
+            in_round(row("nats", PUBLISH_ONLY, 10.0), 3),
+            in_round(row("nats", "baseline", 100.0), 3),
             row("kafka", PUBLISH_ONLY, 50.0),
             row("kafka", "baseline", 40.0),
             row("kafka", "baseline-payload-only", 100.0),
             row("kafka", "courier", 1.0),
         ];
-        let values: Vec<(String, String, f64)> =
-            ratios(&rows).iter().map(|r| (r.backend.clone(), r.bare_mode.clone(), r.value())).collect();
+        let found = ratios(&rows);
+        let summary: Vec<(&str, &str, Vec<f64>, f64)> = found
+            .iter()
+            .map(|r| (r.backend.as_str(), r.bare_mode.as_str(), r.each.clone(), r.median()))
+            .collect();
         assert_eq!(
-            values,
+            summary,
             vec![
-                ("nats".into(), "baseline".into(), 0.9),
-                ("kafka".into(), "baseline".into(), 1.25),
-                ("kafka".into(), "baseline-payload-only".into(), 0.5),
+                ("nats", "baseline", vec![0.9, 1.2, 0.1], 0.9),
+                ("kafka", "baseline", vec![1.25], 1.25),
+                ("kafka", "baseline-payload-only", vec![0.5], 0.5),
             ]
         );
+        assert_eq!(found[0].courier_eps, [90.0, 60.0, 10.0]);
+    }
+
+    #[test]
+    fn medians_of_even_and_empty_lists() {
+        assert_eq!(median_of(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median_of(&[]).is_nan());
     }
 
     #[test]
@@ -263,7 +313,7 @@ mod tests {
         let text = render(&rows, &failures);
         assert!(text.contains("| nats | courier | 1,000 | 12,345 |"), "{text}");
         assert!(text.contains("1.50/4.25"), "{text}");
-        assert!(text.contains("| nats | 90 | baseline | 100 | 0.90 |"), "{text}");
+        assert!(text.contains("| nats | baseline | 1 | 90 | 100 | 0.90 | 0.90 |"), "{text}");
         assert!(text.contains("| postgres/nats | drain |"), "{text}");
         assert!(text.contains("| postgres | baseline |"), "{text}");
         assert!(text.contains("- **kafka**: connection refused at 9092"), "{text}");
