@@ -55,7 +55,8 @@ pub struct Seen {
     distinct: usize,
     pub duplicates: u64,
     pub order_violations: u64,
-    pub foreign: u64,
+    /// Events on the run's fresh topic that the run did not publish.
+    foreign: u64,
     latency: Latency,
     /// When the last new event was handled.
     last: Option<Instant>,
@@ -97,7 +98,7 @@ impl Seen {
     pub fn apply(&self, row: &mut Row) {
         row.lost = row.lost.max(self.lost());
         row.duplicates += self.duplicates;
-        row.order_violations += self.order_violations + self.foreign;
+        row.order_violations += self.order_violations;
         row.e2e_p50_ms = Some(self.latency.quantile_ms(0.5));
         row.e2e_p99_ms = Some(self.latency.quantile_ms(0.99));
         row.e2e_throughput_eps = self.throughput_eps();
@@ -220,6 +221,11 @@ impl Consumer {
             stats.dead_lettered
         );
         let seen = std::mem::take(&mut *self.seen.lock().expect("seen lock"));
+        anyhow::ensure!(
+            seen.foreign == 0,
+            "the group received {} events this run did not publish",
+            seen.foreign
+        );
         Ok(seen)
     }
 }
