@@ -57,6 +57,7 @@ impl Command {
             Self::Demo(args) => args.run().await,
             Self::Bench(BenchCommand::Bus(args)) => args.run().await,
             Self::Bench(BenchCommand::Outbox(args)) => args.run().await,
+            Self::Bench(BenchCommand::Report(args)) => args.run().await,
             Self::Relay(args) => args.run(config()).await,
             Self::Migrate(_) => crate::admin::migrate(&config()).await,
             Self::Outbox(args) => args.command.run(&config()).await,
@@ -122,6 +123,78 @@ pub enum BenchCommand {
     /// Relay an outbox to a bus: backlog drain rate, steady commit→ACK latency at a fixed
     /// offered rate, and the bare-SQL claim+mark ceiling, each on a fresh database.
     Outbox(BenchOutboxArgs),
+    /// The published comparison: memory, NATS and Kafka by pressure level with a consumer group
+    /// and against their bare clients, and the outbox for every database and bus; prints
+    /// Markdown, writes JSON rows and SVG charts.
+    Report(BenchReportArgs),
+}
+
+/// `courier bench report`.
+#[derive(Args)]
+pub struct BenchReportArgs {
+    /// A reduced matrix for a check in about two minutes: levels 500 and 2,000, 5,000 events
+    /// against the bare clients, 2,000-event drains and 2 s steady runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Pressure levels, events per bus run (comma-separated); default
+    /// 500,2000,5000,10000,100000,1000000 (--quick: 500,2000).
+    #[arg(long, value_delimiter = ',', value_parser = at_least_one)]
+    pub levels: Vec<usize>,
+    /// Run only this part of the matrix.
+    #[arg(long, value_enum)]
+    pub only: Option<ReportPart>,
+    /// Buses of the bus matrix (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "memory,nats,kafka")]
+    pub backends: Vec<Backend>,
+    /// The NATS server.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats: BusUrl,
+    /// The Kafka bootstrap servers.
+    #[arg(long, default_value = "kafka://127.0.0.1:9092")]
+    pub kafka: BusUrl,
+    /// Events of the runs of Courier against the bare clients; default 100,000 (--quick: 5,000).
+    #[arg(long, value_parser = at_least_one)]
+    pub compare_events: Option<usize>,
+    /// Rounds of Courier against the bare clients, each a Courier run and a bare run back to
+    /// back (who goes first alternates); the report gives each round's ratio and their median.
+    /// Default 3 (--quick: 1).
+    #[arg(long, value_parser = at_least_one)]
+    pub rounds: Option<usize>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub payload: usize,
+    /// In-flight window of the bus runs.
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one)]
+    pub window: usize,
+    /// Databases of the outbox matrix (comma-separated); each run creates and drops a database
+    /// of its own there; `sqlite` is a file in a temporary directory.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "postgres://postgres@127.0.0.1/postgres,mysql://root@127.0.0.1/test,sqlite"
+    )]
+    pub dbs: Vec<String>,
+    /// Buses of the outbox matrix (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "nats,kafka,memory")]
+    pub outbox_buses: Vec<Backend>,
+    /// Backlog of each outbox drain and bare-SQL baseline; default 50,000 (--quick: 2,000).
+    #[arg(long, value_parser = at_least_one)]
+    pub outbox_events: Option<usize>,
+    /// Offered rates of the open-loop steady runs, events/s (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,4000")]
+    pub rates: Vec<f64>,
+    /// Length of each steady run; default 10s (--quick: 2s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub steady: Option<Duration>,
+    /// Events per transaction of the steady runs.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    pub tx_events: usize,
+    /// Write the rows (and failures) as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the SVG charts (bus-throughput.svg, bus-latency.svg) into this directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `courier bench bus`.
@@ -157,8 +230,17 @@ pub struct BenchBusArgs {
     pub json: Option<PathBuf>,
 }
 
+/// The two halves of `courier bench report`.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportPart {
+    /// Memory, NATS and Kafka by pressure level and against their bare clients.
+    Bus,
+    /// Each database with each bus through the outbox relay.
+    Outbox,
+}
+
 /// The buses `courier bench bus` measures.
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Backend {
     /// The in-process memory bus.
     Memory,
@@ -169,6 +251,15 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The name used in rows and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Nats => "nats",
+            Self::Kafka => "kafka",
+        }
+    }
+
     /// The broker on this machine that a run without `--bus` measures.
     pub fn default_url(self) -> BusUrl {
         match self {

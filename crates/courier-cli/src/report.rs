@@ -17,6 +17,8 @@ pub struct Row {
     pub throughput_eps: f64,
     pub ack_p50_ms: f64,
     pub ack_p99_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ack_max_ms: Option<f64>,
     pub lost: u64,
     pub duplicates: u64,
     pub order_violations: u64,
@@ -28,18 +30,45 @@ pub struct Row {
     pub e2e_p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e2e_p99_ms: Option<f64>,
+    /// Events a consumer group handled per second, first publish to last event handled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e2e_throughput_eps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks_before: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks_after: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tasks_leaked: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_bytes: Option<u64>,
+    /// This process's user+sys CPU time over the measured span, per event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_event: Option<f64>,
+    /// The whole machine's busy CPU time over the measured span (brokers and databases
+    /// included), per event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_cpu_us_per_event: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<u64>,
+    /// Which round of a repeated comparison the row belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round: Option<u64>,
+    /// Offered events/s of an open-loop (`steady`) run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_eps: Option<f64>,
 }
 
 impl Row {
     /// Whether the run lost, duplicated or reordered anything.
     pub fn is_clean(&self) -> bool {
         self.lost == 0 && self.duplicates == 0 && self.order_violations == 0
+    }
+
+    /// Sets the CPU figures of `span`, divided over this row's events.
+    pub fn with_cpu(mut self, span: &crate::bench::cpu::Span) -> Self {
+        self.cpu_us_per_event = Some(span.cpu_us_per_event(self.events));
+        self.machine_cpu_us_per_event = span.machine_cpu_us_per_event(self.events);
+        self
     }
 
     pub fn print(&self) {
@@ -96,7 +125,7 @@ pub fn conclude(rounds: &[Vec<Row>], ratios: &[(&str, &str)], json: Option<&Path
 }
 
 /// The median of sorted, non-empty `values`.
-fn median(values: &[f64]) -> f64 {
+pub fn median(values: &[f64]) -> f64 {
     let mid = values.len() / 2;
     if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
@@ -135,6 +164,19 @@ impl Latency {
     pub fn quantile_ms(&self, q: f64) -> f64 {
         self.quantile_us(q) / 1000.0
     }
+
+    pub fn max_ms(&self) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.max() as f64 / 1000.0
+    }
+}
+
+/// Resets the peak resident set size to the current one (Linux 4.0 and later), so the next
+/// run's peak is its own and not the largest of all runs before it; elsewhere a no-op.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// The process's peak resident set size (VmHWM), where the OS reports it.

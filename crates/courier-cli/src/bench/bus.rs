@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use courier_core::{Bus, Envelope, EventId, EventIdMap, Position, PublisherConfig, Topic, TopicConfig};
 
+use super::cpu::{Clock, Span};
+use super::e2e::{Consumer, Sent};
 use crate::report::{peak_rss_bytes, Latency, Row};
 
 /// The load of one bus benchmark run.
@@ -104,7 +106,9 @@ impl Tally {
         violations
     }
 
-    pub fn row(&self, backend: &str, mode: &str, load: &BusLoad, elapsed: Duration) -> Row {
+    /// The run's row; throughput is events over `span`, from the first publish to the last ACK.
+    pub fn row(&self, backend: &str, mode: &str, load: &BusLoad, span: &Span) -> Row {
+        let elapsed = span.elapsed.max(Duration::from_nanos(1));
         Row {
             backend: backend.into(),
             mode: mode.into(),
@@ -113,6 +117,7 @@ impl Tally {
             throughput_eps: load.events as f64 / elapsed.as_secs_f64(),
             ack_p50_ms: self.ack.quantile_ms(0.5),
             ack_p99_ms: self.ack.quantile_ms(0.99),
+            ack_max_ms: Some(self.ack.max_ms()),
             lost: self.lost(),
             duplicates: self.duplicates,
             order_violations: self.order_violations(),
@@ -120,6 +125,7 @@ impl Tally {
             window: Some(load.window as u64),
             ..Row::default()
         }
+        .with_cpu(span)
     }
 }
 
@@ -132,19 +138,26 @@ pub fn position_key(position: &Position) -> (i64, u64) {
     }
 }
 
-/// Runs the load through a Courier publisher on `bus`.
-pub async fn run_courier<B: Bus>(bus: &B, load: &BusLoad) -> anyhow::Result<Row> {
+/// Runs the load through a Courier publisher on `bus`; with `consume`, a consumer group reads
+/// the topic while it is written and the row gets publish→handler latency, and lost, duplicated
+/// and reordered events as the consumer saw them.
+pub async fn run_courier<B: Bus>(bus: &B, load: &BusLoad, consume: bool) -> anyhow::Result<Row> {
     let topic = fresh_topic(bus, "bench").await?;
     let envelopes = load.envelopes()?;
     let index: EventIdMap<EventId, usize> =
         envelopes.iter().enumerate().map(|(i, e)| (e.event_id(), i)).collect();
     let metrics = tokio::runtime::Handle::current().metrics();
     let tasks_before = metrics.num_alive_tasks();
+    let sent = Sent::new(load.events);
+    let consumer = match consume {
+        true => Some(Consumer::start(bus, &topic, load, index.clone(), sent.clone()).await?),
+        false => None,
+    };
 
     let publisher = bus.publisher(PublisherConfig::default().window(load.window));
     let mut results = publisher.results().expect("a fresh publisher has its results stream");
     let mut tally = Tally::new(load);
-    let start = Instant::now();
+    let clock = Clock::start();
     let reader = tokio::spawn(async move {
         while let Some(result) = results.recv().await {
             let latency = result.accepted_at.elapsed();
@@ -161,24 +174,35 @@ pub async fn run_courier<B: Bus>(bus: &B, load: &BusLoad) -> anyhow::Result<Row>
         (tally, Instant::now())
     });
     let mut accept = Latency::default();
-    for envelope in envelopes {
+    for (i, envelope) in envelopes.into_iter().enumerate() {
         let t = Instant::now();
+        sent.mark(i, t);
         publisher.submit(&topic, envelope).await?;
         accept.record(t.elapsed());
     }
     publisher.close().await?;
     drop(publisher);
     let (tally, end) = reader.await?;
+    let span = clock.stop(end);
+    let seen = match consumer {
+        Some(consumer) => Some(consumer.finish(bus).await?),
+        None => None,
+    };
     drop_topic(bus, &topic).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let tasks_leaked = metrics.num_alive_tasks() as i64 - tasks_before as i64;
+    let tasks_after = metrics.num_alive_tasks();
 
     if let Some(error) = &tally.first_error {
         eprintln!("{} publishes failed; first error: {error}", tally.failures);
     }
-    let mut row = tally.row(bus.name(), "courier", load, end - start);
+    let mut row = tally.row(bus.name(), "courier", load, &span);
     row.accept_p50_us = Some(accept.quantile_us(0.5));
     row.accept_p99_us = Some(accept.quantile_us(0.99));
-    row.tasks_leaked = Some(tasks_leaked);
+    row.tasks_before = Some(tasks_before as u64);
+    row.tasks_after = Some(tasks_after as u64);
+    row.tasks_leaked = Some(tasks_after as i64 - tasks_before as i64);
+    if let Some(seen) = seen {
+        seen.apply(&mut row);
+    }
     Ok(row)
 }

@@ -23,6 +23,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
 use super::bus::{BusLoad, Tally};
+use super::cpu::Clock;
 use crate::report::Row;
 
 /// The bare rows: `baseline` (Courier's records) and `baseline-payload-only` (no headers).
@@ -83,7 +84,7 @@ async fn produce(
     let mut tally = Tally::new(load);
     let mut inflight = FuturesUnordered::new();
     let mut next = 0;
-    let start = Instant::now();
+    let clock = Clock::start();
     loop {
         if inflight.len() < load.window && next < load.events {
             let sent = Instant::now();
@@ -123,12 +124,12 @@ async fn produce(
             Err(canceled) => tally.failure(canceled, sent.elapsed()),
         }
     }
-    let elapsed = start.elapsed();
+    let span = clock.stop(Instant::now());
     if let Some(error) = &tally.first_error {
         eprintln!("{} baseline publishes failed; first error: {error}", tally.failures);
     }
     if let Err(error) = admin.delete_topics(&[&topic], &AdminOptions::new()).await {
         eprintln!("could not delete baseline topic {topic}: {error}");
     }
-    Ok(tally.row("kafka", mode, load, elapsed))
+    Ok(tally.row("kafka", mode, load, &span))
 }

@@ -12,6 +12,7 @@ use courier_core::EventId;
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use super::bus::{BusLoad, Tally};
+use super::cpu::Clock;
 use crate::report::Row;
 
 pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Row> {
@@ -38,7 +39,7 @@ pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Row> {
     let mut tally = Tally::new(load);
     let mut inflight = FuturesUnordered::new();
     let mut ids = ids.into_iter().enumerate();
-    let start = Instant::now();
+    let clock = Clock::start();
     loop {
         if inflight.len() < load.window {
             if let Some((index, id)) = ids.next() {
@@ -55,12 +56,12 @@ pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Row> {
             Err(error) => tally.failure(error, sent.elapsed()),
         }
     }
-    let elapsed = start.elapsed();
+    let span = clock.stop(Instant::now());
     if let Some(error) = &tally.first_error {
         eprintln!("{} baseline publishes failed; first error: {error}", tally.failures);
     }
     if let Err(error) = js.delete_stream(&name).await {
         eprintln!("could not delete baseline stream {name}: {error}");
     }
-    Ok(tally.row("nats", "baseline", load, elapsed))
+    Ok(tally.row("nats", "baseline", load, &span))
 }

@@ -22,6 +22,7 @@ use sqlx::Connection as _;
 use tokio::sync::Notify;
 
 use crate::bench::bus::{drop_topic, fresh_topic, position_key, BusLoad};
+use crate::bench::cpu::{Clock, Span};
 use crate::report::{peak_rss_bytes, Latency, Row};
 use courier_core::redact_url;
 
@@ -60,12 +61,27 @@ impl OutboxLoad {
 /// temporary directory) and `bus`.
 pub async fn run<B: Bus>(bus: &B, db: Option<&str>, load: &OutboxLoad) -> anyhow::Result<Vec<Row>> {
     let server = Server::new(db)?;
-    let drain = server.with_scratch("drain", |_, store| run_drain(bus, store, load)).await?;
+    let drain = drain(bus, &server, load).await?;
     let rate = load.rate.unwrap_or(drain.throughput_eps / 2.0);
-    anyhow::ensure!(rate > 0.0, "the steady rate must be positive, got {rate}");
-    let steady = server.with_scratch("steady", |url, store| run_steady(bus, url, store, load, rate)).await?;
-    let baseline = server.with_scratch("baseline", |_, store| run_baseline(store, load)).await?;
+    let steady = steady(bus, &server, load, rate).await?;
+    let baseline = baseline(&server, load).await?;
     Ok(vec![drain, steady, baseline])
+}
+
+/// The `drain` row, on a fresh database of `server`.
+pub async fn drain<B: Bus>(bus: &B, server: &Server, load: &OutboxLoad) -> anyhow::Result<Row> {
+    server.with_scratch("drain", |_, store| run_drain(bus, store, load)).await
+}
+
+/// The `steady` row at `rate` offered events/s, on a fresh database of `server`.
+pub async fn steady<B: Bus>(bus: &B, server: &Server, load: &OutboxLoad, rate: f64) -> anyhow::Result<Row> {
+    anyhow::ensure!(rate > 0.0, "the steady rate must be positive, got {rate}");
+    server.with_scratch("steady", |url, store| run_steady(bus, url, store, load, rate)).await
+}
+
+/// The bare-SQL `baseline` row, on a fresh database of `server`.
+pub async fn baseline(server: &Server, load: &OutboxLoad) -> anyhow::Result<Row> {
+    server.with_scratch("baseline", |_, store| run_baseline(store, load)).await
 }
 
 async fn run_drain<B: Bus>(bus: &B, store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
@@ -78,9 +94,11 @@ async fn run_drain<B: Bus>(bus: &B, store: Store, load: &OutboxLoad) -> anyhow::
     eprintln!("drain: enqueued {} events in {:.2}s", envelopes.len(), t.elapsed().as_secs_f64());
 
     let acks = Acks::new(&envelopes, &[], load.aggregates);
-    let start = Instant::now();
+    let clock = Clock::start();
+    let start = clock.started_at();
     let relay = Relay::new(store.clone(), bus.clone(), load.relay.clone()).observer(acks.clone()).start();
     acks.wait_all(&relay, start + load.timeout).await;
+    let span = clock.stop(acks.last_ack(start));
     relay.shutdown().await.context("stopping the relay")?;
     drop_topic(bus, &topic).await;
     let stats = store.stats().await?;
@@ -91,7 +109,7 @@ async fn run_drain<B: Bus>(bus: &B, store: Store, load: &OutboxLoad) -> anyhow::
         stats.pending,
         stats.dead
     );
-    Ok(acks.row(row_name(&store, bus), "drain", load, start, None))
+    Ok(acks.row(row_name(&store, bus), "drain", load, &span, None))
 }
 
 async fn run_steady<B: Bus>(
@@ -128,7 +146,8 @@ async fn run_steady<B: Bus>(
     let locks: Arc<Vec<tokio::sync::Mutex<()>>> =
         Arc::new((0..load.aggregates.max(1)).map(|_| tokio::sync::Mutex::new(())).collect());
     let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now() + Duration::from_millis(20);
+    let clock = Clock::start();
+    let start = clock.started_at() + Duration::from_millis(20);
     let due = move |i: usize| start + Duration::from_secs_f64(i as f64 / rate);
     let committed: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; events]));
     eprintln!(
@@ -173,6 +192,7 @@ async fn run_steady<B: Bus>(
     }
     let offered = start.elapsed();
     acks.wait_all(&relay, Instant::now() + load.timeout).await;
+    let span = clock.stop(acks.last_ack(start));
     relay.shutdown().await.context("stopping the relay")?;
     drop_topic(bus, &topic).await;
     business.close().await;
@@ -194,7 +214,9 @@ async fn run_steady<B: Bus>(
         commit_to_ack.quantile_ms(0.99)
     );
     let e2e = acks.latency_from(|i| Some(due(i)));
-    Ok(acks.row(row_name(&store, bus), "steady", load, start, Some(e2e)))
+    let mut row = acks.row(row_name(&store, bus), "steady", load, &span, Some(e2e));
+    row.offered_eps = Some(rate);
+    Ok(row)
 }
 
 /// The relay's claim+mark loop in bare SQL: claim the next batch of pending rows in id order
@@ -204,12 +226,13 @@ async fn run_baseline(store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
     let outbox = Outbox::default();
     let envelopes = load.envelopes(load.events)?;
     enqueue_backlog(&store, &outbox, &envelopes).await?;
-    let start = Instant::now();
+    let clock = Clock::start();
     // Marks as the relay does: an update, or a delete at retention zero.
     let marked = store
         .bench_claim_and_mark(load.relay.get_batch_size().max(1), load.relay.deletes_published())
         .await?;
-    let elapsed = start.elapsed();
+    let span = clock.stop(Instant::now());
+    let elapsed = span.elapsed;
     Ok(Row {
         backend: store.backend().into(),
         mode: "baseline".into(),
@@ -219,7 +242,8 @@ async fn run_baseline(store: Store, load: &OutboxLoad) -> anyhow::Result<Row> {
         lost: (load.events as u64).saturating_sub(marked),
         peak_rss_bytes: peak_rss_bytes(),
         ..Row::default()
-    })
+    }
+    .with_cpu(&span))
 }
 
 /// `postgres/nats`: the outbox database and the bus of a row.
@@ -451,23 +475,21 @@ impl Acks {
         latency
     }
 
-    /// The run's row; throughput is acknowledged events over `start` → last ACK.
-    fn row(
-        &self,
-        backend: String,
-        mode: &str,
-        load: &OutboxLoad,
-        start: Instant,
-        e2e: Option<Latency>,
-    ) -> Row {
+    /// The last first-ACK of a measured event (`start` if none came).
+    fn last_ack(&self, start: Instant) -> Instant {
         let state = self.state.lock().expect("ack state lock");
-        let last = state.first.iter().flatten().map(|a| a.at).max().unwrap_or(start);
+        state.first.iter().flatten().map(|a| a.at).max().unwrap_or(start)
+    }
+
+    /// The run's row; throughput is acknowledged events over `span`, the start to the last ACK.
+    fn row(&self, backend: String, mode: &str, load: &OutboxLoad, span: &Span, e2e: Option<Latency>) -> Row {
+        let state = self.state.lock().expect("ack state lock");
         Row {
             backend,
             mode: mode.into(),
             events: state.first.len() as u64,
             payload_bytes: load.payload as u64,
-            throughput_eps: state.distinct as f64 / last.duration_since(start).as_secs_f64().max(1e-9),
+            throughput_eps: state.distinct as f64 / span.elapsed.as_secs_f64().max(1e-9),
             ack_p50_ms: state.latency.quantile_ms(0.5),
             ack_p99_ms: state.latency.quantile_ms(0.99),
             lost: (state.first.len() - state.distinct) as u64,
@@ -479,12 +501,13 @@ impl Acks {
             window: Some(load.relay.get_max_in_flight() as u64),
             ..Row::default()
         }
+        .with_cpu(span)
     }
 }
 
 /// Where fresh databases come from: a directory for SQLite files, or a PostgreSQL or MySQL
 /// server on which each run creates (and then drops) a database of its own.
-enum Server {
+pub enum Server {
     Sqlite(tempfile::TempDir),
     Postgres(String),
     MySql(String),
@@ -493,7 +516,7 @@ enum Server {
 impl Server {
     /// `None` uses SQLite in a temporary directory; a `sqlite://` URL puts the temporary
     /// directory next to its file, so the runs measure that file system.
-    fn new(db: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(db: Option<&str>) -> anyhow::Result<Self> {
         let Some(url) = db else {
             return Ok(Self::Sqlite(tempfile::tempdir().context("creating a temporary directory")?));
         };
