@@ -151,18 +151,19 @@ async fn a_revoke_waits_for_the_handler_still_working_on_a_revoked_partition() {
 async fn a_member_whose_application_stops_taking_messages_stays_in_its_group() {
     // librdkafka throws a member out that does not poll within max.poll.interval.ms; its
     // partitions then go back to the last commit and are handled again.
-    let interval = Duration::from_secs(3);
+    // Timeouts long enough that heartbeats keep the session alive on a loaded machine.
+    let interval = Duration::from_secs(6);
     let total = 1000;
     let settings =
-        [("session.timeout.ms", "3000"), ("heartbeat.interval.ms", "500"), ("max.poll.interval.ms", "3000")];
+        [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000"), ("max.poll.interval.ms", "6000")];
     let (bus, topic, group) = setup(Duration::from_secs(30), 1, events(total, 100, 16), &settings).await;
     let mut stream = bus.subscribe(&topic, &group).await.unwrap();
     let first = next(&mut stream).await;
     assert_eq!(first.offset(), 0);
 
     // The application is busy (as a dispatcher with a full buffer): nobody polls the stream for
-    // three poll intervals, with more messages waiting than the consumer buffers.
-    tokio::time::sleep(3 * interval).await;
+    // two poll intervals, with more messages waiting than the consumer buffers.
+    tokio::time::sleep(2 * interval).await;
     first.ack().await.unwrap();
     for offset in 1..total as i64 {
         let d = next(&mut stream).await;
