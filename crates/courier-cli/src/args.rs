@@ -340,7 +340,7 @@ pub struct EnqueueArgs {
 }
 
 /// Selects dead events; no flag selects all.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 pub struct FilterArgs {
     /// Row ids (repeatable).
     #[arg(long = "id")]
@@ -357,6 +357,9 @@ pub struct FilterArgs {
     /// Only events of this event type.
     #[arg(long = "filter-event-type")]
     pub event_type: Option<String>,
+    /// Only events whose last error contains this text.
+    #[arg(long = "filter-error")]
+    pub error_contains: Option<String>,
 }
 
 /// A count that must be at least 1, refused by clap as a usage error otherwise.
