@@ -336,3 +336,61 @@ async fn the_relay_serves_the_dashboard_with_its_instances_and_charts() {
     );
     assert_eq!(relay.get("/metrics").0, 200);
 }
+
+/// The pages in a real browser (Debian's headless Chromium, driven by playwright-core from
+/// `tests/browser`, which scripts/services.sh installs): overview, filtering dead events,
+/// a requeue refused without the token and done with it, a bulk discard confirmed with its
+/// count, the requeued event published once a relay runs (whose own `/ui` then charts it), and
+/// a `<script>` payload shown inert.
+/// Screenshots of each page go to `target/tmp/dashboard-screenshots`.
+#[tokio::test]
+async fn the_dashboard_in_a_browser() {
+    let browser_tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && browser_tests.join("node_modules/playwright-core").exists(),
+        "Chromium and playwright-core are required: run scripts/services.sh"
+    );
+    let db = Database::new("postgres://postgres@127.0.0.1:5432").await;
+    let (head1, _) = seed(&db.url).await;
+    let dash = Served::dashboard(&db.url);
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let relay_addr = format!("127.0.0.1:{}", free_port());
+    let mut node = Command::new("node")
+        .arg(browser_tests.join("dashboard.mjs"))
+        .env("BASE_URL", format!("http://{}", dash.addr))
+        .env("RELAY_URL", format!("http://{relay_addr}"))
+        .env("TOKEN", TOKEN)
+        .env("HEAD_ID", head1.to_string())
+        .env("SHOTS", &shots)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node is required (scripts/services.sh)");
+    let stdout = std::io::BufRead::lines(std::io::BufReader::new(node.stdout.take().unwrap()));
+    let mut relay = None;
+    let mut output = Vec::new();
+    for line in stdout {
+        let line = line.unwrap();
+        if line == "relay please" {
+            relay = Some(Served::start(
+                &["relay", "--db", &db.url, "--bus", "memory", "--listen", &relay_addr],
+                relay_addr.clone(),
+            ));
+        }
+        output.push(line);
+    }
+    let finished = node.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&finished.stderr);
+    assert!(
+        finished.status.success() && output.last().map(String::as_str) == Some("browser checks passed"),
+        "the browser checks failed:\n{}\n{stderr}\nrelay log:\n{}",
+        output.join("\n"),
+        relay.as_ref().map(Served::log).unwrap_or_default()
+    );
+    for page in ["overview", "events", "parked", "dead", "detail", "relay-overview"] {
+        assert!(shots.join(format!("{page}.png")).exists(), "no screenshot of {page}");
+    }
+}

@@ -163,10 +163,12 @@ pub fn line_chart(title: &str, unit: &str, series: &[Series<'_>], now: i64, wind
             .filter(|(at, _)| now - at <= window_s)
             .map(|&(at, v)| format!("{:.1},{:.1}", x(at), y(v)))
             .collect();
-        if !points.is_empty() {
+        if let Some(last) = points.last() {
+            // The newest point as a dot too: a line of one point draws nothing.
+            let (cx, cy) = last.split_once(',').expect("x,y");
             let _ = write!(
                 svg,
-                r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/>"#,
+                r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/><circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>"#,
                 colour = escape(s.colour),
                 points = points.join(" ")
             );
