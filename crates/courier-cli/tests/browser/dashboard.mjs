@@ -68,13 +68,17 @@ try {
   await page.goto(`${BASE_URL}/ui/dead?aggregate_id=order-1`);
   await page.fill("#token", TOKEN);
   await page.locator(`tr[data-id="${HEAD_ID}"] button[data-action=requeue]`).click();
-  await page.locator("#status.ok").waitFor(WAIT);
+  await page.locator("#status.ok").waitFor(WAIT); // shown once the page has reloaded
+  const done = await page.locator("#status").textContent();
+  check(done === "requeue: 1 event(s) changed", `the requeue reports its change: ${done}`);
+  check((await page.locator("table.events tbody tr[data-id]").count()) === 0, "order-1 has no dead event left");
   check((await statusOf(HEAD_ID)) === "pending", "the requeued event is pending");
 
   // The bulk discard asks, showing the count first.
   await page.goto(`${BASE_URL}/ui/dead`);
   await page.locator("p.bulk button[data-action=discard]").click();
   await page.locator("#status.ok").waitFor(WAIT);
+  check((await page.locator("#status").textContent()) === "discard: 1 event(s) changed", "the discard reports its change");
   check(confirms.at(-1) === "discard 1 dead event(s)?", `the confirmation counts first: ${confirms.at(-1)}`);
 
   // A relay publishes the requeued event.

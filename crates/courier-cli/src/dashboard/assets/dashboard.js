@@ -3,6 +3,7 @@
 "use strict";
 
 const TOKEN_KEY = "courier-admin-token";
+const DONE_KEY = "courier-last-action";
 
 function show(message, ok) {
   const status = document.getElementById("status");
@@ -31,8 +32,9 @@ async function act(button) {
       return;
     }
     const done = await post(action, query);
-    show(action + ": " + done.changed + " event(s) changed", true);
-    setTimeout(() => location.reload(), 800);
+    // Reloaded at once to show the rows as they are now; the result is shown after the reload.
+    sessionStorage.setItem(DONE_KEY, action + ": " + done.changed + " event(s) changed");
+    location.reload();
   } catch (error) {
     show(action + " refused: " + error.message, false);
   }
@@ -50,6 +52,11 @@ function refreshCharts(charts) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  const done = sessionStorage.getItem(DONE_KEY);
+  if (done) {
+    sessionStorage.removeItem(DONE_KEY);
+    show(done, true);
+  }
   const token = document.getElementById("token");
   token.value = sessionStorage.getItem(TOKEN_KEY) || "";
   token.addEventListener("input", () => sessionStorage.setItem(TOKEN_KEY, token.value));
