@@ -216,6 +216,23 @@ async fn api_and_pages_on(server: &str) {
         .collect();
     assert_eq!(parked, vec![(head1, 2), (head2, 1)]);
 
+    // The CLI lists what the API lists, through the same store operations.
+    let cli = Command::new(env!("CARGO_BIN_EXE_courier"))
+        .args([
+            "outbox",
+            "--db",
+            &db.url,
+            "dead",
+            "--filter-error",
+            "buried",
+            "--filter-aggregate-id",
+            "order-2",
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success() && listed.contains("1 dead event(s) listed"), "{listed}");
+
     // Changes: refused without the token (401) and with a wrong one (403), changing nothing.
     let path = format!("/api/v1/dead/requeue?id={head1}");
     let (status, body) = dash.request("POST", &path, None);
