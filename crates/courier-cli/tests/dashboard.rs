@@ -163,6 +163,12 @@ async fn seed(url: &str) -> (i64, i64) {
 async fn api_and_pages_on(server: &str) {
     let db = Database::new(server).await;
     let (head1, head2) = seed(&db.url).await;
+    // The overview's bounded count stops at its cap.
+    let store = Store::connect(&db.url).await.unwrap();
+    let all = courier_outbox::EventFilter::default();
+    assert_eq!(store.count_events_up_to(None, &all, 3).await.unwrap(), 3);
+    assert_eq!(store.count_events_up_to(None, &all, 100).await.unwrap(), 5);
+    store.close().await;
     let dash = Served::dashboard(&db.url);
 
     let overview = dash.json("/api/v1/overview");

@@ -287,7 +287,20 @@ impl Store {
         status: Option<EventStatus>,
         filter: &EventFilter,
     ) -> Result<u64, OutboxError> {
-        dispatch!(self.backend, Backend, ref pool => Ok(Queries::count(pool, status, filter).await?))
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::count(pool, status, filter, None).await?))
+    }
+
+    /// Like [`count_events`](Self::count_events), but stops counting at `cap`: a bounded cost
+    /// for counts shown at a glance (a million published rows kept for the retention period
+    /// would otherwise all be read).
+    pub async fn count_events_up_to(
+        &self,
+        status: Option<EventStatus>,
+        filter: &EventFilter,
+        cap: u64,
+    ) -> Result<u64, OutboxError> {
+        let cap = Some(i64::try_from(cap).unwrap_or(i64::MAX));
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::count(pool, status, filter, cap).await?))
     }
 
     /// Every column of the event with row id `id`; `None` when there is none.

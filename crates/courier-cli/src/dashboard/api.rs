@@ -1,6 +1,7 @@
 //! The JSON API, `/api/v1/…`: what the pages show, for scripts and for the pages' actions.
 //!
-//! - `GET overview`: counts by status, the oldest pending event's age, the relay instances;
+//! - `GET overview`: counts by status (published ones up to [`PUBLISHED_COUNT_CAP`]), the oldest
+//!   pending event's age, the relay instances;
 //! - `GET events?…`: a page of events, newest first (see [`query`](super::query) for the
 //!   parameters), with `next_before` for the next page;
 //! - `GET events/{id}`: every column of one event;
@@ -75,13 +76,51 @@ fn detail_json(d: &EventDetail) -> Value {
     value
 }
 
+/// Published rows are counted up to this many on the overview, so that its cost stays bounded
+/// however many rows the retention period keeps.
+pub const PUBLISHED_COUNT_CAP: u64 = 100_000;
+
+/// What the overview shows: counts by status, each read through an index or bounded.
+pub struct Counts {
+    pub pending: u64,
+    pub dead: u64,
+    /// At most [`PUBLISHED_COUNT_CAP`].
+    pub published: u64,
+    pub oldest_pending_age: Option<std::time::Duration>,
+}
+
+impl Counts {
+    pub async fn read(store: &courier_outbox::Store) -> Result<Self, Failure> {
+        let backlog = store.backlog().await?;
+        let all = courier_outbox::EventFilter::default();
+        Ok(Self {
+            pending: backlog.pending,
+            dead: store.count_events(Some(EventStatus::Dead), &all).await?,
+            published: store
+                .count_events_up_to(Some(EventStatus::Published), &all, PUBLISHED_COUNT_CAP)
+                .await?,
+            oldest_pending_age: backlog.oldest_pending_age,
+        })
+    }
+
+    /// The published count as shown: `100000+` when capped.
+    pub fn published_text(&self) -> String {
+        if self.published >= PUBLISHED_COUNT_CAP {
+            format!("{PUBLISHED_COUNT_CAP}+")
+        } else {
+            self.published.to_string()
+        }
+    }
+}
+
 async fn overview(State(dashboard): State<Dashboard>) -> Result<Json<Value>, Failure> {
     let store = dashboard.store()?;
-    let stats = store.stats().await?;
+    let counts = Counts::read(store).await?;
     let relays = store.relay_instances().await?;
     Ok(Json(json!({
-        "counts": { "pending": stats.pending, "published": stats.published, "dead": stats.dead },
-        "oldest_pending_age_s": stats.oldest_pending_age.map(|age| age.as_secs_f64()),
+        "counts": { "pending": counts.pending, "published": counts.published, "dead": counts.dead },
+        "published_capped": counts.published >= PUBLISHED_COUNT_CAP,
+        "oldest_pending_age_s": counts.oldest_pending_age.map(|age| age.as_secs_f64()),
         "relays": relays.iter().map(relay_json).collect::<Vec<_>>(),
         "charts": dashboard.inner.recent.is_some(),
     })))

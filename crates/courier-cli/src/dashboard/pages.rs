@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use courier_outbox::{EventStatus, EventSummary};
 
-use super::api::selection;
+use super::api::{selection, Counts};
 use super::charts::overview_charts;
 use super::html::{escape, payload_text};
 use super::query::with;
@@ -102,17 +102,19 @@ async fn overview(State(dashboard): State<Dashboard>) -> Page {
 
 async fn overview_body(dashboard: &Dashboard) -> Result<String, Failure> {
     let store = dashboard.store()?;
-    let stats = store.stats().await?;
+    let counts = Counts::read(store).await?;
     let relays = store.relay_instances().await?;
     let age =
-        stats.oldest_pending_age.map_or_else(|| "–".to_owned(), |a| format!("{:.3} s", a.as_secs_f64()));
+        counts.oldest_pending_age.map_or_else(|| "–".to_owned(), |a| format!("{:.3} s", a.as_secs_f64()));
     let mut body = format!(
         r#"<section class="counts">
 <a class="count" href="/ui/events?status=pending"><span>pending</span><b id="count-pending">{}</b></a>
 <a class="count" href="/ui/events?status=published"><span>published</span><b id="count-published">{}</b></a>
 <a class="count dead" href="/ui/dead"><span>dead</span><b id="count-dead">{}</b></a>
 <div class="count"><span>oldest pending</span><b id="oldest-pending">{age}</b></div></section>"#,
-        stats.pending, stats.published, stats.dead
+        counts.pending,
+        counts.published_text(),
+        counts.dead
     );
     body.push_str(r#"<h2>Throughput and latency</h2>"#);
     match &dashboard.inner.recent {

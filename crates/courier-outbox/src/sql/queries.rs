@@ -439,14 +439,33 @@ where
         rows.iter().map(Self::decode_summary).collect()
     }
 
-    /// How many of `filter`'s events have `status`: what a bulk action would change.
+    /// How many of `filter`'s events have `status`, counting no further than `cap` when given.
+    pub(crate) fn count_query(
+        status: Option<EventStatus>,
+        filter: &EventFilter,
+        cap: Option<i64>,
+    ) -> QueryBuilder<'static, D> {
+        let Some(cap) = cap else {
+            let mut qb = QueryBuilder::<D>::new("SELECT COUNT(*) FROM courier_outbox");
+            Self::push_filter(&mut qb, status, filter);
+            return qb;
+        };
+        // The LIMIT stops the scan at `cap` rows: a count of a million published rows would
+        // read them all.
+        let mut qb = QueryBuilder::<D>::new("SELECT COUNT(*) FROM (SELECT 1 FROM courier_outbox");
+        Self::push_filter(&mut qb, status, filter);
+        qb.push(" LIMIT ").push_bind(cap).push(") capped");
+        qb
+    }
+
+    /// See [`count_query`](Self::count_query).
     pub(crate) async fn count(
         pool: &Pool<D>,
         status: Option<EventStatus>,
         filter: &EventFilter,
+        cap: Option<i64>,
     ) -> Result<u64, sqlx::Error> {
-        let mut qb = QueryBuilder::<D>::new("SELECT COUNT(*) FROM courier_outbox");
-        Self::push_filter(&mut qb, status, filter);
+        let mut qb = Self::count_query(status, filter, cap);
         let count: i64 = D::build(&mut qb).persistent(false).fetch_one(pool).await?.try_get(0)?;
         Ok(u64::try_from(count).unwrap_or_default())
     }
