@@ -16,6 +16,7 @@ function check(condition, message) {
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.setDefaultTimeout(WAIT.timeout); // a loaded machine may be slow; the waits are for conditions
   const alerts = [];
   const confirms = [];
   page.on("dialog", async (dialog) => {
