@@ -58,8 +58,8 @@ pub fn parse(params: &[(String, String)]) -> Result<Selection, String> {
             "id" => filter.ids.push(number(name, value)?),
             "before" => selection.before = Some(number(name, value)?),
             "limit" => {
-                selection.limit = match number(name, value)? {
-                    n @ 1..=500 => n as u32,
+                selection.limit = match u32::try_from(number(name, value)?) {
+                    Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
                     _ => return Err(format!("limit must be between 1 and {MAX_LIMIT}")),
                 }
             }
@@ -158,6 +158,8 @@ mod tests {
         assert!(error(&[("status", "gone")]).contains("unknown status \"gone\""));
         assert!(error(&[("before", "x")]).starts_with("before must be an integer"));
         assert!(error(&[("limit", "0")]).starts_with("limit must be between 1 and 500"));
+        assert!(error(&[("limit", "501")]).starts_with("limit must be between 1 and 500"));
+        assert!(error(&[("limit", "-1")]).starts_with("limit must be between 1 and 500"));
         assert!(error(&[("from", "yesterday")]).starts_with("from must be a time"));
         assert!(error(&[("all", "yes")]).starts_with("all must be true or false"));
         assert!(error(&[("offset", "50")]).starts_with("unknown parameter \"offset\""));
