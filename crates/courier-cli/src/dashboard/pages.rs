@@ -229,7 +229,7 @@ fn events_table(events: &[EventSummary], actions: bool) -> String {
             error = optional(e.last_error.as_deref()),
         );
         if actions {
-            let _ = write!(table, "<td>{}</td>", dead_buttons(&format!("id={}", e.id), None));
+            let _ = write!(table, "<td>{}</td>", dead_buttons(&format!("id={}", e.id)));
         }
         table.push_str("</tr>");
     }
@@ -237,12 +237,17 @@ fn events_table(events: &[EventSummary], actions: bool) -> String {
     table
 }
 
-/// Requeue and discard buttons acting on the dead events `query` selects; `warn` is asked to
-/// be confirmed first.
-fn dead_buttons(query: &str, warn: Option<&str>) -> String {
+/// Requeue and discard buttons acting on the dead events `query` selects.
+fn dead_buttons(query: &str) -> String {
+    action_buttons(query, ("Requeue", "Discard"), None)
+}
+
+/// Requeue and discard buttons named `labels` acting on the dead events `query` selects; `warn`
+/// is asked to be confirmed first.
+fn action_buttons(query: &str, (requeue, discard): (&str, &str), warn: Option<&str>) -> String {
     let warn = warn.map(|w| format!(r#" data-warn="{}""#, escape(w))).unwrap_or_default();
     format!(
-        r#"<button class="action" data-action="requeue" data-query="{q}"{warn}>Requeue</button> <button class="action danger" data-action="discard" data-query="{q}"{warn}>Discard</button>"#,
+        r#"<button class="action" data-action="requeue" data-query="{q}"{warn}>{requeue}</button> <button class="action danger" data-action="discard" data-query="{q}"{warn}>{discard}</button>"#,
         q = escape(query)
     )
 }
@@ -336,7 +341,7 @@ async fn detail_body(dashboard: &Dashboard, id: &str) -> Result<String, Failure>
     }
     body.push_str("</dl>");
     if e.status == EventStatus::Dead {
-        let _ = write!(body, r#"<p>{}</p>"#, dead_buttons(&format!("id={}", e.id), None));
+        let _ = write!(body, r#"<p>{}</p>"#, dead_buttons(&format!("id={}", e.id)));
     }
     body.push_str("<h2>Headers</h2>");
     if d.headers.is_empty() && d.headers_text.trim() != "{}" {
@@ -391,7 +396,8 @@ async fn parked_body(dashboard: &Dashboard, params: &[(String, String)]) -> Resu
             error = optional(h.last_error.as_deref()),
             created = time(h.created_at),
             waiting = p.waiting,
-            buttons = dead_buttons(&format!("id={}", h.id), Some(ORDER_WARNING)),
+            buttons =
+                action_buttons(&format!("id={}", h.id), ("Requeue head", "Skip head"), Some(ORDER_WARNING)),
         );
     }
     body.push_str("</tbody></table>");

@@ -13,16 +13,25 @@ function check(condition, message) {
   if (!condition) throw new Error(message);
 }
 
+async function until(condition, what) {
+  const deadline = Date.now() + WAIT.timeout;
+  while (!condition()) {
+    check(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--no-sandbox"] });
 try {
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   page.setDefaultTimeout(WAIT.timeout); // a loaded machine may be slow; the waits are for conditions
   const alerts = [];
   const confirms = [];
+  let answer = true; // what the "user" answers to a confirmation
   page.on("dialog", async (dialog) => {
     if (dialog.type() === "confirm") {
       confirms.push(dialog.message());
-      await dialog.accept();
+      await (answer ? dialog.accept() : dialog.dismiss());
     } else {
       alerts.push(dialog.message()); // only a script from event content would raise one
       await dialog.dismiss();
@@ -74,6 +83,17 @@ try {
   check(done === "requeue: 1 event(s) changed", `the requeue reports its change: ${done}`);
   check((await page.locator("table.events tbody tr[data-id]").count()) === 0, "order-1 has no dead event left");
   check((await statusOf(HEAD_ID)) === "pending", "the requeued event is pending");
+
+  // Releasing a parked aggregate warns about order first; declined, nothing changes.
+  await page.goto(`${BASE_URL}/ui/parked`);
+  answer = false;
+  const asked = confirms.length;
+  await page.locator("#parked button", { hasText: "Skip head" }).click();
+  await until(() => confirms.length > asked, "the release to ask for confirmation");
+  answer = true;
+  check(confirms.at(-1).includes("in order"), `releasing warns about order: ${confirms.at(-1)}`);
+  await page.reload();
+  check((await page.locator("#parked tbody tr[data-id]").count()) === 1, "a declined release changes nothing");
 
   // The bulk discard asks, showing the count first.
   await page.goto(`${BASE_URL}/ui/dead`);
