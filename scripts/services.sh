@@ -100,6 +100,20 @@ ensure_kafka_packages() {
   ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 }
 
+# The dashboard's browser tests (crates/courier-cli/tests/dashboard_browser.rs): Debian's Chromium,
+# driven by playwright-core from npm, installed next to its package.json (node_modules is not
+# committed; package-lock.json pins the version).
+BROWSER_TESTS=crates/courier-cli/tests/browser
+ensure_browser_tests() {
+  [[ -x /usr/bin/chromium ]] || apt_install chromium
+  command -v npm >/dev/null || apt_install nodejs npm
+  local root; root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  [[ -f "$root/$BROWSER_TESTS/node_modules/playwright-core/package.json" ]] && return 0
+  echo "installing playwright-core from npm into $BROWSER_TESTS/node_modules"
+  (cd "$root/$BROWSER_TESTS" && npm ci --no-audit --no-fund) >"$LOG_DIR/npm.log" 2>&1 || {
+    echo "FATAL: npm ci in $BROWSER_TESTS failed; see $LOG_DIR/npm.log" >&2; return 1; }
+}
+
 ensure_all() {
   ensure_kafka_packages
   ensure_database_packages
@@ -109,6 +123,7 @@ ensure_all() {
   ensure_nats
   ensure_tansu
   ensure_python_clients
+  ensure_browser_tests
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then

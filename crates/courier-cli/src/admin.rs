@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use courier_core::{Envelope, Topic, TraceContext};
-use courier_outbox::{DeadFilter, Enqueue, Outbox, Store};
+use courier_outbox::{Enqueue, EventFilter, Outbox, Store};
 
 use crate::args::{EnqueueArgs, FilterArgs, OutboxCommand};
 use crate::config::Config;
@@ -11,20 +11,18 @@ use courier_core::redact_url;
 
 impl FilterArgs {
     fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-            && self.topic.is_none()
-            && self.aggregate_type.is_none()
-            && self.aggregate_id.is_none()
-            && self.event_type.is_none()
+        self.clone().into_filter().is_empty()
     }
 
-    fn into_filter(self) -> DeadFilter {
-        DeadFilter {
+    fn into_filter(self) -> EventFilter {
+        EventFilter {
             ids: self.ids,
             topic: self.topic,
             aggregate_type: self.aggregate_type,
             aggregate_id: self.aggregate_id,
             event_type: self.event_type,
+            error_contains: self.error_contains,
+            ..EventFilter::default()
         }
     }
 }
@@ -101,7 +99,7 @@ async fn stats(store: &Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn list_dead(store: &Store, filter: DeadFilter, limit: u32) -> anyhow::Result<()> {
+async fn list_dead(store: &Store, filter: EventFilter, limit: u32) -> anyhow::Result<()> {
     let dead = store.list_dead(&filter, limit).await?;
     println!(
         "{:>10}  {:<36}  {:<24}  {:<24}  {:>8}  last error",

@@ -36,6 +36,8 @@ pub enum Command {
     Outbox(OutboxArgs),
     /// Print a topic's messages as they arrive, like `nats sub` or `kcat -C`.
     Tail(TailArgs),
+    /// Serve the operator dashboard (/ui) and its JSON API (/api/v1) without running a relay.
+    Dashboard(DashboardArgs),
 }
 
 impl Command {
@@ -45,6 +47,7 @@ impl Command {
             Self::Relay(args) => Some(&args.service),
             Self::Migrate(args) => Some(&args.service),
             Self::Outbox(args) => Some(&args.service),
+            Self::Dashboard(args) => Some(&args.service),
             Self::Demo(_) | Self::Bench(_) | Self::Tail(_) => None,
         }
     }
@@ -62,6 +65,7 @@ impl Command {
             Self::Migrate(_) => crate::admin::migrate(&config()).await,
             Self::Outbox(args) => args.command.run(&config()).await,
             Self::Tail(args) => args.run().await,
+            Self::Dashboard(args) => crate::dashboard::run(args, config()).await,
         }
     }
 }
@@ -333,9 +337,21 @@ pub struct RelayArgs {
     /// Bus URL (overrides bus.url).
     #[arg(long)]
     pub bus: Option<BusUrl>,
-    /// Address of /metrics, /healthz and /readyz (overrides http.listen).
+    /// Address of /metrics, /healthz, /readyz and the dashboard (overrides http.listen).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `courier dashboard`.
+#[derive(Args)]
+pub struct DashboardArgs {
+    /// Where the configuration comes from (the database, and http.admin_token for changes).
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Address to serve the dashboard on; keep it on 127.0.0.1 unless a proxy in front
+    /// authenticates operators (reading needs no token).
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// `courier migrate`.
@@ -431,7 +447,7 @@ pub struct EnqueueArgs {
 }
 
 /// Selects dead events; no flag selects all.
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug, Default, Clone)]
 pub struct FilterArgs {
     /// Row ids (repeatable).
     #[arg(long = "id")]
@@ -448,6 +464,9 @@ pub struct FilterArgs {
     /// Only events of this event type.
     #[arg(long = "filter-event-type")]
     pub event_type: Option<String>,
+    /// Only events whose last error contains this text.
+    #[arg(long = "filter-error")]
+    pub error_contains: Option<String>,
 }
 
 /// A count that must be at least 1, refused by clap as a usage error otherwise.

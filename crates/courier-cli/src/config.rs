@@ -115,6 +115,24 @@ pub struct Topics {
 #[serde(deny_unknown_fields)]
 pub struct Http {
     pub listen: SocketAddr,
+    /// Allows the dashboard's changes (requeue, discard) to requests carrying it as a bearer
+    /// token; without one the dashboard is read-only.
+    pub admin_token: Secret,
+    pub admin_token_file: PathBuf,
+    /// Who the token's changes are logged as.
+    pub admin_token_name: String,
+}
+
+impl Http {
+    /// The admin token, from `admin_token` or `admin_token_file`; `None` when neither is set.
+    pub fn admin_token(&self) -> anyhow::Result<Option<crate::dashboard::AdminToken>> {
+        let secret = secret::resolve("http.admin_token", &self.admin_token, &self.admin_token_file)?;
+        anyhow::ensure!(
+            secret.is_none() || !self.admin_token_name.is_empty(),
+            "http.admin_token_name is empty: name the token, so that its changes are logged under that name"
+        );
+        Ok(secret.map(|secret| crate::dashboard::AdminToken { name: self.admin_token_name.clone(), secret }))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,5 +1,6 @@
 //! The relay's HTTP listener: `/metrics` (Prometheus text format), `/healthz` (the process is
-//! alive) and `/readyz` (database and broker reachable, relay running).
+//! alive), `/readyz` (database and broker reachable, relay running), and the operator dashboard
+//! (`/ui`, `/api/v1`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,9 +14,12 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
+
+use crate::dashboard::charts::{latency_bounds, Recent};
+use crate::dashboard::Dashboard;
 
 /// Labels of `courier_publish_outcomes_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +40,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub commit_to_ack: Histogram,
     pub publish_outcomes: Family<OutcomeLabels, Counter>,
+    /// The last minutes of published/s and commit→ACK latency, for the dashboard's charts.
+    pub recent: Arc<Recent>,
 }
 
 impl Default for Metrics {
@@ -49,8 +55,9 @@ impl Default for Metrics {
             dead: Counter::default(),
             in_flight: Gauge::default(),
             // 0.5 ms .. ~65 s
-            commit_to_ack: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            commit_to_ack: Histogram::new(latency_bounds()),
             publish_outcomes: Family::default(),
+            recent: Arc::default(),
             registry: Registry::default(),
         };
         registry.register("outbox_pending", "Outbox rows waiting to be published", metrics.pending.clone());
@@ -114,7 +121,7 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<tokio::net::TcpListener>
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz, /ui, /api/v1");
     Ok(listener)
 }
 
@@ -123,6 +130,7 @@ pub async fn serve<R: Readiness>(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     readiness: R,
+    dashboard: Dashboard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = Arc::new(AppState { metrics, readiness });
@@ -130,7 +138,8 @@ pub async fn serve<R: Readiness>(
         .route("/metrics", get(metrics_handler::<R>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler::<R>))
-        .with_state(state);
+        .with_state(state)
+        .merge(dashboard.router());
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }

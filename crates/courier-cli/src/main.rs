@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod bus_url;
 mod config;
+mod dashboard;
 mod demo;
 mod exit;
 mod http;

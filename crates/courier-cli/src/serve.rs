@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::args::RelayArgs;
 use crate::bus_url::BusUrl;
 use crate::config::Config;
+use crate::dashboard::Dashboard;
 use crate::exit::{usage, UsageError};
 use crate::http::{Metrics, OutcomeLabels, Readiness};
 use courier_core::redact_url;
@@ -43,6 +44,7 @@ impl RelayObserver for MetricsObserver {
     fn acked(&self, event: &AckedEvent<'_>) {
         self.metrics.published.inc();
         self.metrics.commit_to_ack.observe(event.enqueue_to_ack.as_secs_f64());
+        self.metrics.recent.observe(event.enqueue_to_ack);
         self.outcome(if event.duplicate { "duplicate" } else { "ok" }.into());
     }
 
@@ -159,17 +161,27 @@ impl RelayArgs {
                  vanish when this process exits"
             );
         }
+        let token = config.http.admin_token().map_err(UsageError)?;
         let metrics = Arc::new(Metrics::default());
+        let dashboard = Dashboard::new(token, Some(Arc::clone(&metrics.recent)));
         let ready = Ready(Arc::new(RwLock::new(Phase::Starting("starting".into()))));
         let (stop_http, mut http_stop) = watch::channel(false);
         let listener = crate::http::bind(config.http.listen).await?;
-        let server =
-            tokio::spawn(crate::http::serve(listener, Arc::clone(&metrics), ready.clone(), async move {
+        let server = tokio::spawn(crate::http::serve(
+            listener,
+            Arc::clone(&metrics),
+            ready.clone(),
+            dashboard.clone(),
+            async move {
                 let _ = http_stop.wait_for(|stop| *stop).await;
-            }));
+            },
+        ));
+        let sampled = Arc::clone(&metrics);
+        let sampler = tokio::spawn(async move { sampled.recent.sample(|| sampled.published.get()).await });
         let stop = stop_on_signal()?;
-        let started = Started { config, metrics, ready, server, stop };
+        let started = Started { config, metrics, ready, server, stop, dashboard };
         let outcome = started.connect_and_run(url, topics).await;
+        sampler.abort();
         let _ = stop_http.send(true);
         outcome
     }
@@ -188,6 +200,7 @@ struct Started {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// Turns true on SIGTERM or SIGINT.
     stop: watch::Receiver<bool>,
+    dashboard: Dashboard,
 }
 
 impl Started {
@@ -200,6 +213,7 @@ impl Started {
         else {
             return Ok(true);
         };
+        self.dashboard.connected(store.clone());
         let wire = self.config.bus.wire;
         match url {
             BusUrl::Memory => self.run(store, MemoryBus::default(), &topics).await,
@@ -266,7 +280,7 @@ impl Started {
                 return Ok(true);
             }
         }
-        let Self { config, metrics, ready, mut server, mut stop } = self;
+        let Self { config, metrics, ready, mut server, mut stop, .. } = self;
         let observer = MetricsObserver { metrics: Arc::clone(&metrics), backend: bus.name() };
         let relay = Relay::new(store.clone(), bus.clone(), config.relay_config()).observer(observer).start();
         tracing::info!(

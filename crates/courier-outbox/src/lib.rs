@@ -5,7 +5,8 @@
 //! Databases (one cargo feature each): PostgreSQL (`postgres`), MySQL 8 / MariaDB ≥ 10.6
 //! (`mysql`) and SQLite (`sqlite`). [`Store`] holds a pool to one of them and carries the
 //! migrations ([`Store::migrate`]) and the operator API: [`Store::stats`],
-//! [`Store::list_dead`], [`Store::requeue`], [`Store::discard_dead`],
+//! [`Store::list_dead`], [`Store::list_events`], [`Store::event`], [`Store::parked`],
+//! [`Store::relay_instances`], [`Store::requeue`], [`Store::discard_dead`],
 //! [`Store::purge_published`].
 //!
 //! Consumers: an [`Inbox`] records in the handler's own transaction which events a consumer has
@@ -34,7 +35,9 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use admin::{Backlog, DeadEvent, DeadFilter, OutboxStats};
+pub use admin::{
+    Backlog, EventDetail, EventFilter, EventStatus, EventSummary, OutboxStats, ParkedAggregate, RelayInstance,
+};
 pub use enqueue::{Enqueue, Outbox, TopicMapper};
 pub use error::OutboxError;
 pub use inbox::{Inbox, InboxConnection, InboxHandler, InboxPool, Recorded};

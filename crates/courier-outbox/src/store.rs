@@ -5,9 +5,11 @@ use std::time::Duration;
 use courier_core::EventId;
 use sqlx::Executor as _;
 
-use crate::admin::{Backlog, DeadEvent, DeadFilter, OutboxStats};
+use crate::admin::{
+    Backlog, EventDetail, EventFilter, EventStatus, EventSummary, OutboxStats, ParkedAggregate, RelayInstance,
+};
 use crate::row::{now_us, ClaimedRow, DEAD, PENDING, PUBLISHED};
-use crate::sql::queries::Queries;
+use crate::sql::queries::{Order, Queries};
 use crate::sql::{BlockedRow, ClaimQuery, Dialect, Failure, Mark, OutboxConnection, OwnerCheck};
 use crate::{Enqueue, Outbox, OutboxError};
 
@@ -253,22 +255,85 @@ impl Store {
     }
 
     /// Dead events matching `filter`, oldest first, at most `limit`.
-    pub async fn list_dead(&self, filter: &DeadFilter, limit: u32) -> Result<Vec<DeadEvent>, OutboxError> {
+    pub async fn list_dead(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<EventSummary>, OutboxError> {
         let limit = i64::from(limit);
         dispatch!(self.backend, Backend, ref pool => Ok(Queries::list_dead(pool, filter, limit).await?))
+    }
+
+    /// A page of `filter`'s events of `status` (any when `None`), newest first: at most `limit`
+    /// events with ids below `below` (the last id of the previous page), or the newest when
+    /// `None`. Each page is read through an index from where the previous one ended, however
+    /// deep it is.
+    pub async fn list_events(
+        &self,
+        status: Option<EventStatus>,
+        filter: &EventFilter,
+        below: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<EventSummary>, OutboxError> {
+        let (order, limit) = (Order::NewestBelow(below), i64::from(limit));
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::list(pool, status, filter, order, limit).await?))
+    }
+
+    /// How many of `filter`'s events have `status` (any when `None`): what
+    /// [`requeue`](Self::requeue) or [`discard_dead`](Self::discard_dead) would change, for a
+    /// confirmation before a bulk action.
+    pub async fn count_events(
+        &self,
+        status: Option<EventStatus>,
+        filter: &EventFilter,
+    ) -> Result<u64, OutboxError> {
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::count(pool, status, filter, None).await?))
+    }
+
+    /// Like [`count_events`](Self::count_events), but stops counting at `cap`: a bounded cost
+    /// for counts shown at a glance (a million published rows kept for the retention period
+    /// would otherwise all be read).
+    pub async fn count_events_up_to(
+        &self,
+        status: Option<EventStatus>,
+        filter: &EventFilter,
+        cap: u64,
+    ) -> Result<u64, OutboxError> {
+        let cap = Some(i64::try_from(cap).unwrap_or(i64::MAX));
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::count(pool, status, filter, cap).await?))
+    }
+
+    /// Every column of the event with row id `id`; `None` when there is none.
+    pub async fn event(&self, id: i64) -> Result<Option<EventDetail>, OutboxError> {
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::detail(pool, id).await?))
+    }
+
+    /// The aggregates parked behind a dead event (the oldest dead event of each), oldest head
+    /// first, at most `limit`, with how many of their events wait. Requeueing the head
+    /// ([`requeue`](Self::requeue)) publishes it before the waiting events; discarding it
+    /// ([`discard_dead`](Self::discard_dead)) skips it and releases the rest.
+    pub async fn parked(&self, limit: u32) -> Result<Vec<ParkedAggregate>, OutboxError> {
+        let limit = i64::from(limit);
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::parked(pool, limit).await?))
+    }
+
+    /// The relay instances sharing the outbox, with the partitions each leases and when its
+    /// heartbeat and leases expire.
+    pub async fn relay_instances(&self) -> Result<Vec<RelayInstance>, OutboxError> {
+        dispatch!(self.backend, Backend, ref pool => Ok(Queries::relays(pool).await?))
     }
 
     /// Makes the dead events matching `filter` pending again with a fresh attempt budget; their
     /// aggregates resume in order once the relay owning them notices (at its next lease renewal).
     /// Returns how many were requeued.
-    pub async fn requeue(&self, filter: &DeadFilter) -> Result<u64, OutboxError> {
+    pub async fn requeue(&self, filter: &EventFilter) -> Result<u64, OutboxError> {
         let set = "UPDATE courier_outbox SET status = 'pending', attempts = 0, next_attempt_at_us = NULL";
         dispatch!(self.backend, Backend, ref pool => Ok(Queries::change_dead(pool, set, filter).await?))
     }
 
     /// Deletes the dead events matching `filter`, giving up on them; aggregates they blocked
     /// resume with their next event. Returns how many were deleted.
-    pub async fn discard_dead(&self, filter: &DeadFilter) -> Result<u64, OutboxError> {
+    pub async fn discard_dead(&self, filter: &EventFilter) -> Result<u64, OutboxError> {
         let delete = "DELETE FROM courier_outbox";
         dispatch!(self.backend, Backend, ref pool => Ok(Queries::change_dead(pool, delete, filter).await?))
     }

@@ -9,7 +9,7 @@ use common::{eventually, fast_config, nats, topic, Kind, TestDb};
 use courier_core::wire::{self, WireMode};
 use courier_core::{Bus, Envelope, ErrorKind, PublisherConfig, Topic, TopicConfig, DEFAULT_MAX_PAYLOAD};
 use courier_nats::NatsBus;
-use courier_outbox::{DeadFilter, Enqueue, Outbox, OutboxError, Relay};
+use courier_outbox::{Enqueue, EventFilter, Outbox, OutboxError, Relay};
 
 /// A topic with its stream; the stream is deleted when the test ends.
 async fn provisioned(bus: &NatsBus) -> Topic {
@@ -82,7 +82,7 @@ async fn largest_event_the_default_limit_accepts_is_relayed_to_nats() {
     let relay = Relay::new(store.clone(), bus.clone(), fast_config()).start();
     eventually(Duration::from_secs(30), "the event to be published", || async {
         let stats = store.stats().await.unwrap();
-        assert_eq!(stats.dead, 0, "went dead: {:?}", store.list_dead(&DeadFilter::all(), 1).await);
+        assert_eq!(stats.dead, 0, "went dead: {:?}", store.list_dead(&EventFilter::all(), 1).await);
         stats.published == 1
     })
     .await;

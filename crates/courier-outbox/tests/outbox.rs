@@ -11,7 +11,7 @@ use courier_core::memory::Fault;
 use courier_core::wire::{self, WireMode};
 use courier_core::{Envelope, ErrorKind, MemoryBus, MemoryConfig, Topic, TraceContext};
 use courier_outbox::{
-    AckedEvent, DeadFilter, Enqueue, Outbox, OutboxError, Relay, RelayHandle, RelayObserver, Store,
+    AckedEvent, Enqueue, EventFilter, Outbox, OutboxError, Relay, RelayHandle, RelayObserver, Store,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -222,14 +222,14 @@ async fn failed_acks_are_retried_then_dead_then_requeued(kind: Kind) {
     assert_eq!((stats.pending, stats.published, stats.dead), (0, 1, 1));
     assert_eq!(relay.stats().dead, 1);
     assert_eq!(bus.events(&topic).len(), 1);
-    let dead = store.list_dead(&DeadFilter::all(), 10).await.unwrap();
+    let dead = store.list_dead(&EventFilter::all(), 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].event_id, doomed.event_id().to_string());
     assert_eq!(dead[0].attempts, 3);
     assert!(dead[0].last_error.as_deref().unwrap_or_default().contains("injected"), "{dead:?}");
 
     // Requeue brings it back and it is published.
-    assert_eq!(store.requeue(&DeadFilter::ids([dead[0].id])).await.unwrap(), 1);
+    assert_eq!(store.requeue(&EventFilter::ids([dead[0].id])).await.unwrap(), 1);
     eventually(WAIT, "the requeued event to be published", || async {
         store.stats().await.unwrap().published == 2
     })
@@ -262,12 +262,12 @@ async fn poison_event_parks_only_its_aggregate(kind: Kind) {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.pending, stats.published, stats.dead), (1, 101, 1));
-    let dead = store.list_dead(&DeadFilter::all().aggregate_id("poisoned"), 10).await.unwrap();
+    let dead = store.list_dead(&EventFilter::all().aggregate_id("poisoned"), 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 1, "a payload over the broker limit is not retried");
     assert!(dead[0].last_error.as_deref().unwrap_or_default().contains("payload"), "{dead:?}");
     // Discarding the poison lets the aggregate continue.
-    assert_eq!(store.discard_dead(&DeadFilter::ids([dead[0].id])).await.unwrap(), 1);
+    assert_eq!(store.discard_dead(&EventFilter::ids([dead[0].id])).await.unwrap(), 1);
     eventually(WAIT, "the parked event to be published", || async { pending(&store).await == 0 }).await;
     relay.shutdown().await.unwrap();
     let last = bus.events(&topic).last().cloned().unwrap();
@@ -472,7 +472,7 @@ async fn zero_retention_deletes_acked_rows_only(kind: Kind) {
     // Acknowledged rows are gone, not marked published; the dead one stays for requeue.
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.pending, stats.published, stats.dead), (0, 0, 1));
-    let dead = store.list_dead(&DeadFilter::all(), 10).await.unwrap();
+    let dead = store.list_dead(&EventFilter::all(), 10).await.unwrap();
     assert_eq!(
         dead.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>(),
         vec![doomed.event_id().to_string()]
@@ -527,7 +527,7 @@ async fn dead_filters_match_identifiers_exactly(kind: Kind) {
     // Dead without a relay: the filters are what is tested here.
     store.execute_raw("UPDATE courier_outbox SET status = 'dead', attempts = 1").await.unwrap();
 
-    let listed = |filter: DeadFilter| {
+    let listed = |filter: EventFilter| {
         let store = store.clone();
         async move {
             let dead = store.list_dead(&filter, 10).await.unwrap();
@@ -535,24 +535,24 @@ async fn dead_filters_match_identifiers_exactly(kind: Kind) {
         }
     };
     let (upper_id, lower_id) = (upper_event.event_id().to_string(), lower_event.event_id().to_string());
-    assert_eq!(listed(DeadFilter::all()).await, [upper_id.as_str(), lower_id.as_str()]);
-    assert_eq!(listed(DeadFilter::all().aggregate_id("Order-1")).await, [upper_id.as_str()]);
-    assert_eq!(listed(DeadFilter::all().aggregate_id("order-1")).await, [lower_id.as_str()]);
-    assert!(listed(DeadFilter::all().aggregate_id("ORDER-1")).await.is_empty());
-    assert_eq!(listed(DeadFilter::all().topic(upper.as_str())).await, [upper_id.as_str()]);
-    assert_eq!(listed(DeadFilter::all().topic(lower.as_str())).await, [lower_id.as_str()]);
-    assert_eq!(listed(DeadFilter::all().aggregate_type("Order")).await, [upper_id.as_str()]);
-    assert_eq!(listed(DeadFilter::all().event_type("orderchanged")).await, [lower_id.as_str()]);
+    assert_eq!(listed(EventFilter::all()).await, [upper_id.as_str(), lower_id.as_str()]);
+    assert_eq!(listed(EventFilter::all().aggregate_id("Order-1")).await, [upper_id.as_str()]);
+    assert_eq!(listed(EventFilter::all().aggregate_id("order-1")).await, [lower_id.as_str()]);
+    assert!(listed(EventFilter::all().aggregate_id("ORDER-1")).await.is_empty());
+    assert_eq!(listed(EventFilter::all().topic(upper.as_str())).await, [upper_id.as_str()]);
+    assert_eq!(listed(EventFilter::all().topic(lower.as_str())).await, [lower_id.as_str()]);
+    assert_eq!(listed(EventFilter::all().aggregate_type("Order")).await, [upper_id.as_str()]);
+    assert_eq!(listed(EventFilter::all().event_type("orderchanged")).await, [lower_id.as_str()]);
 
     // Requeue and discard change only the exact matches.
     assert_eq!(
-        store.requeue(&DeadFilter::all().topic(lower.as_str()).aggregate_id("Order-1")).await.unwrap(),
+        store.requeue(&EventFilter::all().topic(lower.as_str()).aggregate_id("Order-1")).await.unwrap(),
         0
     );
-    assert_eq!(store.requeue(&DeadFilter::all().aggregate_id("Order-1")).await.unwrap(), 1);
-    assert_eq!(listed(DeadFilter::all()).await, [lower_id.as_str()]);
-    assert_eq!(store.discard_dead(&DeadFilter::all().topic(upper.as_str())).await.unwrap(), 0);
-    assert_eq!(store.discard_dead(&DeadFilter::all().topic(lower.as_str())).await.unwrap(), 1);
+    assert_eq!(store.requeue(&EventFilter::all().aggregate_id("Order-1")).await.unwrap(), 1);
+    assert_eq!(listed(EventFilter::all()).await, [lower_id.as_str()]);
+    assert_eq!(store.discard_dead(&EventFilter::all().topic(upper.as_str())).await.unwrap(), 0);
+    assert_eq!(store.discard_dead(&EventFilter::all().topic(lower.as_str())).await.unwrap(), 1);
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.pending, stats.dead), (1, 0));
 }

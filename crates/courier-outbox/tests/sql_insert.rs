@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{eventually, fast_config, topic, Kind, TestDb};
 use courier_core::MemoryBus;
-use courier_outbox::{shard_of, DeadFilter, Relay};
+use courier_outbox::{shard_of, EventFilter, Relay};
 use rand::{Rng, SeedableRng};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -205,7 +205,7 @@ async fn rows_breaking_the_contract_go_dead_naming_the_problem(kind: Kind) {
     })
     .await;
     relay.shutdown().await.unwrap();
-    let mut dead = store.list_dead(&DeadFilter::all(), 10).await.unwrap();
+    let mut dead = store.list_dead(&EventFilter::all(), 10).await.unwrap();
     dead.sort_by_key(|d| d.id);
     let errors: Vec<String> = dead.into_iter().map(|d| d.last_error.unwrap_or_default()).collect();
     for (error, expected) in

@@ -316,6 +316,90 @@ mod tests {
         assert!(plan.contains("courier_outbox_pending on"), "the backlog misses the pending index:\n{plan}");
     }
 
+    /// The dashboard's listings run on the application's connections while relays work: on an
+    /// outbox of mostly published rows, each page (newest first, below the previous page's last
+    /// id), the dry-run count of a bulk action and the parked aggregates must walk an index, never
+    /// the table.
+    #[tokio::test]
+    async fn dashboard_queries_walk_indexes_not_the_table() {
+        use crate::admin::{EventFilter, EventStatus};
+        use crate::sql::queries::Order;
+
+        let status = "CASE WHEN g % 100 = 0 THEN 'dead' WHEN g % 10 = 0 THEN 'pending' ELSE 'published' END";
+        let page = |status, filter: EventFilter| {
+            Q::list_query(status, &filter, Order::NewestBelow(Some(40_000)), 50)
+        };
+        let by_error = EventFilter::default().error_contains("refused");
+        // (label, statement, its parameters as SQL literals, the index it must use)
+        let cases = [
+            ("page of all events", page(None, EventFilter::default()), "40000, 50", "courier_outbox_pkey"),
+            (
+                "page of pending events",
+                page(Some(EventStatus::Pending), EventFilter::default()),
+                "40000, 50",
+                "courier_outbox_pending",
+            ),
+            (
+                "page of dead events",
+                page(Some(EventStatus::Dead), EventFilter::default()),
+                "40000, 50",
+                "courier_outbox_blocked",
+            ),
+            (
+                "page of dead events by topic and error",
+                page(Some(EventStatus::Dead), by_error.topic("t")),
+                "'t', '%refused%', 40000, 50",
+                "courier_outbox_blocked",
+            ),
+            (
+                "page of published events by topic",
+                page(Some(EventStatus::Published), EventFilter::default().topic("t")),
+                "'t', 40000, 50",
+                "courier_outbox_pkey",
+            ),
+            ("parked heads", Q::parked_heads_query(100), "100", "courier_outbox_blocked"),
+            (
+                "count of dead events",
+                Q::count_query(Some(EventStatus::Dead), &EventFilter::default(), None),
+                "",
+                "courier_outbox_blocked",
+            ),
+            (
+                "waiting behind a head",
+                Q::waiting_query(["a-1".to_owned()]),
+                "'a-1'",
+                "courier_outbox_pending_aggregate",
+            ),
+        ];
+        let plans = with_outbox("'a-' || (g % 500)", 50_000, status, |url| async move {
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql("UPDATE courier_outbox SET last_error = 'refused by the broker' WHERE status = 'dead'; ANALYZE courier_outbox")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let mut plans = Vec::new();
+            for (i, (label, query, parameters, index)) in cases.into_iter().enumerate() {
+                let sql = query.sql().to_owned();
+                let count = (1..).take_while(|n| sql.contains(&format!("${n}"))).count();
+                let given = parameters.split(", ").filter(|p| !p.is_empty()).count();
+                assert_eq!(count, given, "{label}: parameters of {sql}");
+                sqlx::raw_sql(&format!("PREPARE d{i} AS {sql}")).execute(&mut conn).await.unwrap();
+                let execute = if given == 0 { format!("d{i}") } else { format!("d{i}({parameters})") };
+                let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE {execute}"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .unwrap();
+                plans.push((label, index, lines.join("\n")));
+            }
+            plans
+        })
+        .await;
+        for (label, index, plan) in plans {
+            assert!(!plan.contains("Seq Scan on courier_outbox"), "{label} scans the table:\n{plan}");
+            assert!(plan.contains(index), "{label} does not use {index}:\n{plan}");
+        }
+    }
+
     /// Runs `f` on the URL of a fresh outbox of `rows` analyzed rows, whose aggregate ids and
     /// statuses are the SQL expressions `aggregates` and `status` over `g` (1 to `rows`).
     async fn with_outbox<F, Fut, T>(aggregates: &str, rows: u32, status: &str, f: F) -> T

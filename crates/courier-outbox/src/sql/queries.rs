@@ -5,7 +5,10 @@ use std::marker::PhantomData;
 use sqlx::migrate::Migrate;
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, QueryBuilder, Row as _, Type};
 
-use crate::admin::{DeadEvent, DeadFilter};
+use crate::admin::{
+    contains_pattern, relay_instances, EventDetail, EventFilter, EventStatus, EventSummary, ParkedAggregate,
+    RelayInstance,
+};
 use crate::row::{ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
 use crate::sql::{
     duplicate_key, BlockedRow, ClaimQuery, Dialect, Failure, Mark, OwnerCheck, INSERT_CHUNK, INSERT_INTO,
@@ -16,6 +19,39 @@ use crate::OutboxError;
 pub(crate) const BACKLOG: &str =
     "SELECT COUNT(*), (SELECT created_at_us FROM courier_outbox WHERE status = 'pending' \
      ORDER BY id LIMIT 1) FROM courier_outbox WHERE status = 'pending'";
+
+/// The columns of an [`EventSummary`], in the order `decode_summary` reads them.
+const SUMMARY_COLUMNS: &str =
+    "id, event_id, topic, aggregate_type, aggregate_id, event_type, status, attempts, last_error, created_at_us";
+
+/// The order of a listing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Order {
+    /// By id, ascending (the CLI's `outbox dead`).
+    OldestFirst,
+    /// By id, descending, below the given id when there is one: a page of the dashboard.
+    NewestBelow(Option<i64>),
+}
+
+/// Starts a `WHERE` clause at its first condition and joins the next ones with `AND`.
+#[derive(Default)]
+struct Where {
+    started: bool,
+}
+
+impl Where {
+    fn and<'a, 'q, D: sqlx::Database>(
+        &mut self,
+        qb: &'a mut QueryBuilder<'q, D>,
+    ) -> &'a mut QueryBuilder<'q, D> {
+        qb.push(if std::mem::replace(&mut self.started, true) { " AND " } else { " WHERE " })
+    }
+}
+
+/// A `*_us` column as a time (the epoch if out of range).
+fn timestamp(us: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
 
 /// Reads an identifier column (`event_id`, `topic`, `aggregate_type`, `aggregate_id`,
 /// `event_type`) as text. On MySQL these columns have a binary collation, so that they compare
@@ -334,10 +370,16 @@ where
         Ok(())
     }
 
-    fn push_dead_filter(qb: &mut QueryBuilder<'_, D>, filter: &DeadFilter) {
-        qb.push(" WHERE status = 'dead'");
+    /// Appends the `WHERE` clause selecting `filter`'s events of `status`. The status is written
+    /// as a literal, so that PostgreSQL matches it to the partial indexes (pending, blocked).
+    /// Returns the clause, for further conditions.
+    fn push_filter(qb: &mut QueryBuilder<'_, D>, status: Option<EventStatus>, filter: &EventFilter) -> Where {
+        let mut clause = Where::default();
+        if let Some(status) = status {
+            clause.and(qb).push("status = '").push(status.as_str()).push("'");
+        }
         if !filter.ids.is_empty() {
-            qb.push(" AND id");
+            clause.and(qb).push("id");
             D::push_ids(qb, &filter.ids);
         }
         for (column, value) in [
@@ -347,40 +389,220 @@ where
             ("event_type", &filter.event_type),
         ] {
             if let Some(value) = value {
-                qb.push(" AND ").push(column).push(" = ").push_bind(value.clone());
+                clause.and(qb).push(column).push(" = ").push_bind(value.clone());
             }
         }
+        if let Some(text) = &filter.error_contains {
+            clause.and(qb).push("last_error LIKE ").push_bind(contains_pattern(text)).push(" ESCAPE '!'");
+        }
+        if let Some(from) = filter.created_from {
+            clause.and(qb).push("created_at_us >= ").push_bind(from.timestamp_micros());
+        }
+        if let Some(to) = filter.created_to {
+            clause.and(qb).push("created_at_us < ").push_bind(to.timestamp_micros());
+        }
+        clause
+    }
+
+    /// The listing of `filter`'s events of `status` in `order`, at most `limit`.
+    pub(crate) fn list_query(
+        status: Option<EventStatus>,
+        filter: &EventFilter,
+        order: Order,
+        limit: i64,
+    ) -> QueryBuilder<'static, D> {
+        let mut qb = QueryBuilder::<D>::new("SELECT ");
+        qb.push(SUMMARY_COLUMNS).push(" FROM courier_outbox");
+        let mut clause = Self::push_filter(&mut qb, status, filter);
+        // Keyset pagination: the next page starts below the last id shown, through the index,
+        // however deep it is (an OFFSET would read and drop every row before it).
+        match order {
+            Order::OldestFirst => qb.push(" ORDER BY id"),
+            Order::NewestBelow(below) => {
+                if let Some(below) = below {
+                    clause.and(&mut qb).push("id < ").push_bind(below);
+                }
+                qb.push(" ORDER BY id DESC")
+            }
+        };
+        qb.push(" LIMIT ").push_bind(limit);
+        qb
+    }
+
+    /// `filter`'s events of `status` in `order`, at most `limit`.
+    pub(crate) async fn list(
+        pool: &Pool<D>,
+        status: Option<EventStatus>,
+        filter: &EventFilter,
+        order: Order,
+        limit: i64,
+    ) -> Result<Vec<EventSummary>, sqlx::Error> {
+        let mut qb = Self::list_query(status, filter, order, limit);
+        let rows = D::build(&mut qb).persistent(false).fetch_all(pool).await?;
+        rows.iter().map(Self::decode_summary).collect()
+    }
+
+    /// How many of `filter`'s events have `status`, counting no further than `cap` when given.
+    pub(crate) fn count_query(
+        status: Option<EventStatus>,
+        filter: &EventFilter,
+        cap: Option<i64>,
+    ) -> QueryBuilder<'static, D> {
+        let Some(cap) = cap else {
+            let mut qb = QueryBuilder::<D>::new("SELECT COUNT(*) FROM courier_outbox");
+            Self::push_filter(&mut qb, status, filter);
+            return qb;
+        };
+        // The LIMIT stops the scan at `cap` rows: a count of a million published rows would
+        // read them all.
+        let mut qb = QueryBuilder::<D>::new("SELECT COUNT(*) FROM (SELECT 1 FROM courier_outbox");
+        Self::push_filter(&mut qb, status, filter);
+        qb.push(" LIMIT ").push_bind(cap).push(") capped");
+        qb
+    }
+
+    /// See [`count_query`](Self::count_query).
+    pub(crate) async fn count(
+        pool: &Pool<D>,
+        status: Option<EventStatus>,
+        filter: &EventFilter,
+        cap: Option<i64>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut qb = Self::count_query(status, filter, cap);
+        let count: i64 = D::build(&mut qb).persistent(false).fetch_one(pool).await?.try_get(0)?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
+    /// Reads [`SUMMARY_COLUMNS`] by position.
+    fn decode_summary(row: &D::Row) -> Result<EventSummary, sqlx::Error> {
+        let status: String = text(row, 6)?;
+        Ok(EventSummary {
+            id: row.try_get(0)?,
+            event_id: text(row, 1)?,
+            topic: text(row, 2)?,
+            aggregate_type: text(row, 3)?,
+            aggregate_id: text(row, 4)?,
+            event_type: text(row, 5)?,
+            status: status.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+            attempts: u32::try_from(row.try_get::<i64, _>(7)?).unwrap_or(u32::MAX),
+            last_error: row.try_get_unchecked(8)?,
+            created_at: timestamp(row.try_get(9)?),
+        })
+    }
+
+    /// Every column of event `id`.
+    pub(crate) async fn detail(pool: &Pool<D>, id: i64) -> Result<Option<EventDetail>, sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new("SELECT ");
+        qb.push(SUMMARY_COLUMNS).push(
+            ", shard, event_version, payload, headers, traceparent, tracestate, correlation_id, tenant, \
+             idempotency_key, occurred_at_us, next_attempt_at_us, published_at_us FROM courier_outbox WHERE id = ",
+        );
+        qb.push_bind(id);
+        let Some(row) = D::build(&mut qb).persistent(false).fetch_optional(pool).await? else {
+            return Ok(None);
+        };
+        let headers_text: String = row.try_get_unchecked(13)?;
+        Ok(Some(EventDetail {
+            summary: Self::decode_summary(&row)?,
+            shard: row.try_get(10)?,
+            event_version: row.try_get(11)?,
+            payload: row.try_get(12)?,
+            headers: serde_json::from_str(&headers_text).unwrap_or_default(),
+            headers_text,
+            traceparent: row.try_get_unchecked(14)?,
+            tracestate: row.try_get_unchecked(15)?,
+            correlation_id: row.try_get_unchecked(16)?,
+            tenant: row.try_get_unchecked(17)?,
+            idempotency_key: row.try_get_unchecked(18)?,
+            occurred_at: timestamp(row.try_get(19)?),
+            next_attempt_at: row.try_get::<Option<i64>, _>(20)?.map(timestamp),
+            published_at: row.try_get::<Option<i64>, _>(21)?.map(timestamp),
+        }))
+    }
+
+    /// The ids of the oldest dead event of each aggregate that has one, oldest first, at most
+    /// `limit`: the heads that park their aggregates.
+    pub(crate) fn parked_heads_query(limit: i64) -> QueryBuilder<'static, D> {
+        let mut qb = QueryBuilder::<D>::new(
+            "SELECT MIN(id) FROM courier_outbox WHERE status = 'dead' GROUP BY aggregate_id ORDER BY MIN(id) LIMIT ",
+        );
+        qb.push_bind(limit);
+        qb
+    }
+
+    /// The aggregates parked behind a dead event, with their head and how many events wait.
+    pub(crate) async fn parked(pool: &Pool<D>, limit: i64) -> Result<Vec<ParkedAggregate>, sqlx::Error> {
+        let mut qb = Self::parked_heads_query(limit);
+        let heads: Vec<i64> = D::build(&mut qb)
+            .persistent(false)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        if heads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = EventFilter::ids(heads.iter().copied());
+        let heads = Self::list(pool, None, &filter, Order::OldestFirst, limit).await?;
+        let mut qb = Self::waiting_query(heads.iter().map(|h| h.aggregate_id.clone()));
+        let waiting: std::collections::HashMap<String, i64> = D::build(&mut qb)
+            .persistent(false)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok((text(row, 0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(heads
+            .into_iter()
+            .map(|head| {
+                let waiting = waiting.get(&head.aggregate_id).copied().unwrap_or_default();
+                ParkedAggregate { head, waiting: u64::try_from(waiting).unwrap_or_default() }
+            })
+            .collect())
+    }
+
+    /// `(aggregate_id, pending events)` of `aggregates`, through the pending-aggregate index.
+    pub(crate) fn waiting_query(aggregates: impl IntoIterator<Item = String>) -> QueryBuilder<'static, D> {
+        let mut qb = QueryBuilder::<D>::new(
+            "SELECT aggregate_id, COUNT(*) FROM courier_outbox WHERE status = 'pending' AND aggregate_id IN (",
+        );
+        let mut list = qb.separated(", ");
+        for aggregate in aggregates {
+            list.push_bind(aggregate);
+        }
+        qb.push(") GROUP BY aggregate_id");
+        qb
+    }
+
+    /// The relay instances (heartbeats) and the partitions each leases.
+    pub(crate) async fn relays(pool: &Pool<D>) -> Result<Vec<RelayInstance>, sqlx::Error> {
+        let mut qb = QueryBuilder::<D>::new("SELECT member, expires_at_ms - ");
+        qb.push(D::NOW_MS).push(" FROM courier_outbox_relays");
+        let heartbeats = D::build(&mut qb)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok((text(row, 0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let mut qb = QueryBuilder::<D>::new("SELECT partition_no, owner, lease_until_ms - ");
+        qb.push(D::NOW_MS).push(" FROM courier_outbox_leases WHERE owner IS NOT NULL");
+        let leases = D::build(&mut qb)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, text(row, 1)?, row.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(relay_instances(heartbeats, leases))
     }
 
     /// Dead events matching `filter`, oldest first, at most `limit`.
     pub(crate) async fn list_dead(
         pool: &Pool<D>,
-        filter: &DeadFilter,
+        filter: &EventFilter,
         limit: i64,
-    ) -> Result<Vec<DeadEvent>, sqlx::Error> {
-        let mut qb = QueryBuilder::<D>::new(
-            "SELECT id, event_id, topic, aggregate_type, aggregate_id, event_type, attempts, last_error, \
-             created_at_us FROM courier_outbox",
-        );
-        Self::push_dead_filter(&mut qb, filter);
-        qb.push(" ORDER BY id LIMIT ").push_bind(limit);
-        let rows = D::build(&mut qb).persistent(false).fetch_all(pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeadEvent {
-                    id: row.try_get("id")?,
-                    event_id: text(row, "event_id")?,
-                    topic: text(row, "topic")?,
-                    aggregate_type: text(row, "aggregate_type")?,
-                    aggregate_id: text(row, "aggregate_id")?,
-                    event_type: text(row, "event_type")?,
-                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-                    last_error: row.try_get("last_error")?,
-                    created_at: chrono::DateTime::from_timestamp_micros(row.try_get("created_at_us")?)
-                        .unwrap_or_default(),
-                })
-            })
-            .collect()
+    ) -> Result<Vec<EventSummary>, sqlx::Error> {
+        Self::list(pool, Some(EventStatus::Dead), filter, Order::OldestFirst, limit).await
     }
 
     /// Applies `set` to the dead rows `filter` selects and bumps every lease version, so the
@@ -388,11 +610,11 @@ where
     pub(crate) async fn change_dead(
         pool: &Pool<D>,
         set: &str,
-        filter: &DeadFilter,
+        filter: &EventFilter,
     ) -> Result<u64, sqlx::Error> {
         let mut tx = pool.begin().await?;
         let mut qb = QueryBuilder::<D>::new(set);
-        Self::push_dead_filter(&mut qb, filter);
+        Self::push_filter(&mut qb, Some(EventStatus::Dead), filter);
         let changed = D::rows_affected(&D::build(&mut qb).persistent(false).execute(&mut *tx).await?);
         if changed > 0 {
             sqlx::query("UPDATE courier_outbox_leases SET version = version + 1").execute(&mut *tx).await?;
