@@ -162,6 +162,7 @@ async fn seed(url: &str) -> (i64, i64) {
 
 async fn api_and_pages_on(server: &str) {
     let db = Database::new(server).await;
+    let seeded = chrono::Utc::now();
     let (head1, head2) = seed(&db.url).await;
     // The overview's bounded count stops at its cap.
     let store = Store::connect(&db.url).await.unwrap();
@@ -212,12 +213,17 @@ async fn api_and_pages_on(server: &str) {
     assert!(detail["payload"]["text"].as_str().unwrap().contains("\"note\": \"<script>"), "{detail}");
     assert_eq!(dash.get("/api/v1/events/999999").0, 404);
 
-    // Parked aggregates: each head with the events waiting behind it.
+    // Parked aggregates: each head with the events waiting behind it, and since when it is dead.
     let parked = dash.json("/api/v1/parked");
+    let dead_since = |p: &Value| {
+        let at = p["head"]["last_attempt_at"].as_str().expect("when the head went dead");
+        chrono::DateTime::parse_from_rfc3339(at).expect("an RFC 3339 time").with_timezone(&chrono::Utc)
+    };
     let parked: Vec<(i64, u64)> = parked["parked"]
         .as_array()
         .unwrap()
         .iter()
+        .inspect(|p| assert!(dead_since(p) >= seeded && dead_since(p) <= chrono::Utc::now(), "{p}"))
         .map(|p| (p["head"]["id"].as_i64().unwrap(), p["waiting"].as_u64().unwrap()))
         .collect();
     assert_eq!(parked, vec![(head1, 2), (head2, 1)]);

@@ -187,6 +187,9 @@ pub struct EventSummary {
     pub last_error: Option<String>,
     /// When it was enqueued.
     pub created_at: DateTime<Utc>,
+    /// When the relay recorded its last failed attempt: for a dead event, when it went dead.
+    /// `None` if it never failed (or failed before the outbox tables had this column).
+    pub last_attempt_at: Option<DateTime<Utc>>,
 }
 
 /// Every column of one event, for its detail page.
@@ -348,6 +351,7 @@ mod tests {
             status: EventStatus::Pending,
             attempts: 0,
             last_error: None,
+            last_attempt_at: None,
             created_at: DateTime::default(),
         };
         let mut detail = EventDetail {

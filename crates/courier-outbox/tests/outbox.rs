@@ -227,6 +227,8 @@ async fn failed_acks_are_retried_then_dead_then_requeued(kind: Kind) {
     assert_eq!(dead[0].event_id, doomed.event_id().to_string());
     assert_eq!(dead[0].attempts, 3);
     assert!(dead[0].last_error.as_deref().unwrap_or_default().contains("injected"), "{dead:?}");
+    let went_dead = dead[0].last_attempt_at.expect("when it went dead");
+    assert!(went_dead >= dead[0].created_at && went_dead <= chrono::Utc::now(), "{dead:?}");
 
     // Requeue brings it back and it is published.
     assert_eq!(store.requeue(&EventFilter::ids([dead[0].id])).await.unwrap(), 1);

@@ -44,6 +44,7 @@ pub fn summary_json(e: &EventSummary) -> Value {
         "attempts": e.attempts,
         "last_error": e.last_error,
         "created_at": e.created_at.to_rfc3339(),
+        "last_attempt_at": e.last_attempt_at.map(|t| t.to_rfc3339()),
     })
 }
 

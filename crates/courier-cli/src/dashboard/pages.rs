@@ -313,7 +313,7 @@ async fn detail_body(dashboard: &Dashboard, id: &str) -> Result<String, Failure>
     };
     let e = &d.summary;
     let mut body = String::from(r#"<dl class="columns">"#);
-    let rows: [(&str, String); 21] = [
+    let rows: [(&str, String); 22] = [
         ("id", e.id.to_string()),
         ("event id", escape(&e.event_id)),
         ("status", e.status.to_string()),
@@ -325,6 +325,7 @@ async fn detail_body(dashboard: &Dashboard, id: &str) -> Result<String, Failure>
         ("shard", d.shard.to_string()),
         ("attempts", e.attempts.to_string()),
         ("last error", optional(e.last_error.as_deref())),
+        ("last failed attempt at", e.last_attempt_at.map_or_else(|| "–".into(), time)),
         ("occurred at", time(d.occurred_at)),
         ("enqueued at", time(e.created_at)),
         ("next attempt at", d.next_attempt_at.map_or_else(|| "–".into(), time)),
@@ -378,22 +379,24 @@ async fn parked_body(dashboard: &Dashboard, params: &[(String, String)]) -> Resu
         "<p class=\"note\">Each aggregate waits behind its oldest dead event: the relay publishes none of its \
          later events until that head is requeued (published first, in order) or skipped (discarded).</p>\
          <table id=\"parked\"><thead><tr><th>aggregate</th><th>head event</th><th>event type</th><th>attempts</th>\
-         <th>last error</th><th>head enqueued</th><th>waiting</th><th>release</th></tr></thead><tbody>",
+         <th>last error</th><th>dead since</th><th>head enqueued</th><th>waiting</th><th>release</th></tr></thead><tbody>",
     );
     if parked.is_empty() {
-        body.push_str(r#"<tr><td colspan="8" class="note">No aggregate is parked.</td></tr>"#);
+        body.push_str(r#"<tr><td colspan="9" class="note">No aggregate is parked.</td></tr>"#);
     }
     for p in &parked {
         let h = &p.head;
         let _ = write!(
             body,
-            r#"<tr data-id="{id}"><td>{atype}/{aid}</td><td><a href="/ui/events/{id}">{id}</a></td><td>{etype}</td><td>{attempts}</td><td class="error-text">{error}</td><td>{created}</td><td>{waiting}</td><td>{buttons}</td></tr>"#,
+            r#"<tr data-id="{id}"><td>{atype}/{aid}</td><td><a href="/ui/events/{id}">{id}</a></td><td>{etype}</td><td>{attempts}</td><td class="error-text">{error}</td><td>{dead_since}</td><td>{created}</td><td>{waiting}</td><td>{buttons}</td></tr>"#,
             id = h.id,
             atype = escape(&h.aggregate_type),
             aid = escape(&h.aggregate_id),
             etype = escape(&h.event_type),
             attempts = h.attempts,
             error = optional(h.last_error.as_deref()),
+            // Unknown for a row that went dead before the outbox tables recorded it.
+            dead_since = h.last_attempt_at.map_or_else(|| "unknown".to_owned(), time),
             created = time(h.created_at),
             waiting = p.waiting,
             buttons =
@@ -420,6 +423,7 @@ mod tests {
             attempts: 3,
             last_error: Some(text.into()),
             created_at: chrono::DateTime::default(),
+            last_attempt_at: None,
         }
     }
 

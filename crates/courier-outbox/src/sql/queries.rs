@@ -9,7 +9,7 @@ use crate::admin::{
     contains_pattern, relay_instances, EventDetail, EventFilter, EventStatus, EventSummary, ParkedAggregate,
     RelayInstance,
 };
-use crate::row::{ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
+use crate::row::{now_us, ClaimedRow, NewRow, RawRow, CLAIM_COLUMNS, DEAD, PENDING, PUBLISHED};
 use crate::sql::{
     duplicate_key, BlockedRow, ClaimQuery, Dialect, Failure, Mark, OwnerCheck, INSERT_CHUNK, INSERT_INTO,
 };
@@ -22,7 +22,8 @@ pub(crate) const BACKLOG: &str =
 
 /// The columns of an [`EventSummary`], in the order `decode_summary` reads them.
 const SUMMARY_COLUMNS: &str =
-    "id, event_id, topic, aggregate_type, aggregate_id, event_type, status, attempts, last_error, created_at_us";
+    "id, event_id, topic, aggregate_type, aggregate_id, event_type, status, attempts, \
+     last_error, created_at_us, last_attempt_at_us";
 
 /// The order of a listing.
 #[derive(Debug, Clone, Copy)]
@@ -213,6 +214,8 @@ where
                 .push_bind(f.next_attempt_at_us)
                 .push(", last_error = ")
                 .push_bind(f.error.clone())
+                .push(", last_attempt_at_us = ")
+                .push_bind(now_us())
                 .push(" WHERE status = ")
                 .push_bind(PENDING)
                 .push(" AND id = ")
@@ -487,6 +490,7 @@ where
             attempts: u32::try_from(row.try_get::<i64, _>(7)?).unwrap_or(u32::MAX),
             last_error: row.try_get_unchecked(8)?,
             created_at: timestamp(row.try_get(9)?),
+            last_attempt_at: row.try_get::<Option<i64>, _>(10)?.map(timestamp),
         })
     }
 
@@ -501,22 +505,24 @@ where
         let Some(row) = D::build(&mut qb).persistent(false).fetch_optional(pool).await? else {
             return Ok(None);
         };
-        let headers_text: String = row.try_get_unchecked(13)?;
+        // The detail's own columns follow the summary's.
+        let base = SUMMARY_COLUMNS.split(',').count();
+        let headers_text: String = row.try_get_unchecked(base + 3)?;
         Ok(Some(EventDetail {
             summary: Self::decode_summary(&row)?,
-            shard: row.try_get(10)?,
-            event_version: row.try_get(11)?,
-            payload: row.try_get(12)?,
+            shard: row.try_get(base)?,
+            event_version: row.try_get(base + 1)?,
+            payload: row.try_get(base + 2)?,
             headers: serde_json::from_str(&headers_text).unwrap_or_default(),
             headers_text,
-            traceparent: row.try_get_unchecked(14)?,
-            tracestate: row.try_get_unchecked(15)?,
-            correlation_id: row.try_get_unchecked(16)?,
-            tenant: row.try_get_unchecked(17)?,
-            idempotency_key: row.try_get_unchecked(18)?,
-            occurred_at: timestamp(row.try_get(19)?),
-            next_attempt_at: row.try_get::<Option<i64>, _>(20)?.map(timestamp),
-            published_at: row.try_get::<Option<i64>, _>(21)?.map(timestamp),
+            traceparent: row.try_get_unchecked(base + 4)?,
+            tracestate: row.try_get_unchecked(base + 5)?,
+            correlation_id: row.try_get_unchecked(base + 6)?,
+            tenant: row.try_get_unchecked(base + 7)?,
+            idempotency_key: row.try_get_unchecked(base + 8)?,
+            occurred_at: timestamp(row.try_get(base + 9)?),
+            next_attempt_at: row.try_get::<Option<i64>, _>(base + 10)?.map(timestamp),
+            published_at: row.try_get::<Option<i64>, _>(base + 11)?.map(timestamp),
         }))
     }
 
@@ -683,7 +689,9 @@ where
         let Some(id) = head else { return Ok(None) };
         let mut qb = QueryBuilder::<D>::new("UPDATE courier_outbox SET status = ");
         qb.push_bind(DEAD)
-            .push(", attempts = 1, last_error = 'buried by a benchmark' WHERE id = ")
+            .push(", attempts = 1, last_error = 'buried by a benchmark', last_attempt_at_us = ")
+            .push_bind(now_us())
+            .push(" WHERE id = ")
             .push_bind(id);
         D::build(&mut qb).execute(pool).await?;
         Ok(Some(id))
