@@ -66,8 +66,12 @@ async fn setup(
 
 async fn publish(bus: &KafkaBus, topic: &Topic, events: Vec<Envelope>) {
     let publisher = bus.publisher(PublisherConfig::default());
+    let mut verdicts = Vec::new();
     for e in events {
-        publisher.publish(topic, e).await.unwrap().await.unwrap();
+        verdicts.push(publisher.publish(topic, e).await.unwrap());
+    }
+    for verdict in verdicts {
+        verdict.await.unwrap();
     }
     publisher.close().await.unwrap();
 }
@@ -153,7 +157,8 @@ async fn a_member_whose_application_stops_taking_messages_stays_in_its_group() {
     // partitions then go back to the last commit and are handled again.
     // Timeouts long enough that heartbeats keep the session alive on a loaded machine.
     let interval = Duration::from_secs(6);
-    let total = 1000;
+    // More than the subscription holds ahead of the application, so its partition is paused.
+    let total = 5000;
     let settings =
         [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000"), ("max.poll.interval.ms", "6000")];
     let (bus, topic, group) = setup(Duration::from_secs(30), 1, events(total, 100, 16), &settings).await;
@@ -162,7 +167,7 @@ async fn a_member_whose_application_stops_taking_messages_stays_in_its_group() {
     assert_eq!(first.offset(), 0);
 
     // The application is busy (as a dispatcher with a full buffer): nobody polls the stream for
-    // two poll intervals, with more messages waiting than the consumer buffers.
+    // two poll intervals, with more messages waiting than the subscription holds.
     tokio::time::sleep(2 * interval).await;
     first.ack().await.unwrap();
     for offset in 1..total as i64 {

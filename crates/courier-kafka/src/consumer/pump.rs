@@ -2,9 +2,11 @@
 //!
 //! Polling never stops while the subscription lives, however slowly the application takes
 //! messages: librdkafka runs rebalances and commit callbacks on the polling thread, and a
-//! member that does not poll within `max.poll.interval.ms` is thrown out of its group. When the
-//! application does not keep up, the partitions whose messages are waiting are paused instead;
-//! they resume, at the message after the last one received, once everything waiting was taken.
+//! member that does not poll within `max.poll.interval.ms` is thrown out of its group. Messages
+//! the application has no room for wait here; once [`WAITING_LIMIT`] of them wait, their
+//! partitions are paused, and they resume, at the message after the last one received, once
+//! everything waiting was taken. Pausing drops what librdkafka prefetched for those partitions
+//! (it is fetched again on resume), so it is kept for a backlog, not for every short burst.
 //! The same thread commits the acknowledged offsets periodically.
 
 use std::collections::{HashSet, VecDeque};
@@ -28,6 +30,9 @@ pub(super) type KafkaConsumer = BaseConsumer<GroupContext>;
 
 /// Messages received but not yet taken by the stream, per subscription.
 pub(super) const PREFETCH: usize = 256;
+/// Messages waiting for room in the stream beyond [`PREFETCH`] before their partitions are
+/// paused: together they bound what a subscription holds ahead of the application.
+const WAITING_LIMIT: usize = 2048;
 /// Poll timeout while nothing waits for room: how soon the thread notices the stream is gone.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Poll timeout while messages wait for room: how soon they move once the stream takes some.
@@ -121,9 +126,10 @@ impl Pump<'_> {
             match self.tx.try_send(pumped) {
                 Ok(()) => {}
                 Err(TrySendError::Full(pumped)) => {
-                    let partition = pumped.record.partition;
                     self.waiting.push_front(pumped);
-                    self.pause_those_waiting(partition);
+                    if self.waiting.len() >= WAITING_LIMIT {
+                        self.pause_those_waiting();
+                    }
                     return true;
                 }
                 Err(TrySendError::Closed(_)) => return false,
@@ -135,12 +141,12 @@ impl Pump<'_> {
         true
     }
 
-    /// Pauses the partitions of the waiting messages (the first one is `first`): librdkafka
-    /// drops what it fetched of them beyond the messages received here.
-    fn pause_those_waiting(&mut self, first: i32) {
+    /// Pauses the partitions of the waiting messages: librdkafka drops what it fetched of them
+    /// beyond the messages received here.
+    fn pause_those_waiting(&mut self) {
         let topic = &self.consumer.context().topic;
         let mut list = TopicPartitionList::new();
-        for partition in std::iter::once(first).chain(self.waiting.iter().map(|p| p.record.partition)) {
+        for partition in self.waiting.iter().map(|p| p.record.partition) {
             if self.paused.insert(partition) {
                 list.add_partition(topic.as_str(), partition);
             }
