@@ -6,3 +6,17 @@
 -- running outbox; the published rows the statistics would describe are read by id ranges only.
 -- A catalog change: instant, no table scan.
 ALTER TABLE courier_outbox ALTER COLUMN status SET STATISTICS 0;
+
+-- ANALYZE leaves the column's existing statistics in place. Clearing them takes a superuser (or
+-- PostgreSQL 18's pg_clear_attribute_stats); a migration run by another role leaves them to the
+-- operator, see the README.
+DO $$
+BEGIN
+    DELETE FROM pg_statistic
+    WHERE starelid = 'courier_outbox'::regclass
+      AND staattnum = (SELECT attnum FROM pg_attribute
+                       WHERE attrelid = 'courier_outbox'::regclass AND attname = 'status');
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'courier: the planner statistics of courier_outbox.status stay until a superuser clears them';
+END
+$$;
