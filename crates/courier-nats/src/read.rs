@@ -1,19 +1,20 @@
 //! [`Bus::read`](courier_core::Bus::read) on JetStream: a durable consumer for a group, else an
 //! ephemeral one without acknowledgements, created at the start position and deleted when the
 //! reader closes (the server drops it after [`EPHEMERAL_INACTIVE`] if the process dies first).
-//! A group reader pulls one message at a time and, on close, NAKs what it pulled but never handed
-//! out, so the group's next reader gets it at once instead of after `ack_wait`.
+//! A group reader requests each message only when it is asked for the next, so one that stops
+//! leaves nothing handed out and the group's next reader does not wait `ack_wait`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::message::Acker;
-use async_nats::jetstream::{self, AckKind, Context};
+use async_nats::jetstream::{self, Context};
 use courier_core::{
     wire, Error, ErrorKind, Message, Position, ReadOptions, Reader, StartAt, Topic, Undecodable,
 };
-use futures::{FutureExt, StreamExt};
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use crate::config::NatsConfig;
@@ -23,6 +24,10 @@ use crate::subscribe::{header_pairs, open_group, pull};
 /// How long the server keeps an ephemeral reader's consumer nobody pulls from: a reader that
 /// is still open pulls at least every few seconds.
 const EPHEMERAL_INACTIVE: Duration = Duration::from_secs(30);
+/// How long a group reader's request for a message waits on the server.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Pause after a failed request, so a broker outage does not spin.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The JetStream delivery policy of a start position.
 fn deliver_policy(start: StartAt) -> DeliverPolicy {
@@ -44,19 +49,44 @@ pub(crate) async fn read(
         return read_ephemeral(js, config, topic, policy).await;
     };
     let consumer = open_group(js, config, topic, group, policy).await?;
-    // One at a time: a message pulled but never handed out stays unacknowledged, and unless the
-    // close below returns it, the group's next reader waits `ack_wait` for it.
-    let messages = Arc::new(Mutex::new(pull(&consumer, 1, group, topic).await?));
     let stream: Arc<str> = consumer.cached_info().stream_name.as_str().into();
-    let reader = Reader::new(messages_of(Arc::clone(&messages), topic.clone(), stream, true));
-    Ok(reader.on_close(move || async move {
-        let mut messages = messages.lock().await;
-        while let Some(Some(Ok(message))) = messages.next().now_or_never() {
-            if let Err(err) = message.double_ack_with(AckKind::Nak(None)).await {
-                tracing::debug!(%err, "returning an unread message failed; ack_wait redelivers it");
+    Ok(Reader::new(one_at_a_time(consumer, topic.clone(), stream)))
+}
+
+/// The group's messages, each requested only when the reader asks for the next one. Nothing is
+/// pulled ahead, so a reader that stops at its limit leaves nothing handed out to it: a message a
+/// pull stream had already requested would reach the reader after it stopped and stay
+/// unacknowledged, and the group's next reader would wait `ack_wait` for it. (A reader stopped
+/// while it waits for a message can still leave that one request open.)
+fn one_at_a_time(consumer: PullConsumer, topic: Topic, stream: Arc<str>) -> BoxStream<'static, Message> {
+    futures::stream::unfold(consumer, move |consumer| {
+        let (topic, stream) = (topic.clone(), Arc::clone(&stream));
+        async move {
+            loop {
+                let request = consumer.batch().max_messages(1).expires(PULL_EXPIRES).messages().await;
+                let mut batch = match request {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        tracing::warn!(%topic, %err, "requesting a message failed; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                };
+                // Ends after its one message, or empty when the request expired.
+                while let Some(next) = batch.next().await {
+                    match next.map(|message| to_message(message, &stream, true)) {
+                        Ok(Some(message)) => return Some((message, consumer)),
+                        Ok(None) => tracing::error!(%topic, "message without JetStream metadata ignored"),
+                        Err(err) => {
+                            tracing::warn!(%topic, %err, "requesting a message failed; retrying");
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                    }
+                }
             }
         }
-    }))
+    })
+    .boxed()
 }
 
 async fn read_ephemeral(
