@@ -121,18 +121,15 @@ where
         limit: i64,
     ) -> Result<Vec<(i64, i64)>, sqlx::Error> {
         let mut qb = Self::scan_pending_query(after_id, limit);
-        let rows = D::build(&mut qb).persistent(false).fetch_all(pool).await?;
+        let rows = D::build(&mut qb).fetch_all(pool).await?;
         rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
     }
 
-    /// The bounds are literals and the statement is planned at each call (for a few tens of
-    /// microseconds): a generic plan made while the statistics said every row was pending (the
-    /// outbox holding mostly a backlog parked behind a dead event) walks the primary key from the
-    /// cursor and filters by status, so each poll read every row published since.
     pub(crate) fn scan_pending_query(after_id: i64, limit: i64) -> QueryBuilder<'static, D> {
-        QueryBuilder::<D>::new(format!(
-            "SELECT id, shard FROM courier_outbox WHERE status = 'pending' AND id > {after_id} ORDER BY id LIMIT {limit}"
-        ))
+        let mut qb =
+            QueryBuilder::<D>::new("SELECT id, shard FROM courier_outbox WHERE status = 'pending' AND id > ");
+        qb.push_bind(after_id).push(" ORDER BY id LIMIT ").push_bind(limit);
+        qb
     }
 
     /// Step 2 of a claim: the chosen rows, if still pending and in a partition the database
