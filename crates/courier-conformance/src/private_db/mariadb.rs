@@ -19,11 +19,23 @@ pub(super) fn start() -> PrivateDb {
     let (mut db, server) = PrivateDb::prepare("mariadb", "mysql", "KILL");
     let data = format!("--datadir={}", db.dir.join("data").display());
     let socket = format!("--socket={}", db.dir.join("mariadbd.sock").display());
+    // A temporary directory of its own: mariadbd deletes every `#sql*` file in its tmpdir when
+    // it starts, so servers sharing /tmp delete each other's temporary tables (a concurrent
+    // test's mariadb-install-db then fails with "Unknown table 'mysql.tmp_user_sys'").
+    let tmp = db.dir.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("create the server's tmpdir");
+    let tmpdir = format!("--tmpdir={}", tmp.display());
     // mariadbd refuses to run as root unless told to.
     let user = running_as_root().then_some("--user=root");
     run(
         Command::new(INSTALL_DB)
-            .args(["--no-defaults", &data, "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args([
+                "--no-defaults",
+                &data,
+                &tmpdir,
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
             .args(user)
             .args(SMALL),
         "mariadb-install-db",
@@ -35,7 +47,7 @@ pub(super) fn start() -> PrivateDb {
     };
     let mut mariadbd = Command::new(MARIADBD);
     mariadbd
-        .args(["--no-defaults", &data, &socket, "--bind-address=127.0.0.1", "--skip-name-resolve"])
+        .args(["--no-defaults", &data, &tmpdir, &socket, "--bind-address=127.0.0.1", "--skip-name-resolve"])
         .arg(format!("--port={}", db.port))
         .arg(format!("--ssl-ca={}", db.ca.display()))
         .arg(format!("--ssl-cert={}", server.cert.display()))
