@@ -1,8 +1,8 @@
 //! Where the relay's claims read from and when the next one is due. Pure: the engine reports
 //! what scans returned, rewinds and wake-ups.
 //!
-//! Claims read pending rows after `after`. A rewind (to re-read rows the engine skipped, or a
-//! sweep for rows that committed late) moves it back and bumps the epoch: a claim started
+//! Claims read pending rows after `after`. A rewind (to re-read rows the engine skipped) moves
+//! it back and bumps the epoch: a claim started
 //! before is discarded, as it may hold rows of an aggregate that must resume from an earlier
 //! row. Once caught up, a claim starts from the low-water mark ([`LowWater`]).
 
@@ -91,6 +91,14 @@ impl Cursor {
         if let Some(last) = last {
             self.low_water.saw(last);
         }
+        if self.caught_up {
+            self.low_water.caught_up();
+        }
+    }
+
+    /// The highest id claims have returned: where a sweep's walk can end.
+    pub(super) fn seen(&self) -> i64 {
+        self.low_water.seen()
     }
 
     /// The claim read up to `id` (it stopped at a full batch when `more`).

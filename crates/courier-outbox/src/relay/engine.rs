@@ -26,6 +26,7 @@ use super::partitions::Partitions;
 use super::refused::Refused;
 use super::submit::{self, Submission, Unsubmitted};
 use super::subtasks::{self, Subtasks};
+use super::sweep::Sweep;
 use super::{AckedEvent, Counters, FailedEvent, RelayConfig, RelayObserver};
 use crate::row::{now_us, shard_of, ClaimedRow};
 use crate::sql::{BlockedRow, ClaimQuery, Failure, OwnerCheck, MAX_ERROR_LEN};
@@ -34,7 +35,6 @@ use crate::{OutboxError, Store};
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A finished outcome write: the rows it covered and whether it committed.
 type WriteDone = (Vec<i64>, Vec<Failure>, Result<(), sqlx::Error>);
-/// A finished blocked-aggregate scan of some partitions.
 /// A finished blocked-aggregate scan of some partitions, with the count of outcome writes that
 /// had committed when it started (see [`Park::recorded`]).
 type ScanDone = (Vec<i64>, u64, Result<Vec<BlockedRow>, sqlx::Error>);
@@ -166,8 +166,17 @@ async fn poll_slot<T>(slot: &mut Option<BoxFuture<T>>) -> T {
 /// The two database steps of a claim.
 /// `from` is the id the claim read after: a discarded claim moves the cursor back there.
 enum ClaimStep {
-    Scanned { epoch: u64, from: i64, ids: Result<Vec<(i64, i64)>, sqlx::Error>, limit: usize },
-    Fetched { epoch: u64, from: i64, rows: Result<Vec<ClaimedRow>, sqlx::Error> },
+    Scanned { reader: Reader, from: i64, ids: Result<Vec<(i64, i64)>, sqlx::Error>, limit: usize },
+    Fetched { reader: Reader, from: i64, rows: Result<Vec<ClaimedRow>, sqlx::Error> },
+}
+
+/// Whom a claim reads for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reader {
+    /// The main cursor, at the epoch the claim started in.
+    Cursor { epoch: u64 },
+    /// The sweep's walk, which no rewind discards.
+    Sweep,
 }
 
 struct InFlight {
@@ -199,11 +208,12 @@ struct Engine {
     timers: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
     /// Where claims read from and when the next is due.
     cursor: Cursor,
+    /// The periodic walk from the oldest pending row, beside the cursor.
+    sweep: Sweep,
     /// Rows of parked aggregates that claims skip until the park is lifted.
     refused: Refused,
     /// Whether the relay is idle, for the NOTIFY listener.
     idle: watch::Sender<bool>,
-    next_sweep: Instant,
     published: Vec<i64>,
     failures: Vec<Failure>,
     write_retry_at: Instant,
@@ -233,8 +243,8 @@ impl Engine {
             submissions,
             fence,
             partition_count: i64::from(config.partitions),
-            next_sweep: now + config.sweep_interval,
             cursor: Cursor::new(&config, now),
+            sweep: Sweep::new(config.sweep_interval, now),
             config,
             observer,
             counters,
@@ -271,7 +281,7 @@ impl Engine {
         !self.stopping
             && self.partitions.active_count() > 0
             && self.queued < self.config.batch_size
-            && self.cursor.due(now)
+            && (self.cursor.due(now) || self.sweep.walking())
     }
 
     /// Publishes idle/busy transitions to the NOTIFY listener (a read lock when nothing changed,
@@ -285,33 +295,40 @@ impl Engine {
 
     /// Starts a claim: scan the next pending ids, then fetch the rows this relay should take.
     fn start_claim(&mut self, now: Instant) -> BoxFuture<ClaimStep> {
-        let after_id = self.cursor.start(now);
+        let (reader, after_id) = match self.sweep.take_turn(self.cursor.due(now)) {
+            Some(after_id) => (Reader::Sweep, after_id),
+            None => (Reader::Cursor { epoch: self.cursor.epoch }, self.cursor.start(now)),
+        };
         // Other relays' rows are skipped, so scan proportionally further.
         let share = (self.partition_count as usize / self.partitions.active_count().max(1)).clamp(1, 10);
         let limit = (self.config.batch_size * share) as i64;
-        let (store, epoch) = (self.store.clone(), self.cursor.epoch);
+        let store = self.store.clone();
         Box::pin(async move {
             let ids = store.scan_pending(after_id, limit).await;
-            ClaimStep::Scanned { epoch, from: after_id, ids, limit: limit as usize }
+            ClaimStep::Scanned { reader, from: after_id, ids, limit: limit as usize }
         })
     }
 
     /// Advances a claim; returns its next step, or `None` when it is complete.
     fn on_claim_step(&mut self, step: ClaimStep) -> Option<BoxFuture<ClaimStep>> {
         let next = match step {
-            ClaimStep::Scanned { from, ids: Err(err), .. }
-            | ClaimStep::Fetched { from, rows: Err(err), .. } => {
+            ClaimStep::Scanned { reader, from, ids: Err(err), .. }
+            | ClaimStep::Fetched { reader, from, rows: Err(err), .. } => {
                 tracing::warn!(error = %err, "claiming outbox rows failed");
-                // Its rows were never taken: re-read them at the next poll.
-                self.cursor.failed(from);
+                // Its rows were never taken: re-read them at the next poll, or the next sweep.
+                match reader {
+                    Reader::Cursor { .. } => self.cursor.failed(from),
+                    Reader::Sweep => self.sweep.failed(),
+                }
                 None
             }
-            ClaimStep::Scanned { epoch, from, .. } | ClaimStep::Fetched { epoch, from, .. }
+            ClaimStep::Scanned { reader: Reader::Cursor { epoch }, from, .. }
+            | ClaimStep::Fetched { reader: Reader::Cursor { epoch }, from, .. }
                 if epoch != self.cursor.epoch =>
             {
                 if let ClaimStep::Fetched { rows: Ok(rows), .. } = &step {
-                    // Refusing needs no order: a fetch slower than the sweep interval is
-                    // discarded at every sweep, and would otherwise fetch a parked backlog for ever.
+                    // Refusing needs no order: a fetch slower than the interval between rewinds
+                    // would otherwise fetch a parked backlog for ever.
                     for row in rows {
                         self.refuse_if_parked(row);
                     }
@@ -320,7 +337,9 @@ impl Engine {
                 self.cursor.discarded(from);
                 None
             }
-            ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit } => self.choose(epoch, from, &ids, limit),
+            ClaimStep::Scanned { reader, from, ids: Ok(ids), limit } => {
+                self.choose(reader, from, &ids, limit)
+            }
             ClaimStep::Fetched { rows: Ok(rows), .. } => {
                 for row in rows {
                     self.accept(row);
@@ -342,13 +361,13 @@ impl Engine {
     /// are not in memory yet nor refused for a park that still holds, and starts fetching them.
     fn choose(
         &mut self,
-        epoch: u64,
+        reader: Reader,
         from: i64,
         ids: &[(i64, i64)],
         limit: usize,
     ) -> Option<BoxFuture<ClaimStep>> {
-        self.cursor.scanned(ids.len(), limit, ids.last().map(|&(last, _)| last));
         let mut wanted = Vec::new();
+        let mut reached = None;
         for &(id, shard) in ids {
             let wants = self.partitions.is_active(shard % self.partition_count)
                 && !self.known.contains_key(&id)
@@ -356,11 +375,20 @@ impl Engine {
             if wants {
                 wanted.push(id);
             }
-            let full = wanted.len() == self.config.batch_size;
-            self.cursor.passed(id, full);
-            if full {
+            reached = Some(id);
+            if wanted.len() == self.config.batch_size {
                 break;
             }
+        }
+        let full = wanted.len() == self.config.batch_size;
+        match reader {
+            Reader::Cursor { .. } => {
+                self.cursor.scanned(ids.len(), limit, ids.last().map(|&(last, _)| last));
+                if let Some(id) = reached {
+                    self.cursor.passed(id, full);
+                }
+            }
+            Reader::Sweep => self.sweep.scanned(reached, full || ids.len() == limit),
         }
         if wanted.is_empty() {
             return None;
@@ -369,7 +397,7 @@ impl Engine {
         let query = ClaimQuery { ids: wanted, owner: self.owner_check() };
         let store = self.store.clone();
         Some(Box::pin(
-            async move { ClaimStep::Fetched { epoch, from, rows: store.fetch_claimed(&query).await } },
+            async move { ClaimStep::Fetched { reader, from, rows: store.fetch_claimed(&query).await } },
         ))
     }
 
@@ -613,13 +641,11 @@ impl Engine {
             self.remove_if_idle(&key);
             self.cursor.rewind(park.row_id - 1);
         }
-        if now >= self.next_sweep {
-            self.next_sweep = now + self.config.sweep_interval;
-            self.cursor.rewind(0);
-        }
+        self.sweep.begin_if_due(now, self.cursor.seen());
     }
+
     fn next_timer(&self, now: Instant, stop_deadline: Option<Instant>) -> Instant {
-        let mut next = self.next_sweep;
+        let mut next = self.sweep.next_at();
         if let Some(Reverse((at, _))) = self.timers.peek() {
             next = next.min(*at);
         }
@@ -954,12 +980,15 @@ mod tests {
     fn claim(engine: &mut Engine, rows: &[ClaimedRow]) -> bool {
         let (epoch, from) = (engine.cursor.epoch, engine.cursor.after);
         let ids = rows.iter().map(|r| (r.id, r.shard)).collect();
-        let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit: 1000 };
+        let scanned =
+            ClaimStep::Scanned { reader: Reader::Cursor { epoch }, from, ids: Ok(ids), limit: 1000 };
         if engine.on_claim_step(scanned).is_none() {
             return false;
         }
         let fetched = rows.iter().map(|r| row(&r.aggregate_id, r.id)).collect();
-        assert!(engine.on_claim_step(ClaimStep::Fetched { epoch, from, rows: Ok(fetched) }).is_none());
+        assert!(engine
+            .on_claim_step(ClaimStep::Fetched { reader: Reader::Cursor { epoch }, from, rows: Ok(fetched) })
+            .is_none());
         true
     }
 
@@ -980,7 +1009,7 @@ mod tests {
         (engine, behind)
     }
 
-    /// The rows waiting behind a park are fetched once, not again at every sweep or poll
+    /// The rows waiting behind a park are fetched once, not again at every rewind or poll
     /// while the park holds (a backlog behind a dead event would be re-read for ever).
     #[tokio::test]
     async fn rows_refused_behind_a_park_are_not_fetched_again_while_it_holds() {
@@ -992,20 +1021,23 @@ mod tests {
         assert_eq!(queued(&engine, "healthy"), 1);
     }
 
-    /// A fetch slower than the sweep interval is discarded, as a sweep rewound the cursor while
-    /// it ran; the rows of parked aggregates it read are refused all the same, or every sweep
-    /// would discard the next such fetch and the backlog would be fetched for ever.
+    /// A fetch is discarded when a rewind moved the cursor back while it ran; the rows of parked
+    /// aggregates it read are refused all the same, or a fetch slower than the interval between
+    /// rewinds would be discarded every time and the backlog fetched for ever.
     #[tokio::test]
     async fn rows_fetched_by_a_discarded_claim_are_refused_behind_a_park() {
         let (mut engine, _) = parked_behind_a_dead_head().await;
         let behind = [row("stuck", 4), row("stuck", 5)];
         let (epoch, from) = (engine.cursor.epoch, engine.cursor.after);
         let ids = behind.iter().map(|r| (r.id, r.shard)).collect();
-        let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(ids), limit: 1000 };
+        let scanned =
+            ClaimStep::Scanned { reader: Reader::Cursor { epoch }, from, ids: Ok(ids), limit: 1000 };
         assert!(engine.on_claim_step(scanned).is_some());
         engine.cursor.rewind(0);
         let fetched = behind.iter().map(|r| row(&r.aggregate_id, r.id)).collect();
-        assert!(engine.on_claim_step(ClaimStep::Fetched { epoch, from, rows: Ok(fetched) }).is_none());
+        assert!(engine
+            .on_claim_step(ClaimStep::Fetched { reader: Reader::Cursor { epoch }, from, rows: Ok(fetched) })
+            .is_none());
         assert!(!claim(&mut engine, &behind), "the rows read by the discarded claim were fetched again");
     }
 
@@ -1062,12 +1094,44 @@ mod tests {
         let (t0, horizon) = (Instant::now(), engine.config.sweep_interval);
         assert!(claim(&mut engine, &[row("a", 1), row("b", 2), row("c", 3)]));
         assert!(engine.cursor.caught_up);
-        assert_eq!(engine.cursor.start(t0), 0, "nothing was read a horizon ago");
-        assert_eq!(engine.cursor.start(t0 + horizon), 0, "row 3 was read less than a horizon ago");
-        assert_eq!(engine.cursor.start(t0 + horizon * 2), 3, "a caught-up claim re-reads old rows");
-        // A sweep still reads from the oldest row.
+        assert_eq!(engine.cursor.start(t0), 3, "the first pass is read again");
+        assert!(claim(&mut engine, &[row("d", 4)]));
+        assert_eq!(engine.cursor.start(t0 + horizon), 3, "row 4 was read less than a horizon ago");
+        assert_eq!(engine.cursor.start(t0 + horizon * 2), 4, "a caught-up claim re-reads old rows");
+        // A rewind still reads from the oldest row.
         engine.cursor.rewind(0);
         assert_eq!(engine.cursor.start(t0 + horizon * 2), 0);
+    }
+
+    /// A sweep walks the pending rows beside the main cursor: it neither moves the cursor back
+    /// nor discards the claim in progress, or at every sweep new rows would wait for a walk
+    /// across the whole parked backlog.
+    #[tokio::test]
+    async fn a_sweep_leaves_the_cursor_and_the_claim_in_progress() {
+        let mut engine = engine().await;
+        own_partition_zero(&mut engine);
+        tokio::time::pause();
+        assert!(claim(&mut engine, &[row("a", 1), row("b", 3)]));
+        let (epoch, after) = (engine.cursor.epoch, engine.cursor.after);
+        tokio::time::advance(engine.config.sweep_interval).await;
+        engine.on_timer();
+        assert_eq!(
+            (engine.cursor.epoch, engine.cursor.after),
+            (epoch, after),
+            "the sweep rewound the cursor"
+        );
+        // The walk reads from the oldest row; the next one finds row 2, which committed late.
+        assert_eq!(engine.sweep.take_turn(false), Some(0));
+        let scanned =
+            ClaimStep::Scanned { reader: Reader::Sweep, from: 0, ids: Ok(vec![(1, 0), (3, 0)]), limit: 1000 };
+        assert!(engine.on_claim_step(scanned).is_none(), "rows in memory were fetched again");
+        assert!(!engine.sweep.walking(), "the walk went on past the last pending row");
+        tokio::time::advance(engine.config.sweep_interval).await;
+        engine.on_timer();
+        let ids = Ok(vec![(1, 0), (2, 0), (3, 0)]);
+        let scanned = ClaimStep::Scanned { reader: Reader::Sweep, from: 0, ids, limit: 1000 };
+        assert!(engine.on_claim_step(scanned).is_some(), "the late row was not fetched");
+        assert_eq!((engine.cursor.epoch, engine.cursor.after), (epoch, after));
     }
 
     /// A claim whose fetch failed after its scan moved the cursor on: its rows are read again
@@ -1080,12 +1144,21 @@ mod tests {
         assert!(claim(&mut engine, &[row("a", 100)]));
         engine.cursor.start(t0 + horizon);
         assert_eq!(engine.cursor.start(t0 + horizon * 2), 100);
-        // A sweep finds rows 10 and 20 (committed late); their fetch fails.
+        // A rewind finds rows 10 and 20 (committed late); their fetch fails.
         engine.cursor.rewind(0);
         let (epoch, from) = (engine.cursor.epoch, engine.cursor.start(t0 + horizon * 2));
-        let scanned = ClaimStep::Scanned { epoch, from, ids: Ok(vec![(10, 0), (20, 0)]), limit: 1000 };
+        let scanned = ClaimStep::Scanned {
+            reader: Reader::Cursor { epoch },
+            from,
+            ids: Ok(vec![(10, 0), (20, 0)]),
+            limit: 1000,
+        };
         assert!(engine.on_claim_step(scanned).is_some());
-        let failed = ClaimStep::Fetched { epoch, from, rows: Err(sqlx::Error::PoolTimedOut) };
+        let failed = ClaimStep::Fetched {
+            reader: Reader::Cursor { epoch },
+            from,
+            rows: Err(sqlx::Error::PoolTimedOut),
+        };
         assert!(engine.on_claim_step(failed).is_none());
         assert!(engine.cursor.caught_up);
         assert_eq!(engine.cursor.start(t0 + horizon * 2), 0, "the failed claim's rows are skipped");

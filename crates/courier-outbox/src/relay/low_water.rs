@@ -9,12 +9,19 @@
 //! rest. Starting there instead of at the oldest pending row spares a caught-up relay from
 //! re-reading, at every poll, the rows waiting behind parked aggregates (or leased to other
 //! relays): they are read only by sweeps and rewinds.
+//!
+//! A relay that just started has seen nothing a horizon ago. Its first pass over the pending
+//! rows then stands in for that checkpoint: rows allocated before the pass ended and committed
+//! after it passed them are the sweep's to find, like rows whose transaction outlasts the
+//! horizon. Otherwise every poll of a new relay's first two horizons would walk the whole
+//! parked backlog from the oldest row.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The highest id scans had returned at least `horizon` (and at most twice that) ago.
+/// The highest id scans had returned at least `horizon` (and at most twice that) ago, or at
+/// the end of the relay's first pass if higher.
 pub(super) struct LowWater {
     horizon: Duration,
     /// The highest id any scan returned.
@@ -23,11 +30,13 @@ pub(super) struct LowWater {
     checkpoint: (Instant, i64),
     /// `seen` at the checkpoint before, taken at least `horizon` before `checkpoint`.
     mark: i64,
+    /// A scan has reached the last pending row.
+    first_pass_done: bool,
 }
 
 impl LowWater {
     pub(super) fn new(horizon: Duration, now: Instant) -> Self {
-        Self { horizon, seen: 0, checkpoint: (now, 0), mark: 0 }
+        Self { horizon, seen: 0, checkpoint: (now, 0), mark: 0, first_pass_done: false }
     }
 
     /// Records that a scan returned rows up to `id`.
@@ -35,12 +44,25 @@ impl LowWater {
         self.seen = self.seen.max(id);
     }
 
+    pub(super) fn seen(&self) -> i64 {
+        self.seen
+    }
+
+    /// A scan reached the last pending row; the first time, the mark moves up to what scans
+    /// have seen.
+    pub(super) fn caught_up(&mut self) {
+        if !self.first_pass_done {
+            self.first_pass_done = true;
+            self.mark = self.mark.max(self.seen);
+        }
+    }
+
     /// An id below every row allocated since `now - horizon`: the highest id seen at the last
     /// checkpoint at least `horizon` old.
     pub(super) fn mark(&mut self, now: Instant) -> i64 {
         let (taken, seen) = self.checkpoint;
         if now >= taken + self.horizon {
-            self.mark = seen;
+            self.mark = self.mark.max(seen);
             self.checkpoint = (now, self.seen);
         }
         self.mark
@@ -67,6 +89,21 @@ mod tests {
         assert_eq!(low.mark(t0 + HORIZON * 3 / 2), 0, "100 was seen less than a horizon ago");
         assert_eq!(low.mark(t0 + HORIZON * 2), 100);
         assert_eq!(low.mark(t0 + HORIZON * 3), 250);
+    }
+
+    /// A new relay reads from the oldest pending row only until its first pass caught up.
+    #[test]
+    fn the_first_pass_stands_in_for_the_first_checkpoint() {
+        let t0 = Instant::now();
+        let mut low = LowWater::new(HORIZON, t0);
+        low.saw(10_000);
+        assert_eq!(low.mark(t0), 0, "the first pass is under way");
+        low.caught_up();
+        assert_eq!(low.mark(t0), 10_000);
+        low.saw(10_500);
+        low.caught_up();
+        assert_eq!(low.mark(t0 + HORIZON), 10_000, "only the first pass moves the mark");
+        assert_eq!(low.mark(t0 + HORIZON * 2), 10_500, "the checkpoints take over");
     }
 
     /// Long without a look (an idle relay): the mark moves to what was seen by the last look,

@@ -32,6 +32,7 @@ mod partitions;
 mod refused;
 mod submit;
 mod subtasks;
+mod sweep;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
