@@ -72,7 +72,7 @@ impl BenchOutboxArgs {
 /// memory bus), for ratios in one run; the first row is the `baseline` one.
 async fn run_baseline(url: &BusUrl, load: &bus::BusLoad) -> anyhow::Result<Vec<Row>> {
     match url {
-        BusUrl::Nats(nats) => Ok(vec![nats_baseline::run(nats, load).await?]),
+        BusUrl::Nats(nats) => nats_baseline::run(nats, load).await,
         BusUrl::Memory => Ok(vec![memory_baseline::run(load).await?]),
         BusUrl::Kafka(servers) => kafka_baseline::run(servers, load).await,
     }

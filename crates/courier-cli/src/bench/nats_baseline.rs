@@ -1,13 +1,20 @@
 //! The bare async-nats baseline for `courier bench bus --backend nats --baseline`: the same load
-//! (N events of P bytes, W in flight, every PubAck awaited, file storage, `Nats-Msg-Id` set) with
-//! no Courier in between, written the way a careful user of the client would: one task keeps W
-//! PubAck futures in a `FuturesUnordered`.
+//! (N events of P bytes, W in flight, every PubAck awaited, file storage, `Nats-Msg-Id` = event
+//! id) with no Courier in between, written the way a careful user of the client would: one task
+//! keeps W PubAck futures in a `FuturesUnordered`.
+//!
+//! It runs twice, as the Kafka baseline does. `baseline` sends the messages Courier sends for
+//! the same events: payload and the CloudEvents headers. `baseline-payload-only` sends the
+//! payload and `Nats-Msg-Id` alone, which shows what the headers cost (async-nats keeps them in
+//! a hash map of allocated values, serialized per message).
 
 use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::HeaderMap;
 use bytes::Bytes;
+use courier_core::wire::{self, HeaderStyle, WireMode};
 use courier_core::EventId;
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -15,7 +22,35 @@ use super::bus::{BusLoad, Tally};
 use super::cpu::Clock;
 use crate::report::Row;
 
-pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Row> {
+/// The bare rows: `baseline` (Courier's messages) and `baseline-payload-only` (no CloudEvents
+/// headers).
+pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Vec<Row>> {
+    // Ids and header values made before the clock starts, as Courier's envelopes are; the
+    // async-nats header map is built per send, as a user of the client would.
+    let envelopes = load.envelopes()?;
+    let ids: Vec<String> = envelopes.iter().map(|envelope| envelope.event_id().to_string()).collect();
+    let headers: Vec<Vec<(String, String)>> = envelopes
+        .iter()
+        .map(|envelope| {
+            let mut headers = Vec::new();
+            wire::encode(envelope, WireMode::CloudEvents, HeaderStyle::Nats, &mut headers);
+            headers
+        })
+        .collect();
+    Ok(vec![
+        publish(url, load, "baseline", &ids, Some(&headers)).await?,
+        publish(url, load, "baseline-payload-only", &ids, None).await?,
+    ])
+}
+
+/// One bare run, event `i` carrying `ids[i]` and `headers[i]` if given.
+async fn publish(
+    url: &str,
+    load: &BusLoad,
+    mode: &str,
+    ids: &[String],
+    headers: Option<&[Vec<(String, String)>]>,
+) -> anyhow::Result<Row> {
     // Connected as the Courier bus is (credentials, TLS); only the client is used from here on.
     let config = crate::nats_settings::from_env(url, courier_core::wire::WireMode::default())?;
     let client = courier_nats::NatsBus::connect(config).await?.client().clone();
@@ -33,18 +68,24 @@ pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Row> {
     .await
     .context("creating the baseline stream")?;
     let payload = Bytes::from(vec![b'x'; load.payload]);
-    // Ids made before the clock starts, as Courier's envelopes are.
-    let ids: Vec<String> = (0..load.events).map(|_| EventId::new().to_string()).collect();
 
     let mut tally = Tally::new(load);
     let mut inflight = FuturesUnordered::new();
-    let mut ids = ids.into_iter().enumerate();
+    let mut ids = ids.iter().enumerate();
     let clock = Clock::start();
     loop {
         if inflight.len() < load.window {
             if let Some((index, id)) = ids.next() {
                 let sent = Instant::now();
-                let message = PublishMessage::build().payload(payload.clone()).message_id(id);
+                let mut message = PublishMessage::build().payload(payload.clone());
+                if let Some(headers) = headers {
+                    let mut map = HeaderMap::new();
+                    for (name, value) in &headers[index] {
+                        map.insert(name.as_str(), value.as_str());
+                    }
+                    message = message.headers(map);
+                }
+                let message = message.message_id(id);
                 let ack = js.send_publish(name.clone(), message).await.context("baseline publish")?;
                 inflight.push(async move { (index, sent, ack.await) });
                 continue;
@@ -63,5 +104,5 @@ pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Row> {
     if let Err(error) = js.delete_stream(&name).await {
         eprintln!("could not delete baseline stream {name}: {error}");
     }
-    Ok(tally.row("nats", "baseline", load, &span))
+    Ok(tally.row("nats", mode, load, &span))
 }
