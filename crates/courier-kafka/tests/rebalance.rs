@@ -157,8 +157,9 @@ async fn a_member_whose_application_stops_taking_messages_stays_in_its_group() {
     // partitions then go back to the last commit and are handled again.
     // Timeouts long enough that heartbeats keep the session alive on a loaded machine.
     let interval = Duration::from_secs(6);
-    // More than the subscription holds ahead of the application, so its partition is paused.
-    let total = 5000;
+    // More than the subscription holds ahead of the application (about 16,600), so its
+    // partition is paused.
+    let total = 20_000;
     let settings =
         [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000"), ("max.poll.interval.ms", "6000")];
     let (bus, topic, group) = setup(Duration::from_secs(30), 1, events(total, 100, 16), &settings).await;
