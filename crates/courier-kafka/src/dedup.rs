@@ -48,7 +48,12 @@ impl Dedup {
     /// older ids are forgotten as new ones arrive, and at most `capacity` are held. A zero
     /// window or capacity turns it off.
     pub(crate) fn new(window: Duration, capacity: usize) -> Self {
-        let state = Generations { ids: EventIdMap::default(), current: 0, started: Instant::now(), added: 0 };
+        // Sized for every id it will hold: grown instead, the map rehashes every id it holds at
+        // each doubling while a new producer's first `capacity` events are acknowledged. Its
+        // pages are only mapped, not touched, until ids fill them.
+        let capacity = if window.is_zero() { 0 } else { capacity };
+        let ids = EventIdMap::with_capacity_and_hasher(capacity, Default::default());
+        let state = Generations { ids, current: 0, started: Instant::now(), added: 0 };
         Self { window, generation_size: capacity.div_ceil(2), state: Mutex::new(state) }
     }
 
