@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use courier_core::wire::{self, HeaderStyle, WireMode};
 use courier_core::{Bus, Envelope, EventId, EventIdMap, Position, PublisherConfig, Topic, TopicConfig};
 
 use super::cpu::{Clock, Span};
@@ -34,6 +35,20 @@ impl BusLoad {
             })
             .collect()
     }
+}
+
+/// The CloudEvents headers Courier sends for each of `envelopes`, as name/value pairs: what a
+/// bare-client baseline sends to carry the same messages (made before the clock starts, as
+/// Courier's envelopes are).
+pub fn cloudevents_headers(envelopes: &[Envelope], style: HeaderStyle) -> Vec<Vec<(String, String)>> {
+    envelopes
+        .iter()
+        .map(|envelope| {
+            let mut headers = Vec::new();
+            wire::encode(envelope, WireMode::CloudEvents, style, &mut headers);
+            headers
+        })
+        .collect()
 }
 
 /// A fresh topic for one run, provisioned on `bus`.

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use courier_core::wire::{self, HeaderStyle, WireMode};
+use courier_core::wire::HeaderStyle;
 use courier_core::EventId;
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -22,23 +22,14 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use super::bus::{BusLoad, Tally};
+use super::bus::{cloudevents_headers, BusLoad, Tally};
 use super::cpu::Clock;
 use crate::report::Row;
 
 /// The bare rows: `baseline` (Courier's records) and `baseline-payload-only` (no headers).
 pub async fn run(servers: &str, load: &BusLoad) -> anyhow::Result<Vec<Row>> {
-    // Header values made before the clock starts, as Courier's envelopes are; the librdkafka
-    // header list is built per send, as a user of the client would.
-    let headers: Vec<Vec<(String, String)>> = load
-        .envelopes()?
-        .iter()
-        .map(|envelope| {
-            let mut headers = Vec::new();
-            wire::encode(envelope, WireMode::CloudEvents, HeaderStyle::Kafka, &mut headers);
-            headers
-        })
-        .collect();
+    // The librdkafka header list is built per send, as a user of the client would.
+    let headers = cloudevents_headers(&load.envelopes()?, HeaderStyle::Kafka);
     Ok(vec![
         produce(servers, load, "baseline", Some(&headers)).await?,
         produce(servers, load, "baseline-payload-only", None).await?,

@@ -14,29 +14,22 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use courier_core::wire::{self, HeaderStyle, WireMode};
+use courier_core::wire::{HeaderStyle, WireMode};
 use courier_core::EventId;
 use futures::stream::{FuturesUnordered, StreamExt};
 
-use super::bus::{BusLoad, Tally};
+use super::bus::{cloudevents_headers, BusLoad, Tally};
 use super::cpu::Clock;
 use crate::report::Row;
 
 /// The bare rows: `baseline` (Courier's messages) and `baseline-payload-only` (no CloudEvents
 /// headers).
 pub async fn run(url: &str, load: &BusLoad) -> anyhow::Result<Vec<Row>> {
-    // Ids and header values made before the clock starts, as Courier's envelopes are; the
-    // async-nats header map is built per send, as a user of the client would.
+    // Ids made before the clock starts, as Courier's envelopes are; the async-nats header map
+    // is built per send, as a user of the client would.
     let envelopes = load.envelopes()?;
     let ids: Vec<String> = envelopes.iter().map(|envelope| envelope.event_id().to_string()).collect();
-    let headers: Vec<Vec<(String, String)>> = envelopes
-        .iter()
-        .map(|envelope| {
-            let mut headers = Vec::new();
-            wire::encode(envelope, WireMode::CloudEvents, HeaderStyle::Nats, &mut headers);
-            headers
-        })
-        .collect();
+    let headers = cloudevents_headers(&envelopes, HeaderStyle::Nats);
     Ok(vec![
         publish(url, load, "baseline", &ids, Some(&headers)).await?,
         publish(url, load, "baseline-payload-only", &ids, None).await?,
@@ -52,7 +45,7 @@ async fn publish(
     headers: Option<&[Vec<(String, String)>]>,
 ) -> anyhow::Result<Row> {
     // Connected as the Courier bus is (credentials, TLS); only the client is used from here on.
-    let config = crate::nats_settings::from_env(url, courier_core::wire::WireMode::default())?;
+    let config = crate::nats_settings::from_env(url, WireMode::default())?;
     let client = courier_nats::NatsBus::connect(config).await?.client().clone();
     let js = jetstream::ContextBuilder::new()
         .max_ack_inflight(load.window)
