@@ -2,9 +2,9 @@
 //! what scans returned, rewinds and wake-ups.
 //!
 //! Claims read pending rows after `after`. A rewind (to re-read rows the engine skipped) moves
-//! it back and bumps the epoch: a claim started
-//! before is discarded, as it may hold rows of an aggregate that must resume from an earlier
-//! row. Once caught up, a claim starts from the low-water mark ([`LowWater`]).
+//! it back and bumps the epoch: a claim started before is discarded, as it may hold rows of an
+//! aggregate that must resume from an earlier row. Once caught up, a claim starts from the
+//! low-water mark ([`LowWater`]).
 
 use std::time::Duration;
 

@@ -84,6 +84,13 @@ mod tests {
 
     const INTERVAL: Duration = Duration::from_secs(2);
 
+    /// A sweep made at `t0`, walking since its first interval ended, up to `until`.
+    fn walking(t0: Instant, until: i64) -> Sweep {
+        let mut sweep = Sweep::new(INTERVAL, t0);
+        sweep.begin_if_due(t0 + INTERVAL, until);
+        sweep
+    }
+
     #[test]
     fn a_walk_starts_each_interval_and_ends_past_what_was_seen() {
         let t0 = Instant::now();
@@ -102,8 +109,7 @@ mod tests {
     #[test]
     fn a_walk_ends_at_the_last_pending_row_or_a_failure() {
         let t0 = Instant::now();
-        let mut sweep = Sweep::new(INTERVAL, t0);
-        sweep.begin_if_due(t0 + INTERVAL, 500);
+        let mut sweep = walking(t0, 500);
         sweep.scanned(Some(40), false);
         assert!(!sweep.walking(), "the walk read the last pending row");
         sweep.begin_if_due(t0 + INTERVAL * 2, 500);
@@ -130,8 +136,7 @@ mod tests {
     #[test]
     fn a_slow_walk_is_not_restarted() {
         let t0 = Instant::now();
-        let mut sweep = Sweep::new(INTERVAL, t0);
-        sweep.begin_if_due(t0 + INTERVAL, 10_000);
+        let mut sweep = walking(t0, 10_000);
         sweep.scanned(Some(3_000), true);
         sweep.begin_if_due(t0 + INTERVAL * 2, 20_000);
         assert_eq!(sweep.take_turn(false), Some(3_000));
