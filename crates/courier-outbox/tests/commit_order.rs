@@ -16,14 +16,16 @@ per_database!(
     Postgres,
     late_commit_is_not_overtaken,
     late_commit_behind_an_unmarked_row_is_not_overtaken,
-    late_commit_is_found_without_a_sweep
+    late_commit_is_found_without_a_sweep,
+    late_commit_is_found_by_the_sweep
 );
 per_database!(
     @db mysql,
     MySql,
     late_commit_is_not_overtaken,
     late_commit_behind_an_unmarked_row_is_not_overtaken,
-    late_commit_is_found_without_a_sweep
+    late_commit_is_found_without_a_sweep,
+    late_commit_is_found_by_the_sweep
 );
 
 /// Relay settings that keep it reading by cursor over a backlog: small batches, and no sweep
@@ -122,5 +124,28 @@ async fn late_commit_is_found_without_a_sweep(kind: Kind) {
     });
     let consumed = consume(&bus, &topic, 52, WAIT).await;
     assert_eq!(consumed.distinct(), 52, "the late row was left for the sweep");
+    relay.shutdown().await.unwrap();
+}
+
+/// A row whose transaction was open before the relay started and commits long after the
+/// relay's first pass went past it, with no later event of its aggregate to point back at it,
+/// is left to the sweep, whose walk from the oldest row finds it.
+async fn late_commit_is_found_by_the_sweep(kind: Kind) {
+    let (_db, store) = TestDb::create(kind).await;
+    let (bus, topic) = (MemoryBus::default(), topic());
+    let sweep_interval = Duration::from_millis(500);
+    let config = fast_config().partitions(1).sweep_interval(sweep_interval);
+    let relay = with_tx!(&store, true, |tx| {
+        Outbox::default().enqueue(&mut tx, Enqueue::new(&event("late", 0)).topic(&topic)).await.unwrap();
+        enqueue_many(&store, &topic, 10, 5, 2).await;
+        let relay = Relay::new(store.clone(), bus.clone(), config).start();
+        eventually(WAIT, "the relay to pass the uncommitted row", || async { relay.stats().published >= 50 })
+            .await;
+        // Several horizons: caught-up claims no longer start below the late row.
+        tokio::time::sleep(sweep_interval * 4).await;
+        relay
+    });
+    let consumed = consume(&bus, &topic, 51, WAIT).await;
+    assert_eq!(consumed.distinct(), 51, "the late row was never found");
     relay.shutdown().await.unwrap();
 }
