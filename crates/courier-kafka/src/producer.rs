@@ -61,7 +61,7 @@ impl ProducerContext for DeliveryContext {
                 let outcome = match stored {
                     Ok((partition, offset)) => {
                         let position = Position::Partition { partition, offset };
-                        self.dedup.insert(topic, event_id, &position);
+                        self.dedup.insert(topic, event_id, partition, offset);
                         self.problem.clear();
                         Ok(Receipt { event_id, position, duplicate: false })
                     }
