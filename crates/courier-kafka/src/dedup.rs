@@ -8,7 +8,8 @@
 //! a tenth to a sixth of the whole publish path (measured with `courier bench bus --backend
 //! kafka`). So the delivery thread only appends to a short list, and the map belongs to the
 //! look-ups, each of which first enters the list: the map's lines stay in one core's cache. An
-//! entry is 40 bytes and holds no reference-counted topic.
+//! entry is 40 bytes and holds no reference-counted topic, and an event's [`Key`] is made once,
+//! before its send, and carried to its delivery report.
 //!
 //! Ids are remembered in generations rather than each with its own expiry: a generation ends
 //! after `window` or after half the capacity of new ids, and ids older than the previous
@@ -49,13 +50,15 @@ struct Generations {
 /// would be confused only if they carried the same event id and their names' hashes collided
 /// (about 2^-64 for a pair). Hashed into the map by the id alone: ids are unique and random.
 #[derive(PartialEq, Eq)]
-struct Key {
+pub(crate) struct Key {
     event_id: EventId,
     topic: u64,
 }
 
 impl Key {
-    fn new(topic: &Topic, event_id: EventId) -> Self {
+    /// Made once per event, before its send, and carried to its delivery report: the topic is
+    /// hashed once.
+    pub(crate) fn new(topic: &Topic, event_id: EventId) -> Self {
         Self { event_id, topic: topic_hash(topic) }
     }
 }
@@ -71,18 +74,21 @@ impl Hash for Key {
     }
 }
 
-/// Where Kafka stored the event, and the generation that remembered it.
-struct Stored {
-    offset: i64,
+/// Where Kafka stored an event.
+#[derive(Clone, Copy)]
+struct Location {
     partition: i32,
+    offset: i64,
+}
+
+/// A location, and the generation that remembered it.
+struct Stored {
+    location: Location,
     generation: u32,
 }
 
-struct Acknowledged {
-    key: Key,
-    offset: i64,
-    partition: i32,
-}
+/// An id acknowledged since the last look-up.
+type Acknowledged = (Key, Location);
 
 impl Dedup {
     /// Remembers each id for at least `window` (unless `capacity / 2` newer ids arrive first);
@@ -106,18 +112,18 @@ impl Dedup {
     }
 
     fn enabled(&self) -> bool {
-        !self.window.is_zero() && self.generation_size > 0
+        // Zero when the window or the capacity is.
+        self.generation_size > 0
     }
 
-    /// The stored position of `event_id` in `topic`, if it is remembered.
-    pub(crate) fn get(&self, topic: &Topic, event_id: EventId) -> Option<Position> {
+    /// The stored position of the event `key` names, if it is remembered.
+    pub(crate) fn get(&self, key: &Key) -> Option<Position> {
         if !self.enabled() {
             return None;
         }
-        let key = Key::new(topic, event_id);
         let remembered = self.caught_up();
-        let stored = remembered.ids.get(&key)?;
-        Some(Position::Partition { partition: stored.partition, offset: stored.offset })
+        let Location { partition, offset } = remembered.ids.get(key)?.location;
+        Some(Position::Partition { partition, offset })
     }
 
     /// Forgets every id of `topic`, once it is deleted: a topic created again under the same
@@ -127,14 +133,13 @@ impl Dedup {
         self.caught_up().ids.retain(|key, _| key.topic != topic);
     }
 
-    /// Remembers that `event_id` is stored in `topic` at `partition` and `offset`.
-    pub(crate) fn insert(&self, topic: &Topic, event_id: EventId, partition: i32, offset: i64) {
+    /// Remembers that the event `key` names is stored at `partition` and `offset`.
+    pub(crate) fn insert(&self, key: Key, partition: i32, offset: i64) {
         if !self.enabled() {
             return;
         }
-        let key = Key::new(topic, event_id);
         let mut acknowledged = self.acknowledged.lock().expect("dedup lock");
-        acknowledged.push(Acknowledged { key, offset, partition });
+        acknowledged.push((key, Location { partition, offset }));
         if acknowledged.len() >= self.generation_size {
             // Nothing was looked up for a while: enter them now, to bound the list.
             drop(acknowledged);
@@ -146,10 +151,10 @@ impl Dedup {
     fn caught_up(&self) -> MutexGuard<'_, Generations> {
         let mut remembered = self.remembered.lock().expect("dedup lock");
         // The list is traded for the empty spare: the delivery thread waits for a swap only.
-        std::mem::swap(&mut remembered.spare, &mut self.acknowledged.lock().expect("dedup lock"));
         let mut batch = std::mem::take(&mut remembered.spare);
-        for acknowledged in batch.drain(..) {
-            remembered.remember(acknowledged, self.window, self.generation_size);
+        std::mem::swap(&mut batch, &mut self.acknowledged.lock().expect("dedup lock"));
+        for (key, location) in batch.drain(..) {
+            remembered.remember(key, location, self.window, self.generation_size);
         }
         remembered.spare = batch;
         remembered
@@ -157,7 +162,7 @@ impl Dedup {
 }
 
 impl Generations {
-    fn remember(&mut self, acknowledged: Acknowledged, window: Duration, generation_size: usize) {
+    fn remember(&mut self, key: Key, location: Location, window: Duration, generation_size: usize) {
         let full = self.added >= generation_size;
         if full || (self.added.is_multiple_of(CLOCK_STRIDE) && self.started.elapsed() >= window) {
             // The previous generation ends its second span: forget it.
@@ -168,8 +173,7 @@ impl Generations {
             self.added = 0;
         }
         self.added += 1;
-        let Acknowledged { key, offset, partition } = acknowledged;
-        self.ids.insert(key, Stored { offset, partition, generation: self.current });
+        self.ids.insert(key, Stored { location, generation: self.current });
     }
 }
 
@@ -186,11 +190,11 @@ mod tests {
         let dedup = Dedup::new(Duration::from_secs(60), 100);
         let (orders, payments) = (Topic::new("orders").unwrap(), Topic::new("payments").unwrap());
         let (a, b) = (EventId::new(), EventId::new());
-        dedup.insert(&orders, a, 0, 1);
-        dedup.insert(&payments, b, 0, 2);
+        dedup.insert(Key::new(&orders, a), 0, 1);
+        dedup.insert(Key::new(&payments, b), 0, 2);
         dedup.forget_topic(&orders);
-        assert_eq!(dedup.get(&orders, a), None);
-        assert_eq!(dedup.get(&payments, b), at(2));
+        assert_eq!(dedup.get(&Key::new(&orders, a)), None);
+        assert_eq!(dedup.get(&Key::new(&payments, b)), at(2));
     }
 
     #[test]
@@ -198,19 +202,19 @@ mod tests {
         let dedup = Dedup::new(Duration::from_secs(60), 4);
         let (a, b) = (Topic::new("a").unwrap(), Topic::new("b").unwrap());
         let ids: Vec<EventId> = (0..6).map(|_| EventId::new()).collect();
-        dedup.insert(&a, ids[0], 3, 0);
-        assert_eq!(dedup.get(&a, ids[0]), Some(Position::Partition { partition: 3, offset: 0 }));
-        assert_eq!(dedup.get(&b, ids[0]), None, "the same id in another topic is another event");
-        dedup.insert(&b, ids[0], 0, 7);
-        assert_eq!(dedup.get(&b, ids[0]), at(7));
+        dedup.insert(Key::new(&a, ids[0]), 3, 0);
+        assert_eq!(dedup.get(&Key::new(&a, ids[0])), Some(Position::Partition { partition: 3, offset: 0 }));
+        assert_eq!(dedup.get(&Key::new(&b, ids[0])), None, "the same id in another topic is another event");
+        dedup.insert(Key::new(&b, ids[0]), 0, 7);
+        assert_eq!(dedup.get(&Key::new(&b, ids[0])), at(7));
         // Generations of two ids: ids[0] in both topics make the first, 1-2 the second, 3 a third.
         for (i, id) in ids.iter().enumerate().take(4).skip(1) {
-            dedup.insert(&a, *id, 0, i as i64);
+            dedup.insert(Key::new(&a, *id), 0, i as i64);
         }
-        assert_eq!(dedup.get(&a, ids[0]), None, "forgotten two generations later");
-        assert_eq!(dedup.get(&b, ids[0]), None);
+        assert_eq!(dedup.get(&Key::new(&a, ids[0])), None, "forgotten two generations later");
+        assert_eq!(dedup.get(&Key::new(&b, ids[0])), None);
         for (i, id) in ids.iter().enumerate().take(4).skip(1) {
-            assert_eq!(dedup.get(&a, *id), at(i as i64), "the last two generations are kept");
+            assert_eq!(dedup.get(&Key::new(&a, *id)), at(i as i64), "the last two generations are kept");
         }
     }
 
@@ -221,28 +225,32 @@ mod tests {
         // Acknowledges ids up to the next reading of the clock.
         let fill = |dedup: &Dedup| {
             for _ in 1..CLOCK_STRIDE {
-                dedup.insert(&topic, EventId::new(), 1, 0);
+                dedup.insert(Key::new(&topic, EventId::new()), 1, 0);
             }
         };
         // Ids enter the generations at the look-up after their acknowledgement.
         let (old, new) = (EventId::new(), EventId::new());
-        dedup.insert(&topic, old, 0, 1);
+        dedup.insert(Key::new(&topic, old), 0, 1);
         fill(&dedup);
-        assert_eq!(dedup.get(&topic, old), at(1));
+        assert_eq!(dedup.get(&Key::new(&topic, old)), at(1));
         std::thread::sleep(Duration::from_millis(25));
-        dedup.insert(&topic, new, 0, 2);
-        assert_eq!(dedup.get(&topic, old), at(1), "kept for at least the window");
+        dedup.insert(Key::new(&topic, new), 0, 2);
+        assert_eq!(dedup.get(&Key::new(&topic, old)), at(1), "kept for at least the window");
         std::thread::sleep(Duration::from_millis(25));
-        dedup.insert(&topic, EventId::new(), 0, 3);
-        assert_eq!(dedup.get(&topic, old), at(1), "the clock is not read between strides");
+        dedup.insert(Key::new(&topic, EventId::new()), 0, 3);
+        assert_eq!(dedup.get(&Key::new(&topic, old)), at(1), "the clock is not read between strides");
         fill(&dedup);
-        dedup.insert(&topic, EventId::new(), 0, 4);
-        assert_eq!(dedup.get(&topic, old), None, "forgotten at the first reading after two windows");
-        assert_eq!(dedup.get(&topic, new), at(2));
+        dedup.insert(Key::new(&topic, EventId::new()), 0, 4);
+        assert_eq!(
+            dedup.get(&Key::new(&topic, old)),
+            None,
+            "forgotten at the first reading after two windows"
+        );
+        assert_eq!(dedup.get(&Key::new(&topic, new)), at(2));
 
         let off = Dedup::new(Duration::ZERO, 10);
-        off.insert(&topic, old, 0, 1);
-        assert_eq!(off.get(&topic, old), None);
+        off.insert(Key::new(&topic, old), 0, 1);
+        assert_eq!(off.get(&Key::new(&topic, old)), None);
     }
 
     #[test]
@@ -254,13 +262,13 @@ mod tests {
             let (dedup, topic, ids) = (dedup.clone(), topic.clone(), ids.clone());
             std::thread::spawn(move || {
                 for (offset, id) in ids.into_iter().enumerate() {
-                    dedup.insert(&topic, id, 0, offset as i64);
+                    dedup.insert(Key::new(&topic, id), 0, offset as i64);
                 }
             })
         };
         delivery.join().unwrap();
         for (offset, id) in ids.iter().enumerate() {
-            assert_eq!(dedup.get(&topic, *id), at(offset as i64));
+            assert_eq!(dedup.get(&Key::new(&topic, *id)), at(offset as i64));
         }
     }
 
@@ -270,10 +278,10 @@ mod tests {
         let topic = Topic::new("t").unwrap();
         let ids: Vec<EventId> = (0..120).map(|_| EventId::new()).collect();
         for (offset, id) in ids.iter().enumerate() {
-            dedup.insert(&topic, *id, 0, offset as i64);
+            dedup.insert(Key::new(&topic, *id), 0, offset as i64);
             assert!(dedup.acknowledged.lock().unwrap().len() < 50);
         }
-        assert_eq!(dedup.get(&topic, ids[0]), None, "forgotten two generations later");
-        assert_eq!(dedup.get(&topic, ids[119]), at(119));
+        assert_eq!(dedup.get(&Key::new(&topic, ids[0])), None, "forgotten two generations later");
+        assert_eq!(dedup.get(&Key::new(&topic, ids[119])), at(119));
     }
 }

@@ -30,6 +30,8 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, IntoOpaque};
 use tokio::sync::oneshot;
 
+use crate::dedup;
+
 /// What travels through librdkafka with each message and comes back in its delivery report:
 /// who waits for the broker's verdict and the payload librdkafka sends from.
 pub struct InFlight {
@@ -40,8 +42,8 @@ pub struct InFlight {
 
 /// Who waits for a message's delivery report.
 pub(crate) enum Reply {
-    /// A published event's verdict.
-    Event(Completion),
+    /// A published event's verdict, and the key its acknowledgement is remembered under.
+    Event(Completion, dedup::Key),
     /// A record forwarded as it was received (a dead-letter copy of a record that is not an
     /// event): where the broker stored it, or why not.
     Record(oneshot::Sender<Result<Position, Error>>),
@@ -51,7 +53,7 @@ impl Reply {
     /// Hands `error` to whoever waits.
     pub(crate) fn fail(self, error: Error) {
         match self {
-            Self::Event(completion) => completion.complete(Err(error)),
+            Self::Event(completion, _) => completion.complete(Err(error)),
             // A dropped receiver means nobody waits any more.
             Self::Record(tx) => drop(tx.send(Err(error))),
         }
@@ -66,7 +68,7 @@ impl InFlight {
     /// What the message is, for error messages.
     pub(crate) fn describe(&self) -> String {
         match &self.reply {
-            Reply::Event(completion) => format!("event {}", completion.event_id()),
+            Reply::Event(completion, _) => format!("event {}", completion.event_id()),
             Reply::Record(_) => "a forwarded record".to_owned(),
         }
     }

@@ -16,7 +16,7 @@ use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, Threaded
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::oneshot;
 
-use crate::dedup::Dedup;
+use crate::dedup::{self, Dedup};
 use crate::error::from_kafka;
 use crate::native::{self, DeliveryOpaque, Headers, InFlight, Reply, TopicHandles};
 use crate::problem::{self, LastProblem};
@@ -56,12 +56,12 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, in_flight: DeliveryOpaque) {
         let stored = result.as_ref().map(|message| (message.partition(), message.offset()));
         match in_flight.into_reply() {
-            Reply::Event(completion) => {
+            Reply::Event(completion, key) => {
                 let (event_id, topic) = (completion.event_id(), completion.topic());
                 let outcome = match stored {
                     Ok((partition, offset)) => {
                         let position = Position::Partition { partition, offset };
-                        self.dedup.insert(topic, event_id, partition, offset);
+                        self.dedup.insert(key, partition, offset);
                         self.problem.clear();
                         Ok(Receipt { event_id, position, duplicate: false })
                     }
@@ -295,13 +295,14 @@ impl Transport for KafkaTransport {
     async fn send(&self, topic: &Topic, envelope: Envelope, completion: Completion) {
         let shared = &*self.shared;
         let event_id = envelope.event_id();
-        if let Some(position) = shared.dedup.get(topic, event_id) {
+        let key = dedup::Key::new(topic, event_id);
+        if let Some(position) = shared.dedup.get(&key) {
             completion.complete(Ok(Receipt { event_id, position, duplicate: true }));
             return;
         }
         let mut headers = Headers::with_capacity(HEADERS_CAPACITY);
         let body = wire::encode(&envelope, shared.config.wire_mode, HeaderStyle::Kafka, &mut headers);
-        let in_flight = Box::new(InFlight::new(Reply::Event(completion), body));
+        let in_flight = Box::new(InFlight::new(Reply::Event(completion, key), body));
         hand_over(shared, topic, envelope.aggregate_id().as_bytes(), headers, in_flight).await;
     }
 
